@@ -1,0 +1,321 @@
+//! The transport: one quinn endpoint per node, a connection cache (one connection
+//! per peer, reused by every call, re-dialed when it went away) and dialing a
+//! [`NodeAddr`] by racing its addresses.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+
+use crate::addr::{NodeAddr, Target};
+use crate::config::{Limits, TransportSettings};
+use crate::error::{Error, Result};
+use crate::identity::{tls, Identity, NodeId};
+use crate::net::{self, DemuxSocket};
+use crate::stats::Stats;
+
+type Slot = Arc<tokio::sync::Mutex<Option<quinn::Connection>>>;
+type OnConnection = Box<dyn Fn(NodeId, quinn::Connection) + Send + Sync>;
+
+/// TLS alerts that mean "the peer's identity could not be verified".
+const IDENTITY_ALERTS: [u8; 6] = [
+    42,  // bad_certificate
+    43,  // unsupported_certificate
+    46,  // certificate_unknown
+    49,  // access_denied: our verifier's "not the expected NodeId"
+    51,  // decrypt_error: CertificateVerify signature not made by the certificate key
+    116, // certificate_required
+];
+
+/// Maps a quinn connection failure to the library's error.
+pub(crate) fn connection_error(e: quinn::ConnectionError) -> Error {
+    let code = match &e {
+        quinn::ConnectionError::TransportError(t) => Some(t.code),
+        quinn::ConnectionError::ConnectionClosed(c) => Some(c.error_code),
+        _ => None,
+    };
+    if code.is_some_and(|c| {
+        IDENTITY_ALERTS
+            .iter()
+            .any(|a| c == quinn::TransportErrorCode::crypto(*a))
+    }) {
+        return Error::IdentityMismatch(e.to_string());
+    }
+    Error::Unreachable(e.to_string())
+}
+
+/// QUIC transport parameters derived from the node's limits and settings.
+pub fn transport_config(
+    limits: &Limits,
+    settings: &TransportSettings,
+) -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_bidi_streams(limits.max_concurrent_streams.into())
+        .max_concurrent_uni_streams(0u32.into())
+        .keep_alive_interval(settings.keep_alive);
+    let idle = quinn::IdleTimeout::try_from(settings.idle_timeout)
+        .unwrap_or_else(|_| quinn::IdleTimeout::from(quinn::VarInt::MAX));
+    t.max_idle_timeout(Some(idle));
+    Arc::new(t)
+}
+
+pub(crate) struct Endpoint {
+    pub(crate) quinn: quinn::Endpoint,
+    pub(crate) socket: Arc<DemuxSocket>,
+    id: NodeId,
+    client_config: quinn::ClientConfig,
+    conns: Arc<Mutex<HashMap<NodeId, Slot>>>,
+    addrs: Mutex<HashMap<NodeId, Vec<SocketAddr>>>,
+    settings: TransportSettings,
+    stats: Arc<Stats>,
+    on_connection: OnConnection,
+}
+
+impl Endpoint {
+    /// Binds the node's socket and builds the quinn endpoint on it.
+    pub(crate) fn bind(
+        identity: &Identity,
+        listen: SocketAddr,
+        limits: &Limits,
+        settings: TransportSettings,
+        stats: Arc<Stats>,
+        on_connection: OnConnection,
+    ) -> Result<Self> {
+        let transport = transport_config(limits, &settings);
+        let mut server_config = quinn::ServerConfig::with_crypto(tls::server_crypto(identity)?);
+        server_config.transport_config(transport.clone());
+        let mut client_config = quinn::ClientConfig::new(tls::client_crypto(identity)?);
+        client_config.transport_config(transport);
+
+        let runtime = quinn::default_runtime()
+            .ok_or_else(|| Error::Config("no async runtime (call from within tokio)".into()))?;
+        let socket = Arc::new(DemuxSocket::new(
+            runtime.wrap_udp_socket(net::bind(listen)?)?,
+        ));
+        let mut endpoint_config = quinn::EndpointConfig::default();
+        // Keeps the QUIC fixed bit set so the shared socket can tell STUN apart.
+        endpoint_config.grease_quic_bit(false);
+        let quinn = quinn::Endpoint::new_with_abstract_socket(
+            endpoint_config,
+            Some(server_config),
+            socket.clone(),
+            runtime,
+        )?;
+        Ok(Endpoint {
+            quinn,
+            socket,
+            id: identity.id(),
+            client_config,
+            conns: Default::default(),
+            addrs: Default::default(),
+            settings,
+            stats,
+            on_connection,
+        })
+    }
+
+    pub(crate) fn local_addr(&self) -> Result<SocketAddr> {
+        Ok(self.quinn.local_addr()?)
+    }
+
+    fn slot(&self, id: NodeId) -> Slot {
+        lock(&self.conns).entry(id).or_default().clone()
+    }
+
+    /// Remembers where a node can be reached (most recently confirmed first).
+    pub(crate) fn learn(&self, addr: &NodeAddr) {
+        if addr.id == self.id {
+            return;
+        }
+        let mut book = lock(&self.addrs);
+        let known = book.entry(addr.id).or_default();
+        for a in addr.addrs.iter().rev() {
+            known.retain(|k| k != a);
+            known.insert(0, *a);
+        }
+        known.truncate(8);
+    }
+
+    /// The addresses known for a node.
+    pub(crate) fn addrs_of(&self, id: &NodeId) -> Vec<SocketAddr> {
+        lock(&self.addrs).get(id).cloned().unwrap_or_default()
+    }
+
+    /// The live connection to `target`'s node, dialing if there is none. Concurrent
+    /// callers share one dial.
+    pub(crate) async fn connection(&self, target: &Target) -> Result<quinn::Connection> {
+        if let Target::Addr(a) = target {
+            self.learn(a);
+        }
+        let id = target.id();
+        let slot = self.slot(id);
+        let mut guard = slot.lock().await;
+        if let Some(conn) = guard.as_ref() {
+            if conn.close_reason().is_none() {
+                return Ok(conn.clone());
+            }
+        }
+        let addrs = self.addrs_of(&id);
+        if addrs.is_empty() {
+            return Err(Error::Unreachable(format!(
+                "no known address for {}",
+                id.short()
+            )));
+        }
+        let (conn, addr) = self.dial(id, &addrs).await?;
+        self.learn(&NodeAddr::new(id, [addr]));
+        *guard = Some(conn.clone());
+        drop(guard);
+        self.adopt(id, conn.clone(), slot);
+        Ok(conn)
+    }
+
+    /// Forgets a connection that failed, so the next call dials again.
+    pub(crate) fn invalidate(&self, id: &NodeId, conn: &quinn::Connection) {
+        let slot = lock(&self.conns).get(id).cloned();
+        if let Some(slot) = slot {
+            if let Ok(mut g) = slot.try_lock() {
+                if g.as_ref()
+                    .is_some_and(|c| c.stable_id() == conn.stable_id())
+                {
+                    *g = None;
+                }
+            }
+        }
+    }
+
+    /// Takes in a connection a peer opened to us, so calls back to that peer reuse it.
+    pub(crate) fn register_incoming(&self, id: NodeId, conn: quinn::Connection) {
+        self.learn(&NodeAddr::new(id, [conn.remote_address()]));
+        let slot = self.slot(id);
+        // A dial to the same peer in progress keeps its own connection.
+        if let Ok(mut g) = slot.try_lock() {
+            if g.as_ref().is_none_or(|c| c.close_reason().is_some()) {
+                *g = Some(conn.clone());
+            }
+        }
+        self.adopt(id, conn, slot);
+    }
+
+    /// Starts serving the connection's incoming streams and forgets it once closed.
+    fn adopt(&self, id: NodeId, conn: quinn::Connection, slot: Slot) {
+        (self.on_connection)(id, conn.clone());
+        let conns = Arc::downgrade(&self.conns);
+        tokio::spawn(async move {
+            conn.closed().await;
+            let Ok(mut g) = slot.try_lock() else { return };
+            if g.as_ref()
+                .is_some_and(|c| c.stable_id() == conn.stable_id())
+            {
+                *g = None;
+            }
+            if g.is_none() {
+                drop(g);
+                if let Some(conns) = conns.upgrade() {
+                    let mut map = lock(&conns);
+                    // Only drop the entry if nobody else holds the slot.
+                    if map.get(&id).is_some_and(|s| Arc::strong_count(s) <= 2) {
+                        map.remove(&id);
+                    }
+                }
+            }
+        });
+    }
+
+    /// Races the addresses, staggered (happy eyeballs); the first handshake that
+    /// completes wins and the others are dropped.
+    async fn dial(
+        &self,
+        id: NodeId,
+        addrs: &[SocketAddr],
+    ) -> Result<(quinn::Connection, SocketAddr)> {
+        let local_v4 = self.local_addr()?.is_ipv4();
+        let usable: Vec<SocketAddr> = addrs
+            .iter()
+            .copied()
+            .filter(|a| !local_v4 || a.is_ipv4())
+            .collect();
+        if usable.is_empty() {
+            return Err(Error::Unreachable(format!(
+                "no address of {} is reachable from this socket's address family",
+                id.short()
+            )));
+        }
+        let mut attempts: FuturesUnordered<_> = usable
+            .iter()
+            .enumerate()
+            .map(|(i, addr)| {
+                let delay = self.settings.dial_stagger * i as u32;
+                async move {
+                    tokio::time::sleep(delay).await;
+                    (*addr, self.connect_once(id, *addr).await)
+                }
+            })
+            .collect();
+        let mut errors = Vec::new();
+        while let Some((addr, result)) = attempts.next().await {
+            match result {
+                Ok(conn) => {
+                    self.stats.handshakes_out.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(peer = %id.short(), %addr, "connected");
+                    return Ok((conn, addr));
+                }
+                Err(e) => {
+                    self.stats.handshakes_failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(peer = %id.short(), %addr, error = %e, "dial failed");
+                    errors.push((addr, e));
+                }
+            }
+        }
+        if let Some((addr, e)) = errors
+            .iter()
+            .find(|(_, e)| matches!(e, Error::IdentityMismatch(_)))
+        {
+            return Err(Error::mismatch(&id, format!("at {addr}: {e}")));
+        }
+        let detail: Vec<String> = errors.iter().map(|(a, e)| format!("{a}: {e}")).collect();
+        Err(Error::Unreachable(format!(
+            "{}: {}",
+            id.short(),
+            detail.join("; ")
+        )))
+    }
+
+    async fn connect_once(&self, id: NodeId, addr: SocketAddr) -> Result<quinn::Connection> {
+        let connecting = self
+            .quinn
+            .connect_with(self.client_config.clone(), addr, &tls::server_name(&id))
+            .map_err(|e| Error::Unreachable(format!("cannot start connection: {e}")))?;
+        match tokio::time::timeout(self.settings.connect_timeout, connecting).await {
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(e)) => Err(connection_error(e)),
+            Err(_) => Err(Error::Unreachable("handshake timed out".into())),
+        }
+    }
+
+    /// Number of peers with a live cached connection.
+    pub(crate) fn live_connections(&self) -> usize {
+        let slots: Vec<Slot> = lock(&self.conns).values().cloned().collect();
+        slots
+            .iter()
+            .filter(|s| {
+                s.try_lock()
+                    .map(|g| g.as_ref().is_some_and(|c| c.close_reason().is_none()))
+                    .unwrap_or(true)
+            })
+            .count()
+    }
+
+    /// The cached live connection to `id`, if any (never dials).
+    pub(crate) fn cached(&self, id: &NodeId) -> Option<quinn::Connection> {
+        let slot = lock(&self.conns).get(id).cloned()?;
+        let g = slot.try_lock().ok()?;
+        g.as_ref().filter(|c| c.close_reason().is_none()).cloned()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -1,0 +1,45 @@
+//! # Butter: the network that spreads
+//!
+//! A QUIC-native peer-to-peer library. Every peer is a QUIC endpoint whose identity
+//! is an ed25519 key; connections are mutually authenticated; streams map to named
+//! routes, registered like handlers in a web framework.
+//!
+//! ```
+//! # async fn run() -> butter::Result<()> {
+//! let node = butter::Node::builder()
+//!     .route("reverse", |req: butter::Request| async move {
+//!         Ok(req.body().iter().rev().copied().collect::<Vec<u8>>())
+//!     })
+//!     .spawn()
+//!     .await?;
+//! let peer = butter::Node::builder().spawn().await?;
+//! let reply = peer.call(node.addr(), "reverse", "hello").await?;
+//! assert_eq!(&reply[..], b"olleh");
+//! # Ok(()) }
+//! # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+//! ```
+//!
+//! Layers, bottom-up: [`identity`] (keys, certificates, verifiers), [`wire`] (frames),
+//! [`net`] (the shared UDP socket), `endpoint` (quinn, connection cache, dialing),
+//! `router` (named routes), [`node`] (the [`Node`] API).
+#![warn(missing_docs)]
+
+mod addr;
+pub mod config;
+mod endpoint;
+mod error;
+pub mod identity;
+pub mod net;
+pub mod node;
+mod router;
+mod stats;
+pub mod wire;
+
+pub use addr::{NodeAddr, Target};
+pub use config::{Limits, TransportSettings};
+pub use endpoint::transport_config;
+pub use error::{Error, Result};
+pub use identity::{Identity, NodeId};
+pub use node::{Node, NodeBuilder, Ping, PingReply};
+pub use router::{Body, RecvBody, Request, StreamRequest};
+pub use stats::StatsSnapshot;

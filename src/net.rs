@@ -1,0 +1,235 @@
+//! The node's one UDP socket, shared by QUIC and (from the NAT layer on) STUN.
+//!
+//! QUIC v1 packets always have the fixed bit (0x40) set in their first byte, since
+//! Butter endpoints do not advertise `grease_quic_bit`; STUN messages start with
+//! two zero bits. [`DemuxSocket`] sits between quinn and the kernel socket and
+//! diverts every datagram without the fixed bit to a side channel, so the STUN
+//! client (and later the hole-punching probes) use the same port, and therefore
+//! the same NAT mapping, as the QUIC connections.
+
+use std::fmt;
+use std::io::{self, IoSliceMut};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use quinn::udp::{RecvMeta, Transmit};
+use quinn::{AsyncUdpSocket, UdpPoller};
+use tokio::sync::mpsc;
+
+/// A datagram that is not QUIC, with its source.
+#[derive(Debug, Clone)]
+pub struct Datagram {
+    /// Where it came from.
+    pub from: SocketAddr,
+    /// Its bytes.
+    pub data: Bytes,
+}
+
+/// Whether a datagram's first byte marks it as QUIC (fixed bit set).
+pub fn is_quic(first_byte: u8) -> bool {
+    first_byte & 0x40 != 0
+}
+
+/// Binds the node's UDP socket with generous kernel buffers (bulk transfers and
+/// bursts of handshakes otherwise drop packets in the kernel).
+pub fn bind(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        // Dual-stack where the OS allows it, so one socket serves both families.
+        let _ = socket.set_only_v6(false);
+    }
+    for size in [8 << 20, 4 << 20, 2 << 20] {
+        if socket.set_recv_buffer_size(size).is_ok() {
+            break;
+        }
+    }
+    for size in [8 << 20, 4 << 20, 2 << 20] {
+        if socket.set_send_buffer_size(size).is_ok() {
+            break;
+        }
+    }
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+/// quinn's socket, with non-QUIC datagrams diverted (see the module docs).
+pub struct DemuxSocket {
+    inner: Arc<dyn AsyncUdpSocket>,
+    side: Mutex<Option<mpsc::Sender<Datagram>>>,
+    diverted: AtomicU64,
+    dropped: AtomicU64,
+}
+
+impl fmt::Debug for DemuxSocket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DemuxSocket")
+            .field("inner", &self.inner)
+            .field("diverted", &self.diverted.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl DemuxSocket {
+    /// Wraps a socket made by quinn's runtime.
+    pub fn new(inner: Arc<dyn AsyncUdpSocket>) -> Self {
+        DemuxSocket {
+            inner,
+            side: Mutex::new(None),
+            diverted: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+        }
+    }
+
+    /// Routes non-QUIC datagrams to a channel from now on (replacing any earlier
+    /// one). Without a subscriber they are counted and dropped.
+    pub fn subscribe(&self, capacity: usize) -> mpsc::Receiver<Datagram> {
+        let (tx, rx) = mpsc::channel(capacity);
+        *self.side.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+        rx
+    }
+
+    /// Sends a raw datagram from the shared port (STUN requests, punch packets).
+    /// Best effort like any UDP send: `WouldBlock` means the socket buffer is full.
+    pub fn send_raw(&self, to: SocketAddr, data: &[u8]) -> io::Result<()> {
+        self.inner.try_send(&Transmit {
+            destination: to,
+            ecn: None,
+            contents: data,
+            segment_size: None,
+            src_ip: None,
+        })
+    }
+
+    /// Non-QUIC datagrams seen so far, and how many of them found no room.
+    pub fn diverted(&self) -> (u64, u64) {
+        (
+            self.diverted.load(Ordering::Relaxed),
+            self.dropped.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Takes the non-QUIC segments out of one received buffer (which may hold
+    /// several GRO segments of `stride` bytes) and compacts the QUIC ones.
+    fn divert(&self, buf: &mut [u8], meta: &mut RecvMeta) {
+        let len = meta.len.min(buf.len());
+        let stride = if meta.stride == 0 { len } else { meta.stride };
+        if stride == 0 || buf[..len].chunks(stride).all(|seg| is_quic(seg[0])) {
+            return;
+        }
+        let mut write = 0;
+        let mut read = 0;
+        while read < len {
+            let end = (read + stride).min(len);
+            if is_quic(buf[read]) {
+                buf.copy_within(read..end, write);
+                write += end - read;
+            } else {
+                self.hand_over(meta.addr, &buf[read..end]);
+            }
+            read = end;
+        }
+        // A zero length makes quinn skip the entry.
+        meta.len = write;
+    }
+
+    fn hand_over(&self, from: SocketAddr, data: &[u8]) {
+        self.diverted.fetch_add(1, Ordering::Relaxed);
+        let side = self.side.lock().unwrap_or_else(|p| p.into_inner());
+        let delivered = side.as_ref().is_some_and(|tx| {
+            tx.try_send(Datagram {
+                from,
+                data: Bytes::copy_from_slice(data),
+            })
+            .is_ok()
+        });
+        if !delivered {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl AsyncUdpSocket for DemuxSocket {
+    fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
+        self.inner.clone().create_io_poller()
+    }
+
+    fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
+        self.inner.try_send(transmit)
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut Context,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> Poll<io::Result<usize>> {
+        let n = match self.inner.poll_recv(cx, bufs, meta) {
+            Poll::Ready(Ok(n)) => n,
+            other => return other,
+        };
+        for (buf, meta) in bufs.iter_mut().zip(meta.iter_mut()).take(n) {
+            self.divert(buf, meta);
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    fn max_transmit_segments(&self) -> usize {
+        self.inner.max_transmit_segments()
+    }
+
+    fn max_receive_segments(&self) -> usize {
+        self.inner.max_receive_segments()
+    }
+
+    fn may_fragment(&self) -> bool {
+        self.inner.may_fragment()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stun_and_quic_first_bytes_are_told_apart() {
+        // STUN binding request type 0x0001: first byte 0x00.
+        assert!(!is_quic(0x00));
+        assert!(!is_quic(0x01));
+        // QUIC long header (0xc0..) and short header (0x40..).
+        assert!(is_quic(0xc3));
+        assert!(is_quic(0x43));
+    }
+
+    #[tokio::test]
+    async fn non_quic_datagrams_reach_the_side_channel() {
+        let rt = quinn::default_runtime().unwrap();
+        let std_sock = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = std_sock.local_addr().unwrap();
+        let demux = DemuxSocket::new(rt.wrap_udp_socket(std_sock).unwrap());
+        let mut rx = demux.subscribe(4);
+        // Segments: QUIC, STUN, QUIC (stride 4).
+        let mut data = [0x40, 1, 1, 1, 0x00, 2, 2, 2, 0xc0, 3, 3];
+        let mut meta = RecvMeta {
+            addr,
+            len: data.len(),
+            stride: 4,
+            ecn: None,
+            dst_ip: None,
+        };
+        demux.divert(&mut data, &mut meta);
+        assert_eq!(meta.len, 7);
+        assert_eq!(&data[..7], &[0x40, 1, 1, 1, 0xc0, 3, 3]);
+        let got = rx.try_recv().unwrap();
+        assert_eq!(&got.data[..], &[0x00, 2, 2, 2]);
+        assert_eq!(demux.diverted(), (1, 0));
+    }
+}

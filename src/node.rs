@@ -1,0 +1,628 @@
+//! [`Node`] and [`NodeBuilder`]: wire the layers together and own the background
+//! tasks.
+
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::addr::{NodeAddr, Target};
+use crate::config::{Limits, TransportSettings};
+use crate::endpoint::{connection_error, Endpoint};
+use crate::error::{Error, Result};
+use crate::identity::{tls, Identity, NodeId};
+use crate::router::{
+    self, Body, Handler, RecvBody, Request, Router, StreamRequest, RESERVED_PREFIX,
+};
+use crate::stats::{Stats, StatsSnapshot};
+use crate::wire::{self, RequestHeader, ResponseHeader, FLAG_STREAMED, MAX_HEADER};
+
+/// Route of the built-in liveness and identity check.
+pub const PING_ROUTE: &str = "butter/ping";
+
+/// Reply of `butter/ping`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PingReply {
+    /// The answering node.
+    pub id: NodeId,
+    /// Its Butter version.
+    pub version: String,
+    /// How long it has been running, in milliseconds.
+    pub uptime_ms: u64,
+}
+
+/// Result of [`Node::ping`].
+#[derive(Debug, Clone)]
+pub struct Ping {
+    /// What the peer said.
+    pub reply: PingReply,
+    /// Round trip of the call (on an established connection: one stream).
+    pub rtt: Duration,
+    /// The address the connection runs over.
+    pub remote: SocketAddr,
+}
+
+/// Configures and starts a [`Node`].
+///
+/// ```
+/// # async fn run() -> butter::Result<()> {
+/// let node = butter::Node::builder()
+///     .listen("127.0.0.1:0".parse().unwrap())
+///     .route("reverse", |req: butter::Request| async move {
+///         Ok(req.body().iter().rev().copied().collect::<Vec<u8>>())
+///     })
+///     .spawn()
+///     .await?;
+/// println!("listening as {}", node.addr());
+/// # Ok(()) }
+/// ```
+#[must_use = "a builder does nothing until .spawn()"]
+pub struct NodeBuilder {
+    identity: Option<Identity>,
+    data_dir: Option<PathBuf>,
+    listen: SocketAddr,
+    router: Router,
+    limits: Limits,
+    transport: TransportSettings,
+    error: Option<Error>,
+}
+
+impl Default for NodeBuilder {
+    fn default() -> Self {
+        NodeBuilder {
+            identity: None,
+            data_dir: None,
+            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
+            router: Router::default(),
+            limits: Limits::default(),
+            transport: TransportSettings::default(),
+            error: None,
+        }
+    }
+}
+
+impl NodeBuilder {
+    /// Uses this identity (otherwise: loaded from, or created in, the data dir; with
+    /// no data dir, a fresh one for this run).
+    pub fn identity(mut self, identity: Identity) -> Self {
+        self.identity = Some(identity);
+        self
+    }
+
+    /// Where the node keeps its key (and later its data).
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_dir = Some(dir.into());
+        self
+    }
+
+    /// The UDP address to listen on (default `0.0.0.0:0`, any free port).
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.listen = addr;
+        self
+    }
+
+    /// Registers a buffered route: the handler gets the whole body in memory.
+    /// Names starting with `butter/` are reserved ([`Error::ReservedRoute`] at spawn).
+    pub fn route<F, Fut, R>(self, name: &str, handler: F) -> Self
+    where
+        F: Fn(Request) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R>> + Send + 'static,
+        R: Into<Body>,
+    {
+        self.add_route(name, Handler::buffered(handler))
+    }
+
+    /// Registers a streaming route: the handler reads the body as it arrives and
+    /// may reply with a stream ([`Body::from_reader`]); sizes are unbounded.
+    ///
+    /// ```
+    /// # async fn run() -> butter::Result<()> {
+    /// // Echo whatever arrives, without holding it in memory.
+    /// let node = butter::Node::builder()
+    ///     .stream_route("echo", |req: butter::StreamRequest| async move { Ok(req.body) })
+    ///     .spawn()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn stream_route<F, Fut, R>(self, name: &str, handler: F) -> Self
+    where
+        F: Fn(StreamRequest) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R>> + Send + 'static,
+        R: Into<Body>,
+    {
+        self.add_route(name, Handler::streaming(handler))
+    }
+
+    /// Registers a typed route: request and reply are serde types sent as postcard.
+    /// Call it with [`Node::call_typed`].
+    ///
+    /// ```
+    /// # async fn run() -> butter::Result<()> {
+    /// let node = butter::Node::builder()
+    ///     .typed_route("add", |_peer, (a, b): (u32, u32)| async move { Ok(a + b) })
+    ///     .spawn()
+    ///     .await?;
+    /// let sum: u32 = node.call_typed(node.addr(), "add", &(2u32, 3u32)).await?;
+    /// assert_eq!(sum, 5);
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+    /// ```
+    pub fn typed_route<F, Fut, Req, Resp>(self, name: &str, handler: F) -> Self
+    where
+        F: Fn(NodeId, Req) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Resp>> + Send + 'static,
+        Req: DeserializeOwned + Send + 'static,
+        Resp: Serialize + 'static,
+    {
+        self.add_route(name, Handler::typed(handler))
+    }
+
+    fn add_route(mut self, name: &str, handler: Handler) -> Self {
+        if name.starts_with(RESERVED_PREFIX) {
+            self.error
+                .get_or_insert(Error::ReservedRoute(name.to_string()));
+        } else if name.is_empty() || name.len() > 1024 {
+            self.error
+                .get_or_insert(Error::Config(format!("bad route name {name:?}")));
+        } else {
+            self.router.insert(name, handler);
+        }
+        self
+    }
+
+    /// Replaces all limits at once.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Largest body held in memory (see [`Limits::max_body`]).
+    pub fn max_body(mut self, bytes: usize) -> Self {
+        self.limits.max_body = bytes;
+        self
+    }
+
+    /// Time limit of a buffered call (see [`Limits::call_timeout`]).
+    pub fn call_timeout(mut self, timeout: Duration) -> Self {
+        self.limits.call_timeout = timeout;
+        self
+    }
+
+    /// Replaces the QUIC transport settings.
+    pub fn transport(mut self, settings: TransportSettings) -> Self {
+        self.transport = settings;
+        self
+    }
+
+    /// Closes connections idle for this long (see [`TransportSettings::idle_timeout`]).
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.transport.idle_timeout = timeout;
+        self
+    }
+
+    /// Sends keep-alives on every connection (see [`TransportSettings::keep_alive`]).
+    pub fn keep_alive(mut self, interval: Duration) -> Self {
+        self.transport.keep_alive = Some(interval);
+        self
+    }
+
+    /// Binds the socket and starts serving. Must run inside a tokio runtime.
+    pub async fn spawn(self) -> Result<Node> {
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        if self.limits.max_header > MAX_HEADER {
+            return Err(Error::Config(format!(
+                "max_header is capped at {MAX_HEADER}"
+            )));
+        }
+        let identity = match (self.identity, &self.data_dir) {
+            (Some(i), _) => i,
+            (None, Some(dir)) => Identity::load_or_generate(dir)?,
+            (None, None) => Identity::generate(),
+        };
+        let started = Instant::now();
+        let mut router = self.router;
+        let id = identity.id();
+        router.insert(
+            PING_ROUTE,
+            Handler::typed(move |_peer, (): ()| async move {
+                Ok(PingReply {
+                    id,
+                    version: env!("CARGO_PKG_VERSION").to_string(),
+                    uptime_ms: started.elapsed().as_millis() as u64,
+                })
+            }),
+        );
+        let stats = Arc::new(Stats::default());
+        // Connections (dialed or accepted) are served by tasks that need the node's
+        // shared state, which does not exist yet while the endpoint is built.
+        let weak_shared: Arc<OnceLock<Weak<Shared>>> = Arc::default();
+        let hook = weak_shared.clone();
+        let on_connection = Box::new(move |peer: NodeId, conn: quinn::Connection| {
+            if let Some(shared) = hook.get().and_then(Weak::upgrade) {
+                tokio::spawn(serve_connection(shared, peer, conn));
+            }
+        });
+        let endpoint = Endpoint::bind(
+            &identity,
+            self.listen,
+            &self.limits,
+            self.transport,
+            stats.clone(),
+            on_connection,
+        )?;
+        let shared = Arc::new(Shared {
+            endpoint,
+            router,
+            limits: self.limits,
+            stats,
+            identity,
+        });
+        let _ = weak_shared.set(Arc::downgrade(&shared));
+        tokio::spawn(accept_loop(
+            shared.endpoint.quinn.clone(),
+            Arc::downgrade(&shared),
+        ));
+        let node = Node {
+            inner: Arc::new(NodeInner { shared }),
+        };
+        tracing::info!(addr = %node.addr(), "node started");
+        Ok(node)
+    }
+}
+
+/// State shared by the node handle and its background tasks.
+struct Shared {
+    endpoint: Endpoint,
+    router: Router,
+    limits: Limits,
+    stats: Arc<Stats>,
+    identity: Identity,
+}
+
+/// Owned by the handles only: dropping the last handle shuts the node down.
+struct NodeInner {
+    shared: Arc<Shared>,
+}
+
+impl Drop for NodeInner {
+    fn drop(&mut self) {
+        self.shared.endpoint.quinn.close(0u32.into(), b"shutdown");
+    }
+}
+
+async fn accept_loop(endpoint: quinn::Endpoint, shared: Weak<Shared>) {
+    while let Some(incoming) = endpoint.accept().await {
+        let Some(shared) = shared.upgrade() else {
+            break;
+        };
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            match incoming.await {
+                Ok(conn) => match tls::peer_id(&conn) {
+                    Some(peer) => {
+                        shared.stats.handshakes_in.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(peer = %peer.short(), %remote, "accepted connection");
+                        shared.endpoint.register_incoming(peer, conn);
+                    }
+                    None => conn.close(1u32.into(), b"no peer identity"),
+                },
+                Err(e) => {
+                    shared
+                        .stats
+                        .handshakes_failed
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%remote, error = %e, "incoming handshake failed");
+                }
+            }
+        });
+    }
+}
+
+/// Serves the request streams a peer opens on one connection, each in its own task.
+async fn serve_connection(shared: Arc<Shared>, peer: NodeId, conn: quinn::Connection) {
+    loop {
+        match conn.accept_bi().await {
+            Ok((send, recv)) => {
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    shared
+                        .router
+                        .serve(peer, send, recv, &shared.limits, &shared.stats)
+                        .await
+                });
+            }
+            Err(e) => {
+                tracing::trace!(peer = %peer.short(), reason = %e, "connection ended");
+                break;
+            }
+        }
+    }
+}
+
+/// A running Butter peer: listener and caller at once. Cheap to clone; the node
+/// shuts down when the last clone is dropped (or on [`Node::shutdown`]).
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<NodeInner>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Node({})", self.id().short())
+    }
+}
+
+impl Node {
+    /// Starts configuring a node.
+    pub fn builder() -> NodeBuilder {
+        NodeBuilder::default()
+    }
+
+    fn shared(&self) -> &Shared {
+        &self.inner.shared
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.shared().identity.id()
+    }
+
+    /// This node's identity (key pair).
+    pub fn identity(&self) -> &Identity {
+        &self.shared().identity
+    }
+
+    /// The bound socket address (may be unspecified, e.g. `0.0.0.0:7400`).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared()
+            .endpoint
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0))
+    }
+
+    /// Where others can reach this node: the bound address, or, when bound to
+    /// an unspecified address, every interface address (non-loopback first).
+    pub fn addr(&self) -> NodeAddr {
+        let local = self.local_addr();
+        if !local.ip().is_unspecified() {
+            return NodeAddr::new(self.id(), [local]);
+        }
+        let mut ips: Vec<IpAddr> = if_addrs::get_if_addrs()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|i| i.ip())
+            .filter(|ip| ip.is_ipv4() == local.is_ipv4() || (local.is_ipv6() && !ip.is_ipv4()))
+            .filter(|ip| !matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80))
+            .collect();
+        ips.sort_by_key(|ip| (ip.is_loopback(), *ip));
+        ips.dedup();
+        if ips.is_empty() {
+            ips.push(if local.is_ipv4() {
+                IpAddr::V4(Ipv4Addr::LOCALHOST)
+            } else {
+                IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)
+            });
+        }
+        NodeAddr::new(
+            self.id(),
+            ips.into_iter().map(|ip| SocketAddr::new(ip, local.port())),
+        )
+    }
+
+    /// Counters (handshakes, calls served, malformed requests...).
+    pub fn stats(&self) -> StatsSnapshot {
+        self.shared().stats.snapshot()
+    }
+
+    /// Number of peers this node has a live connection with.
+    pub fn connection_count(&self) -> usize {
+        self.shared().endpoint.live_connections()
+    }
+
+    /// Round-trip time of the live connection to `peer`, if there is one.
+    pub fn rtt(&self, peer: &NodeId) -> Option<Duration> {
+        self.shared().endpoint.cached(peer).map(|c| c.rtt())
+    }
+
+    /// Remembers addresses for a node, so it can then be called by id alone.
+    pub fn add_peer_addr(&self, addr: &NodeAddr) {
+        self.shared().endpoint.learn(addr);
+    }
+
+    /// Opens a request stream on the (cached or new) connection to `target`, retrying
+    /// once on a fresh connection if the cached one turns out to be dead.
+    async fn open(&self, target: &Target) -> Result<(quinn::SendStream, quinn::RecvStream)> {
+        let endpoint = &self.shared().endpoint;
+        for attempt in 0..2 {
+            let conn = endpoint.connection(target).await?;
+            match conn.open_bi().await {
+                Ok(streams) => {
+                    self.shared()
+                        .stats
+                        .calls_made
+                        .fetch_add(1, Ordering::Relaxed);
+                    return Ok(streams);
+                }
+                Err(e) => {
+                    endpoint.invalidate(&target.id(), &conn);
+                    let err = connection_error(e);
+                    if attempt == 1 || matches!(err, Error::IdentityMismatch(_)) {
+                        return Err(err);
+                    }
+                }
+            }
+        }
+        unreachable!("the loop returns on its second attempt")
+    }
+
+    async fn send_request(
+        &self,
+        target: &Target,
+        route: &str,
+        body: Body,
+    ) -> Result<(
+        quinn::RecvStream,
+        Option<tokio::task::JoinHandle<Result<()>>>,
+    )> {
+        let limits = &self.shared().limits;
+        let header = RequestHeader {
+            route: route.to_string(),
+            flags: if body.len().is_none() {
+                FLAG_STREAMED
+            } else {
+                0
+            },
+            body_len: body.len().map(|n| n as u64),
+        };
+        let frame = wire::encode_frame(&header, limits.max_header)?;
+        let (mut send, recv) = self.open(target).await?;
+        send.write_all(&frame).await.map_err(router::write_error)?;
+        if body.len().is_some() {
+            // A refusal (the callee stopped reading) is reported by the reply status.
+            match body.write_to(&mut send).await {
+                Ok(()) | Err(Error::Remote(_)) => Ok((recv, None)),
+                Err(e) => Err(e),
+            }
+        } else {
+            // Streams upload while the caller waits for (and reads) the reply.
+            let writer = tokio::spawn(async move { body.write_to(&mut send).await });
+            Ok((recv, Some(writer)))
+        }
+    }
+
+    async fn read_status(recv: &mut quinn::RecvStream, route: &str) -> Result<()> {
+        let header: ResponseHeader = wire::read_frame(recv, MAX_HEADER).await?;
+        match header.status.into_error(route) {
+            None => Ok(()),
+            Some(e) => Err(e),
+        }
+    }
+
+    /// Calls `route` on a peer with an in-memory body and returns the reply.
+    ///
+    /// Bodies and replies are bounded by [`Limits::max_body`] (use
+    /// [`Node::call_stream`] for larger ones); the whole call by
+    /// [`Limits::call_timeout`].
+    ///
+    /// ```
+    /// # async fn run() -> butter::Result<()> {
+    /// let server = butter::Node::builder()
+    ///     .route("reverse", |req: butter::Request| async move {
+    ///         Ok(req.body().iter().rev().copied().collect::<Vec<u8>>())
+    ///     })
+    ///     .spawn().await?;
+    /// let client = butter::Node::builder().spawn().await?;
+    /// let reply = client.call(server.addr(), "reverse", "hello").await?;
+    /// assert_eq!(&reply[..], b"olleh");
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+    /// ```
+    pub async fn call(
+        &self,
+        target: impl Into<Target>,
+        route: &str,
+        body: impl Into<Bytes>,
+    ) -> Result<Bytes> {
+        let target = target.into();
+        let body: Bytes = body.into();
+        let limits = &self.shared().limits;
+        if body.len() > limits.max_body {
+            return Err(Error::TooLarge {
+                what: "request body (use call_stream)",
+                limit: limits.max_body as u64,
+            });
+        }
+        let call = async {
+            let (mut recv, _) = self.send_request(&target, route, body.into()).await?;
+            Self::read_status(&mut recv, route).await?;
+            router::read_to_end(&mut recv, limits.max_body, "reply body").await
+        };
+        tokio::time::timeout(limits.call_timeout, call)
+            .await
+            .map_err(|_| Error::Timeout("call"))?
+    }
+
+    /// Calls `route` with a body of any size ([`Body::from_reader`] streams it) and
+    /// returns the reply as a stream. No overall time limit applies once the reply
+    /// has started; a dead peer ends the stream with an error after the idle timeout.
+    pub async fn call_stream(
+        &self,
+        target: impl Into<Target>,
+        route: &str,
+        body: impl Into<Body>,
+    ) -> Result<RecvBody> {
+        let target = target.into();
+        let (mut recv, writer) = self.send_request(&target, route, body.into()).await?;
+        // The upload may legitimately take long; only the wait for a stalled peer
+        // is bounded, by the connection's idle timeout.
+        match Self::read_status(&mut recv, route).await {
+            Ok(()) => Ok(RecvBody::new(recv)),
+            Err(e) => {
+                if let Some(w) = writer {
+                    w.abort();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Calls a typed route (see [`NodeBuilder::typed_route`]): `req` is sent as
+    /// postcard, the reply decoded into `Resp`.
+    pub async fn call_typed<Req, Resp>(
+        &self,
+        target: impl Into<Target>,
+        route: &str,
+        req: &Req,
+    ) -> Result<Resp>
+    where
+        Req: Serialize + ?Sized,
+        Resp: DeserializeOwned,
+    {
+        let body =
+            postcard::to_allocvec(req).map_err(|e| Error::Malformed(format!("encode: {e}")))?;
+        let reply = self.call(target, route, body).await?;
+        postcard::from_bytes(&reply).map_err(|e| Error::Malformed(format!("reply of {route}: {e}")))
+    }
+
+    /// Checks a peer is alive and is who we think: calls `butter/ping`.
+    pub async fn ping(&self, target: impl Into<Target>) -> Result<Ping> {
+        let target = target.into();
+        // Dial first, so the round trip measures one call rather than a handshake.
+        let conn = self.shared().endpoint.connection(&target).await?;
+        let start = Instant::now();
+        let reply: PingReply = self.call_typed(target.clone(), PING_ROUTE, &()).await?;
+        let rtt = start.elapsed();
+        if reply.id != target.id() {
+            return Err(Error::mismatch(
+                &target.id(),
+                format!("ping answered by {}", reply.id.short()),
+            ));
+        }
+        Ok(Ping {
+            reply,
+            rtt,
+            remote: conn.remote_address(),
+        })
+    }
+
+    /// Closes every connection and the socket, waiting (briefly) for peers to
+    /// be told.
+    pub async fn shutdown(&self) {
+        let endpoint = &self.shared().endpoint.quinn;
+        endpoint.close(0u32.into(), b"shutdown");
+        let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+    }
+
+    /// The node's shared UDP socket (for the NAT layer: STUN, punching).
+    pub fn socket(&self) -> &crate::net::DemuxSocket {
+        &self.shared().endpoint.socket
+    }
+}

@@ -1,0 +1,469 @@
+//! Named routes: request handlers registered by name, and the server side of a call.
+//!
+//! Each call arrives as one bidirectional QUIC stream (see [`wire`](crate::wire)).
+//! Buffered routes get the whole body in memory (bounded by
+//! [`Limits::max_body`]); streaming routes get it as an [`AsyncRead`] and can be
+//! sent any size. Both reply with a [`Body`], which is either bytes or a reader.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
+
+use crate::config::Limits;
+use crate::error::{Error, Result};
+use crate::identity::NodeId;
+use crate::stats::Stats;
+use crate::wire::{self, RequestHeader, ResponseHeader, Status};
+
+/// Route names with this prefix belong to the platform.
+pub const RESERVED_PREFIX: &str = "butter/";
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// A body to send: bytes in memory, or a reader streamed to the peer.
+///
+/// ```
+/// let small = butter::Body::from("hello");
+/// let big = butter::Body::from_reader(tokio::io::repeat(7).take_bytes(1 << 30));
+/// # trait TakeBytes { fn take_bytes(self, n: u64) -> tokio::io::Take<Self> where Self: Sized; }
+/// # impl<R: tokio::io::AsyncRead> TakeBytes for R { fn take_bytes(self, n: u64) -> tokio::io::Take<Self> { tokio::io::AsyncReadExt::take(self, n) } }
+/// # let _ = (small, big);
+/// ```
+pub struct Body(BodyKind);
+
+enum BodyKind {
+    Bytes(Bytes),
+    Reader(Pin<Box<dyn AsyncRead + Send + 'static>>),
+}
+
+impl std::fmt::Debug for Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            BodyKind::Bytes(b) => write!(f, "Body({} bytes)", b.len()),
+            BodyKind::Reader(_) => f.write_str("Body(stream)"),
+        }
+    }
+}
+
+impl Body {
+    /// No bytes.
+    pub fn empty() -> Self {
+        Body(BodyKind::Bytes(Bytes::new()))
+    }
+
+    /// A body read from `reader` until its end and streamed to the peer as it is
+    /// read, so its size is not bounded by memory.
+    pub fn from_reader(reader: impl AsyncRead + Send + 'static) -> Self {
+        Body(BodyKind::Reader(Box::pin(reader)))
+    }
+
+    /// The length, if the body is in memory.
+    pub fn len(&self) -> Option<usize> {
+        match &self.0 {
+            BodyKind::Bytes(b) => Some(b.len()),
+            BodyKind::Reader(_) => None,
+        }
+    }
+
+    /// Whether the body is known to be empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == Some(0)
+    }
+
+    /// Writes the body to a QUIC stream and finishes it.
+    pub(crate) async fn write_to(self, send: &mut quinn::SendStream) -> Result<()> {
+        match self.0 {
+            BodyKind::Bytes(b) => {
+                if !b.is_empty() {
+                    send.write_chunk(b).await.map_err(write_error)?;
+                }
+            }
+            BodyKind::Reader(mut r) => {
+                // Chunks are handed to quinn without copying.
+                const CHUNK: usize = 256 * 1024;
+                let mut buf = BytesMut::with_capacity(CHUNK);
+                loop {
+                    buf.reserve(CHUNK);
+                    if r.read_buf(&mut buf).await? == 0 {
+                        break;
+                    }
+                    send.write_chunk(buf.split().freeze())
+                        .await
+                        .map_err(write_error)?;
+                }
+            }
+        }
+        let _ = send.finish();
+        Ok(())
+    }
+}
+
+impl From<Bytes> for Body {
+    fn from(b: Bytes) -> Self {
+        Body(BodyKind::Bytes(b))
+    }
+}
+impl From<Vec<u8>> for Body {
+    fn from(b: Vec<u8>) -> Self {
+        Body(BodyKind::Bytes(b.into()))
+    }
+}
+impl From<&'static [u8]> for Body {
+    fn from(b: &'static [u8]) -> Self {
+        Body(BodyKind::Bytes(Bytes::from_static(b)))
+    }
+}
+impl<const N: usize> From<&'static [u8; N]> for Body {
+    fn from(b: &'static [u8; N]) -> Self {
+        Body(BodyKind::Bytes(Bytes::from_static(b)))
+    }
+}
+impl From<&'static str> for Body {
+    fn from(s: &'static str) -> Self {
+        Body(BodyKind::Bytes(Bytes::from_static(s.as_bytes())))
+    }
+}
+impl From<String> for Body {
+    fn from(s: String) -> Self {
+        Body(BodyKind::Bytes(s.into()))
+    }
+}
+impl From<()> for Body {
+    fn from(_: ()) -> Self {
+        Body::empty()
+    }
+}
+impl From<RecvBody> for Body {
+    fn from(r: RecvBody) -> Self {
+        Body::from_reader(r)
+    }
+}
+
+/// A body arriving from a peer, read as a stream.
+#[derive(Debug)]
+pub struct RecvBody {
+    stream: quinn::RecvStream,
+}
+
+impl RecvBody {
+    pub(crate) fn new(stream: quinn::RecvStream) -> Self {
+        RecvBody { stream }
+    }
+
+    /// Reads the whole rest of the body, failing with [`Error::TooLarge`] past
+    /// `limit` bytes.
+    pub async fn bytes(mut self, limit: usize) -> Result<Bytes> {
+        read_to_end(&mut self.stream, limit, "body").await
+    }
+}
+
+impl AsyncRead for RecvBody {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+pub(crate) async fn read_to_end(
+    stream: &mut quinn::RecvStream,
+    limit: usize,
+    what: &'static str,
+) -> Result<Bytes> {
+    match stream.read_to_end(limit).await {
+        Ok(v) => Ok(v.into()),
+        Err(quinn::ReadToEndError::TooLong) => Err(Error::TooLarge {
+            what,
+            limit: limit as u64,
+        }),
+        Err(quinn::ReadToEndError::Read(e)) => Err(read_error(e)),
+    }
+}
+
+pub(crate) fn read_error(e: quinn::ReadError) -> Error {
+    match e {
+        quinn::ReadError::ConnectionLost(c) => crate::endpoint::connection_error(c),
+        quinn::ReadError::Reset(code) => {
+            Error::Remote(format!("stream reset by peer (code {code})"))
+        }
+        other => Error::Unreachable(other.to_string()),
+    }
+}
+
+pub(crate) fn write_error(e: quinn::WriteError) -> Error {
+    match e {
+        quinn::WriteError::ConnectionLost(c) => crate::endpoint::connection_error(c),
+        quinn::WriteError::Stopped(code) => {
+            Error::Remote(format!("peer stopped reading (code {code})"))
+        }
+        other => Error::Unreachable(other.to_string()),
+    }
+}
+
+/// A request to a buffered route: the whole body is in memory.
+#[derive(Debug)]
+pub struct Request {
+    peer: NodeId,
+    route: String,
+    body: Bytes,
+}
+
+impl Request {
+    /// The authenticated caller.
+    pub fn peer(&self) -> NodeId {
+        self.peer
+    }
+    /// The route it was sent to.
+    pub fn route(&self) -> &str {
+        &self.route
+    }
+    /// The request body.
+    pub fn body(&self) -> &Bytes {
+        &self.body
+    }
+    /// Takes the body.
+    pub fn into_body(self) -> Bytes {
+        self.body
+    }
+    /// Decodes the body as postcard into `T`; a body that does not decode is
+    /// answered with a malformed status if the handler returns this error.
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T> {
+        postcard::from_bytes(&self.body).map_err(|e| Error::Malformed(format!("request body: {e}")))
+    }
+}
+
+/// A request to a streaming route: the body arrives as a stream.
+#[derive(Debug)]
+pub struct StreamRequest {
+    peer: NodeId,
+    route: String,
+    /// The request body, read as it arrives.
+    pub body: RecvBody,
+}
+
+impl StreamRequest {
+    /// The authenticated caller.
+    pub fn peer(&self) -> NodeId {
+        self.peer
+    }
+    /// The route it was sent to.
+    pub fn route(&self) -> &str {
+        &self.route
+    }
+}
+
+type BufferedFn = dyn Fn(Request) -> BoxFuture<Result<Body>> + Send + Sync;
+type StreamingFn = dyn Fn(StreamRequest) -> BoxFuture<Result<Body>> + Send + Sync;
+
+#[derive(Clone)]
+pub(crate) enum Handler {
+    Buffered(Arc<BufferedFn>),
+    Streaming(Arc<StreamingFn>),
+}
+
+impl Handler {
+    pub(crate) fn buffered<F, Fut, R>(f: F) -> Self
+    where
+        F: Fn(Request) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R>> + Send + 'static,
+        R: Into<Body>,
+    {
+        Handler::Buffered(Arc::new(move |req| {
+            let fut = f(req);
+            Box::pin(async move { fut.await.map(Into::into) })
+        }))
+    }
+
+    pub(crate) fn streaming<F, Fut, R>(f: F) -> Self
+    where
+        F: Fn(StreamRequest) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R>> + Send + 'static,
+        R: Into<Body>,
+    {
+        Handler::Streaming(Arc::new(move |req| {
+            let fut = f(req);
+            Box::pin(async move { fut.await.map(Into::into) })
+        }))
+    }
+
+    pub(crate) fn typed<F, Fut, Req, Resp>(f: F) -> Self
+    where
+        F: Fn(NodeId, Req) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Resp>> + Send + 'static,
+        Req: DeserializeOwned + Send + 'static,
+        Resp: Serialize + 'static,
+    {
+        let f = Arc::new(f);
+        Handler::buffered(move |req: Request| {
+            let f = f.clone();
+            async move {
+                let value: Req = req.decode()?;
+                let reply = f(req.peer(), value).await?;
+                postcard::to_allocvec(&reply)
+                    .map_err(|e| Error::handler(format!("cannot encode reply: {e}")))
+            }
+        })
+    }
+}
+
+/// The table of routes of a node.
+#[derive(Clone, Default)]
+pub(crate) struct Router {
+    routes: HashMap<String, Handler>,
+}
+
+impl Router {
+    pub(crate) fn insert(&mut self, name: &str, handler: Handler) {
+        self.routes.insert(name.to_string(), handler);
+    }
+
+    /// Serves one request stream to its end. Never fails: every problem becomes a
+    /// status sent to the caller (when the stream still allows it) and a counter.
+    pub(crate) async fn serve(
+        &self,
+        peer: NodeId,
+        mut send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+        limits: &Limits,
+        stats: &Stats,
+    ) {
+        let header = tokio::time::timeout(
+            limits.header_timeout,
+            wire::read_frame::<RequestHeader, _>(&mut recv, limits.max_header),
+        )
+        .await;
+        let header = match header {
+            Ok(Ok(h)) => h,
+            Ok(Err(e)) => {
+                stats.malformed.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(peer = %peer.short(), error = %e, "bad request header");
+                let _ = recv.stop(0u32.into());
+                reply_error(&mut send, &e, limits).await;
+                return;
+            }
+            Err(_) => {
+                let _ = recv.stop(0u32.into());
+                reply_status(&mut send, Status::Timeout, limits).await;
+                return;
+            }
+        };
+        let Some(handler) = self.routes.get(&header.route) else {
+            stats.no_route.fetch_add(1, Ordering::Relaxed);
+            let _ = recv.stop(0u32.into());
+            reply_status(&mut send, Status::NoSuchRoute, limits).await;
+            return;
+        };
+        let route = header.route;
+        let outcome = match handler {
+            Handler::Buffered(h) => {
+                if header.body_len.is_some_and(|n| n > limits.max_body as u64) {
+                    stats.too_large.fetch_add(1, Ordering::Relaxed);
+                    let _ = recv.stop(0u32.into());
+                    reply_status(
+                        &mut send,
+                        Status::TooLarge {
+                            limit: limits.max_body as u64,
+                        },
+                        limits,
+                    )
+                    .await;
+                    return;
+                }
+                let body = match read_to_end(&mut recv, limits.max_body, "request body").await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        if matches!(e, Error::TooLarge { .. }) {
+                            stats.too_large.fetch_add(1, Ordering::Relaxed);
+                            let _ = recv.stop(0u32.into());
+                        }
+                        reply_error(&mut send, &e, limits).await;
+                        return;
+                    }
+                };
+                let fut = h(Request { peer, route, body });
+                match tokio::time::timeout(
+                    limits.handler_timeout,
+                    AssertUnwindSafe(fut).catch_unwind(),
+                )
+                .await
+                {
+                    Ok(outcome) => outcome,
+                    Err(_) => {
+                        reply_status(&mut send, Status::Timeout, limits).await;
+                        return;
+                    }
+                }
+            }
+            Handler::Streaming(h) => {
+                let fut = h(StreamRequest {
+                    peer,
+                    route,
+                    body: RecvBody::new(recv),
+                });
+                AssertUnwindSafe(fut).catch_unwind().await
+            }
+        };
+        match outcome {
+            Ok(Ok(body)) => {
+                stats.calls_served.fetch_add(1, Ordering::Relaxed);
+                if write_status(&mut send, Status::Ok, limits).await.is_ok() {
+                    if let Err(e) = body.write_to(&mut send).await {
+                        tracing::debug!(peer = %peer.short(), error = %e, "reply body not delivered");
+                        let _ = send.reset(1u32.into());
+                    }
+                }
+            }
+            Ok(Err(e)) => {
+                stats.handler_errors.fetch_add(1, Ordering::Relaxed);
+                reply_error(&mut send, &e, limits).await;
+            }
+            Err(_panic) => {
+                stats.handler_panics.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(peer = %peer.short(), "route handler panicked");
+                reply_status(
+                    &mut send,
+                    Status::HandlerError("handler panicked".into()),
+                    limits,
+                )
+                .await;
+            }
+        }
+    }
+}
+
+fn status_of(e: &Error) -> Status {
+    match e {
+        Error::TooLarge { limit, .. } => Status::TooLarge { limit: *limit },
+        Error::Malformed(m) => Status::Malformed(m.clone()),
+        Error::Timeout(_) => Status::Timeout,
+        Error::Handler(m) => Status::HandlerError(m.clone()),
+        other => Status::HandlerError(other.to_string()),
+    }
+}
+
+async fn write_status(send: &mut quinn::SendStream, status: Status, limits: &Limits) -> Result<()> {
+    let frame = wire::encode_frame(&ResponseHeader { status }, limits.max_header)?;
+    send.write_all(&frame).await.map_err(write_error)
+}
+
+async fn reply_status(send: &mut quinn::SendStream, status: Status, limits: &Limits) {
+    if write_status(send, status, limits).await.is_ok() {
+        let _ = send.finish();
+    }
+}
+
+async fn reply_error(send: &mut quinn::SendStream, e: &Error, limits: &Limits) {
+    reply_status(send, status_of(e), limits).await
+}

@@ -1,0 +1,45 @@
+//! Counters a node keeps about itself: what tests and operators look at.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+        /// Live counters (atomics, updated as things happen).
+        #[derive(Debug, Default)]
+        pub(crate) struct Stats { $(pub(crate) $name: AtomicU64,)* }
+
+        /// A snapshot of a node's counters.
+        #[derive(Debug, Clone, Default, PartialEq, Eq)]
+        #[non_exhaustive]
+        pub struct StatsSnapshot { $($(#[$doc])* pub $name: u64,)* }
+
+        impl Stats {
+            pub(crate) fn snapshot(&self) -> StatsSnapshot {
+                StatsSnapshot { $($name: self.$name.load(Ordering::Relaxed),)* }
+            }
+        }
+    };
+}
+
+counters! {
+    /// Outgoing connections established (completed handshakes we started).
+    handshakes_out,
+    /// Incoming connections established.
+    handshakes_in,
+    /// Handshakes that failed (either direction), e.g. a wrong identity.
+    handshakes_failed,
+    /// Calls this node made.
+    calls_made,
+    /// Requests answered with a handler's reply.
+    calls_served,
+    /// Requests whose header did not decode or was cut short.
+    malformed,
+    /// Requests to a route that does not exist.
+    no_route,
+    /// Requests refused for their size.
+    too_large,
+    /// Handlers that returned an error.
+    handler_errors,
+    /// Handlers that panicked (the node kept serving).
+    handler_panics,
+}

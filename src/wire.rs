@@ -1,0 +1,197 @@
+//! Wire format of a route call.
+//!
+//! One call is one bidirectional QUIC stream:
+//!
+//! ```text
+//! caller → callee:  [u32 LE len][postcard RequestHeader]  body bytes … FIN
+//! callee → caller:  [u32 LE len][postcard ResponseHeader] body bytes … FIN
+//! ```
+//!
+//! Header frames are bounded ([`MAX_HEADER`] at most); bodies are raw bytes up to the
+//! end of the stream, so they can be streamed without any framing cost. The protocol
+//! version lives in the ALPN (`butter/1`). Serialization is postcard (bincode is
+//! unmaintained: its last release is a `compile_error!` tombstone).
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use crate::error::Error;
+
+/// Hard upper bound of any header frame, whatever the configuration says.
+pub const MAX_HEADER: usize = 64 * 1024;
+
+/// Request header flag: the body is streamed (its length is unknown up front).
+pub const FLAG_STREAMED: u8 = 0b0000_0001;
+
+/// First frame of every call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestHeader {
+    /// Route name, e.g. `reverse` or `butter/ping`.
+    pub route: String,
+    /// Bit flags ([`FLAG_STREAMED`]); unknown bits are ignored.
+    pub flags: u8,
+    /// Body length when known, so an oversized body is refused before it is read.
+    pub body_len: Option<u64>,
+}
+
+/// Outcome of a call, first frame of every reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Status {
+    /// The body that follows is the handler's reply.
+    Ok,
+    /// No handler is registered under that name.
+    NoSuchRoute,
+    /// The header or body exceeded the callee's limit.
+    TooLarge {
+        /// The limit that was exceeded.
+        limit: u64,
+    },
+    /// The request did not decode.
+    Malformed(String),
+    /// The handler returned an error or panicked.
+    HandlerError(String),
+    /// The callee gave up waiting (for the header, or for the handler).
+    Timeout,
+}
+
+/// First frame of every reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResponseHeader {
+    /// The outcome.
+    pub status: Status,
+}
+
+impl Status {
+    /// The caller-side error for a non-OK status.
+    pub fn into_error(self, route: &str) -> Option<Error> {
+        Some(match self {
+            Status::Ok => return None,
+            Status::NoSuchRoute => Error::NoSuchRoute(route.to_string()),
+            Status::TooLarge { limit } => Error::TooLarge {
+                what: "request (remote limit)",
+                limit,
+            },
+            Status::Malformed(m) => Error::Malformed(format!("remote says: {m}")),
+            Status::HandlerError(m) => Error::Remote(m),
+            Status::Timeout => Error::Timeout("remote handler"),
+        })
+    }
+}
+
+/// Encodes `value` as one length-prefixed frame.
+pub fn encode_frame<T: Serialize>(value: &T, max: usize) -> Result<Vec<u8>, Error> {
+    let mut out = postcard::to_extend(value, vec![0u8; 4])
+        .map_err(|e| Error::Malformed(format!("encode: {e}")))?;
+    let len = out.len() - 4;
+    if len > max.min(MAX_HEADER) {
+        return Err(Error::TooLarge {
+            what: "header frame",
+            limit: max.min(MAX_HEADER) as u64,
+        });
+    }
+    out[..4].copy_from_slice(&(len as u32).to_le_bytes());
+    Ok(out)
+}
+
+/// Reads one length-prefixed frame of at most `max` bytes and decodes it.
+///
+/// A stream that ends early or holds bytes that do not decode gives
+/// [`Error::Malformed`]; a length over `max` gives [`Error::TooLarge`] without
+/// reading the payload.
+pub async fn read_frame<T, R>(reader: &mut R, max: usize) -> Result<T, Error>
+where
+    T: DeserializeOwned,
+    R: AsyncRead + Unpin,
+{
+    let max = max.min(MAX_HEADER);
+    let mut len = [0u8; 4];
+    reader
+        .read_exact(&mut len)
+        .await
+        .map_err(|e| read_error(e, "frame length"))?;
+    let len = u32::from_le_bytes(len) as usize;
+    if len > max {
+        return Err(Error::TooLarge {
+            what: "header frame",
+            limit: max as u64,
+        });
+    }
+    let mut buf = vec![0u8; len];
+    reader
+        .read_exact(&mut buf)
+        .await
+        .map_err(|e| read_error(e, "frame payload"))?;
+    postcard::from_bytes(&buf).map_err(|e| Error::Malformed(format!("header does not decode: {e}")))
+}
+
+fn read_error(e: std::io::Error, what: &str) -> Error {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        Error::Malformed(format!("stream ended inside the {what}"))
+    } else {
+        Error::Unreachable(format!("reading {what}: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header() -> RequestHeader {
+        RequestHeader {
+            route: "reverse".into(),
+            flags: FLAG_STREAMED,
+            body_len: Some(5),
+        }
+    }
+
+    #[tokio::test]
+    async fn frame_round_trip() {
+        let bytes = encode_frame(&header(), MAX_HEADER).unwrap();
+        let got: RequestHeader = read_frame(&mut bytes.as_slice(), MAX_HEADER).await.unwrap();
+        assert_eq!(got, header());
+    }
+
+    #[tokio::test]
+    async fn truncated_frames_are_malformed() {
+        let bytes = encode_frame(&header(), MAX_HEADER).unwrap();
+        for cut in 0..bytes.len() {
+            let err = read_frame::<RequestHeader, _>(&mut &bytes[..cut], MAX_HEADER)
+                .await
+                .unwrap_err();
+            assert!(matches!(err, Error::Malformed(_)), "cut {cut}: {err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn oversized_frame_is_refused_before_reading() {
+        let mut bytes = (70_000u32).to_le_bytes().to_vec();
+        bytes.extend_from_slice(&[0; 16]);
+        let err = read_frame::<RequestHeader, _>(&mut bytes.as_slice(), MAX_HEADER)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::TooLarge { .. }));
+        // The configured limit can only lower the hard bound.
+        let small = encode_frame(&header(), MAX_HEADER).unwrap();
+        let err = read_frame::<RequestHeader, _>(&mut small.as_slice(), 4)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::TooLarge { .. }));
+    }
+
+    #[tokio::test]
+    async fn garbage_is_malformed_never_a_panic() {
+        for seed in 0u8..=255 {
+            let mut bytes = vec![8, 0, 0, 0];
+            bytes.extend((0..8).map(|i| seed.wrapping_mul(31).wrapping_add(i * 17)));
+            // Any outcome but a panic is fine; decoding must be typed.
+            let _ = read_frame::<RequestHeader, _>(&mut bytes.as_slice(), MAX_HEADER).await;
+            let _ = read_frame::<ResponseHeader, _>(&mut bytes.as_slice(), MAX_HEADER).await;
+        }
+        let bytes = [3, 0, 0, 0, 0xff, 0xff, 0xff];
+        let err = read_frame::<RequestHeader, _>(&mut bytes.as_slice(), MAX_HEADER)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Malformed(_)));
+    }
+}
