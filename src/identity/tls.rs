@@ -225,31 +225,41 @@ pub fn server_crypto(identity: &Identity) -> Result<Arc<quinn::crypto::rustls::Q
 /// QUIC client crypto for this identity. Servers are accepted only if their
 /// certificate key equals the NodeId in the server name (see [`server_name`]).
 pub fn client_crypto(identity: &Identity) -> Result<Arc<quinn::crypto::rustls::QuicClientConfig>> {
-    client_crypto_with(vec![self_signed_cert(identity)?], private_key(identity)?)
+    let key = rustls::sign::CertifiedKey::from_der(
+        vec![self_signed_cert(identity)?],
+        private_key(identity)?,
+        &provider(),
+    )
+    .map_err(|e| Error::Config(e.to_string()))?;
+    client_crypto_with(Arc::new(key))
 }
 
-/// Like [`client_crypto`] with an explicit certificate chain and key. Meant for tools
-/// and tests that need to present something other than a node's own certificate.
+/// Like [`client_crypto`] with an explicit certificate and signing key, which are
+/// not checked against each other. Meant for tools and tests that must present
+/// something other than a node's own certificate (a forged one, a hardware key).
 pub fn client_crypto_with(
-    certs: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
+    key: Arc<rustls::sign::CertifiedKey>,
 ) -> Result<Arc<quinn::crypto::rustls::QuicClientConfig>> {
     let mut tls = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| Error::Config(e.to_string()))?
         .dangerous()
         .with_custom_certificate_verifier(verifier())
-        .with_client_auth_cert(certs, key)
-        .map_err(|e| Error::Config(e.to_string()))?;
+        .with_client_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(
+            Arc::unwrap_or_clone(key),
+        )));
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
         .map_err(|e| Error::Config(e.to_string()))?;
     Ok(Arc::new(quic))
 }
 
-/// The identity's private key in the form rustls takes (for [`client_crypto_with`]).
-pub fn private_key_der(identity: &Identity) -> Result<PrivateKeyDer<'static>> {
-    private_key(identity)
+/// A rustls signing key for the identity (for [`client_crypto_with`]).
+pub fn signing_key(identity: &Identity) -> Result<Arc<dyn rustls::sign::SigningKey>> {
+    provider()
+        .key_provider
+        .load_private_key(private_key(identity)?)
+        .map_err(|e| Error::Config(e.to_string()))
 }
 
 #[cfg(test)]
