@@ -46,6 +46,12 @@ pub(crate) fn connection_error(e: quinn::ConnectionError) -> Error {
     Error::Unreachable(e.to_string())
 }
 
+impl From<quinn::ConnectionError> for Error {
+    fn from(e: quinn::ConnectionError) -> Self {
+        connection_error(e)
+    }
+}
+
 /// QUIC transport parameters derived from the node's limits and settings.
 pub fn transport_config(
     limits: &Limits,

@@ -1,0 +1,195 @@
+//! Hostile peers speaking raw QUIC to a node: bad frames, forged certificates.
+//! The node must answer with a clear status (or refuse the handshake) and keep
+//! serving good calls.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use butter::identity::tls;
+use butter::wire::{self, RequestHeader, ResponseHeader, Status, MAX_HEADER};
+use butter::{Error, Identity, Node};
+use common::{loopback, reverse_node, within};
+
+fn raw_endpoint(crypto: Arc<quinn::crypto::rustls::QuicClientConfig>) -> quinn::Endpoint {
+    let mut ep = quinn::Endpoint::client(loopback()).unwrap();
+    ep.set_default_client_config(quinn::ClientConfig::new(crypto));
+    ep
+}
+
+async fn raw_connect(
+    server: &Node,
+    crypto: Arc<quinn::crypto::rustls::QuicClientConfig>,
+) -> Result<quinn::Connection, quinn::ConnectionError> {
+    let ep = raw_endpoint(crypto);
+    let addr = server.addr().addrs[0];
+    ep.connect(addr, &tls::server_name(&server.id()))
+        .unwrap()
+        .await
+}
+
+/// Sends raw bytes as a request stream and returns the status the node answers.
+async fn send_raw(conn: &quinn::Connection, bytes: &[u8], finish: bool) -> Status {
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(bytes).await.unwrap();
+    if finish {
+        send.finish().unwrap();
+    }
+    let header: ResponseHeader = within(10, "status", wire::read_frame(&mut recv, MAX_HEADER))
+        .await
+        .unwrap();
+    header.status
+}
+
+#[tokio::test]
+async fn malformed_oversized_and_unknown_requests_get_clear_statuses() {
+    let server = Node::builder()
+        .listen(loopback())
+        .limits(butter::Limits {
+            header_timeout: Duration::from_millis(300),
+            ..Default::default()
+        })
+        .route("reverse", |req: butter::Request| async move {
+            Ok(req.body().iter().rev().copied().collect::<Vec<u8>>())
+        })
+        .spawn()
+        .await
+        .unwrap();
+    let me = Identity::generate();
+    let conn = within(
+        10,
+        "connect",
+        raw_connect(&server, tls::client_crypto(&me).unwrap()),
+    )
+    .await
+    .unwrap();
+
+    // Bytes that do not decode as a header.
+    let status = send_raw(&conn, &[3, 0, 0, 0, 0xff, 0xff, 0xff], true).await;
+    assert!(matches!(status, Status::Malformed(_)), "{status:?}");
+    // A stream that ends inside the header.
+    let status = send_raw(&conn, &[10, 0, 0, 0, 1, 2], true).await;
+    assert!(matches!(status, Status::Malformed(_)), "{status:?}");
+    // A header frame over the limit: refused before its payload is read.
+    let mut big = (MAX_HEADER as u32 + 1).to_le_bytes().to_vec();
+    big.extend_from_slice(&[0u8; 1024]);
+    let status = send_raw(&conn, &big, false).await;
+    assert_eq!(
+        status,
+        Status::TooLarge {
+            limit: MAX_HEADER as u64
+        }
+    );
+    // A caller that starts a header and then goes silent (a stream the peer has
+    // sent nothing on does not exist for it yet, so one byte is sent).
+    let status = send_raw(&conn, &[5], false).await;
+    assert_eq!(status, Status::Timeout);
+    // An unknown route.
+    let header = RequestHeader {
+        route: "no/such/route".into(),
+        flags: 0,
+        body_len: Some(0),
+    };
+    let status = send_raw(
+        &conn,
+        &wire::encode_frame(&header, MAX_HEADER).unwrap(),
+        true,
+    )
+    .await;
+    assert_eq!(status, Status::NoSuchRoute);
+    // A stream reset half-way through its header.
+    let (mut send, _recv) = conn.open_bi().await.unwrap();
+    send.write_all(&[200, 0]).await.unwrap();
+    send.reset(7u32.into()).unwrap();
+
+    // The same connection still carries a good call...
+    let header = RequestHeader {
+        route: "reverse".into(),
+        flags: 0,
+        body_len: Some(5),
+    };
+    let mut good = wire::encode_frame(&header, MAX_HEADER).unwrap();
+    good.extend_from_slice(b"hello");
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&good).await.unwrap();
+    send.finish().unwrap();
+    let header: ResponseHeader = within(10, "good status", wire::read_frame(&mut recv, MAX_HEADER))
+        .await
+        .unwrap();
+    assert_eq!(header.status, Status::Ok);
+    let body = within(10, "good body", recv.read_to_end(1024))
+        .await
+        .unwrap();
+    assert_eq!(body, b"olleh");
+    // ...and so does a fresh node.
+    let client = reverse_node().await;
+    let reply = within(
+        10,
+        "node call",
+        client.call(server.addr(), "reverse", "abc"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(&reply[..], b"cba");
+    assert!(server.stats().malformed >= 3, "{:?}", server.stats());
+    assert_eq!(server.stats().no_route, 1);
+}
+
+/// Certificate of the victim, CertificateVerify signed by the attacker's key.
+#[tokio::test]
+async fn a_client_presenting_someone_elses_certificate_is_refused() {
+    let server = reverse_node().await;
+    let victim = Identity::generate();
+    let attacker = Identity::generate();
+    let forged = rustls::sign::CertifiedKey::new(
+        vec![tls::self_signed_cert(&victim).unwrap()],
+        tls::signing_key(&attacker).unwrap(),
+    );
+    let crypto = tls::client_crypto_with(Arc::new(forged)).unwrap();
+    let result = within(10, "forged handshake", async {
+        let conn = raw_connect(&server, crypto).await?;
+        // TLS 1.3: the client may finish before the server has checked its
+        // certificate; the refusal then closes the connection.
+        Err::<(), _>(conn.closed().await)
+    })
+    .await;
+    let err = Error::from(result.unwrap_err());
+    assert!(matches!(err, Error::IdentityMismatch(_)), "{err}");
+    assert_eq!(server.stats().handshakes_in, 0);
+    assert!(server.stats().handshakes_failed >= 1);
+    // The node keeps serving honest peers.
+    let honest = reverse_node().await;
+    within(
+        10,
+        "honest call",
+        honest.call(server.addr(), "reverse", "ok"),
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_client_with_a_non_ed25519_certificate_is_refused() {
+    let server = reverse_node().await;
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["x.butter".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let certified = rustls::sign::CertifiedKey::from_der(
+        vec![cert.der().clone()],
+        rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        &rustls::crypto::ring::default_provider(),
+    )
+    .unwrap();
+    let crypto = tls::client_crypto_with(Arc::new(certified)).unwrap();
+    let result = within(10, "ecdsa handshake", async {
+        let conn = raw_connect(&server, crypto).await?;
+        Err::<(), _>(conn.closed().await)
+    })
+    .await;
+    let err = Error::from(result.unwrap_err());
+    assert!(matches!(err, Error::IdentityMismatch(_)), "{err}");
+    assert_eq!(server.stats().handshakes_in, 0);
+}
