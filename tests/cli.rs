@@ -1,0 +1,196 @@
+//! The `butter` CLI and the examples, run as real processes.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use common::within;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
+
+fn butter() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_butter"));
+    cmd.kill_on_drop(true).env("RUST_LOG", "warn");
+    cmd
+}
+
+/// Examples are built by `cargo test` next to the binaries.
+fn example(name: &str) -> Command {
+    let path: PathBuf = PathBuf::from(env!("CARGO_BIN_EXE_butter"))
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: `cargo test` builds the examples",
+        path.display()
+    );
+    let mut cmd = Command::new(path);
+    cmd.kill_on_drop(true);
+    cmd
+}
+
+struct Running {
+    child: Child,
+    lines: Lines<BufReader<ChildStdout>>,
+}
+
+impl Running {
+    fn start(mut cmd: Command) -> Self {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        Running { child, lines }
+    }
+
+    async fn line(&mut self, what: &str) -> String {
+        within(20, what, self.lines.next_line())
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("{what}: stdout closed"))
+    }
+
+    async fn type_line(&mut self, text: &str) {
+        let stdin = self.child.stdin.as_mut().unwrap();
+        stdin
+            .write_all(format!("{text}\n").as_bytes())
+            .await
+            .unwrap();
+        stdin.flush().await.unwrap();
+    }
+}
+
+struct Output {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+async fn run(mut cmd: Command, stdin: Option<&str>) -> Output {
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).await.unwrap();
+    }
+    drop(input);
+    let out = within(30, "command", child.wait_with_output())
+        .await
+        .unwrap();
+    Output {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[tokio::test]
+async fn ping_and_call_the_ohce_example() {
+    let mut ohce = example("ohce");
+    ohce.args(["--listen", "127.0.0.1:0"]);
+    let mut ohce = Running::start(ohce);
+    let addr = ohce.line("ohce address").await;
+    let id = addr.split('@').next().unwrap().to_string();
+
+    let mut cmd = butter();
+    cmd.args(["ping", &addr]);
+    let out = run(cmd, None).await;
+    assert!(out.ok, "{}", out.stderr);
+    assert!(
+        out.stdout.starts_with(&format!("reply from {id} in ")),
+        "{}",
+        out.stdout
+    );
+
+    let mut cmd = butter();
+    cmd.args(["call", &addr, "reverse", "hello"]);
+    let out = run(cmd, None).await;
+    assert!(out.ok, "{}", out.stderr);
+    assert_eq!(out.stdout, "olleh\n");
+
+    let mut cmd = butter();
+    cmd.args(["call", &addr, "reverse"]);
+    let out = run(cmd, Some("from stdin")).await;
+    assert!(out.ok, "{}", out.stderr);
+    assert_eq!(out.stdout, "nidts morf\n");
+
+    // Same address, someone else's id: refused, one line saying why.
+    let wrong = format!(
+        "{}{}",
+        if id.starts_with('0') { "1" } else { "0" },
+        &addr[1..]
+    );
+    let mut cmd = butter();
+    cmd.args(["call", &wrong, "reverse", "hello"]);
+    let out = run(cmd, None).await;
+    assert!(!out.ok);
+    assert!(out.stdout.is_empty());
+    assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
+    assert!(out.stderr.contains("identity mismatch"), "{}", out.stderr);
+
+    let mut cmd = butter();
+    cmd.args(["call", &addr, "nope", "x"]);
+    let out = run(cmd, None).await;
+    assert!(!out.ok);
+    assert!(out.stderr.contains("no such route"), "{}", out.stderr);
+
+    let mut cmd = butter();
+    cmd.args(["ping", "not-an-address"]);
+    let out = run(cmd, None).await;
+    assert!(!out.ok);
+    assert!(out.stderr.contains("NODEID@IP:PORT"), "{}", out.stderr);
+}
+
+#[tokio::test]
+async fn node_and_id_share_the_persisted_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().to_str().unwrap();
+    let mut cmd = butter();
+    cmd.args(["id", "--data-dir", data_dir]);
+    let first = run(cmd, None).await;
+    assert!(first.ok, "{}", first.stderr);
+    let id = first.stdout.trim().to_string();
+    assert_eq!(id.len(), 64);
+    let mut cmd = butter();
+    cmd.args(["id", "--data-dir", data_dir]);
+    assert_eq!(run(cmd, None).await.stdout.trim(), id);
+
+    let mut node = butter();
+    node.args(["node", "--listen", "127.0.0.1:0", "--data-dir", data_dir]);
+    let mut node = Running::start(node);
+    let addr = node.line("node address").await;
+    assert!(addr.starts_with(&format!("{id}@127.0.0.1:")), "{addr}");
+    let mut cmd = butter();
+    cmd.args(["ping", &addr]);
+    let out = run(cmd, None).await;
+    assert!(out.ok, "{}", out.stderr);
+
+    std::fs::write(dir.path().join("node.key"), "garbage").unwrap();
+    let mut cmd = butter();
+    cmd.args(["id", "--data-dir", data_dir]);
+    let out = run(cmd, None).await;
+    assert!(!out.ok);
+    assert!(out.stderr.contains("node.key"), "{}", out.stderr);
+}
+
+#[tokio::test]
+async fn chat_lines_cross_both_ways() {
+    let mut a = Running::start(example("chat"));
+    let addr = a.line("chat address").await;
+    let mut cmd = example("chat");
+    cmd.arg(&addr);
+    let mut b = Running::start(cmd);
+    let _b_addr = b.line("second chat address").await;
+    b.type_line("hi from b").await;
+    assert_eq!(a.line("a receives").await, "hi from b");
+    a.type_line("hi from a").await;
+    assert_eq!(b.line("b receives").await, "hi from a");
+}
