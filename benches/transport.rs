@@ -1,1 +1,303 @@
-fn main() {}
+//! Transport benchmark: Butter route calls vs raw quinn doing the same work, in one
+//! run, over loopback. Prints figures (no assertions):
+//!
+//! - call latency p50/p99, one request in flight, 64-byte bodies, a new stream per call;
+//! - calls/s with 64 requests in flight;
+//! - bulk MiB/s of a 512 MiB streamed upload.
+//!
+//! `cargo bench --bench transport` (set `BUTTER_BENCH_BULK_MIB` to change the size).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use butter::identity::tls;
+use butter::{Body, Identity, Limits, Node, Request, StreamRequest, TransportSettings};
+use tokio::io::AsyncReadExt;
+
+const BODY: [u8; 64] = [0x5a; 64];
+const LATENCY_CALLS: usize = 5_000;
+const THROUGHPUT_CALLS: usize = 50_000;
+const IN_FLIGHT: usize = 64;
+const CHUNK: usize = 256 * 1024;
+const ROUNDS: usize = 3;
+
+fn lo() -> std::net::SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+/// The raw-quinn side: same TLS, same transport parameters, no Butter framing.
+struct Raw {
+    _server: quinn::Endpoint,
+    client: quinn::Endpoint,
+    conn: quinn::Connection,
+}
+
+async fn raw_pair() -> Raw {
+    let transport = butter::transport_config(&Limits::default(), &TransportSettings::default());
+    let server_id = Identity::generate();
+    let mut server_config =
+        quinn::ServerConfig::with_crypto(tls::server_crypto(&server_id).unwrap());
+    server_config.transport_config(transport.clone());
+    let server = quinn::Endpoint::server(server_config, lo()).unwrap();
+    let addr = server.local_addr().unwrap();
+    let accept = server.clone();
+    tokio::spawn(async move {
+        while let Some(incoming) = accept.accept().await {
+            tokio::spawn(async move {
+                let Ok(conn) = incoming.await else { return };
+                while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                    tokio::spawn(async move {
+                        // Echo small requests; count and discard bulk ones.
+                        let mut total = 0u64;
+                        let mut first = Vec::new();
+                        while let Ok(Some(chunk)) = recv.read_chunk(usize::MAX, true).await {
+                            if total < 1024 {
+                                first
+                                    .extend_from_slice(&chunk.bytes[..chunk.bytes.len().min(1024)]);
+                            }
+                            total += chunk.bytes.len() as u64;
+                        }
+                        let reply = if total <= 1024 {
+                            first
+                        } else {
+                            total.to_le_bytes().to_vec()
+                        };
+                        let _ = send.write_all(&reply).await;
+                        let _ = send.finish();
+                    });
+                }
+            });
+        }
+    });
+    let mut client = quinn::Endpoint::client(lo()).unwrap();
+    let mut client_config =
+        quinn::ClientConfig::new(tls::client_crypto(&Identity::generate()).unwrap());
+    client_config.transport_config(transport);
+    client.set_default_client_config(client_config);
+    let conn = client
+        .connect(addr, &tls::server_name(&server_id.id()))
+        .unwrap()
+        .await
+        .unwrap();
+    Raw {
+        _server: server,
+        client,
+        conn,
+    }
+}
+
+async fn raw_call(conn: &quinn::Connection) {
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&BODY).await.unwrap();
+    send.finish().unwrap();
+    let reply = recv.read_to_end(1024).await.unwrap();
+    assert_eq!(reply.len(), BODY.len());
+}
+
+async fn raw_bulk(conn: &quinn::Connection, bytes: u64) {
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let chunk = bytes::Bytes::from(vec![7u8; CHUNK]);
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(CHUNK as u64) as usize;
+        send.write_chunk(chunk.slice(..n)).await.unwrap();
+        left -= n as u64;
+    }
+    send.finish().unwrap();
+    let reply = recv.read_to_end(64).await.unwrap();
+    assert_eq!(u64::from_le_bytes(reply.try_into().unwrap()), bytes);
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+async fn latency<F, Fut>(mut call: F) -> (Duration, Duration)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    for _ in 0..200 {
+        call().await;
+    }
+    let mut samples = Vec::with_capacity(LATENCY_CALLS);
+    for _ in 0..LATENCY_CALLS {
+        let t = Instant::now();
+        call().await;
+        samples.push(t.elapsed());
+    }
+    samples.sort();
+    (percentile(&samples, 0.5), percentile(&samples, 0.99))
+}
+
+async fn throughput<F, Fut>(call: F) -> f64
+where
+    F: Fn() -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let call = Arc::new(call);
+    let start = Instant::now();
+    let per_task = THROUGHPUT_CALLS / IN_FLIGHT;
+    let tasks: Vec<_> = (0..IN_FLIGHT)
+        .map(|_| {
+            let call = call.clone();
+            tokio::spawn(async move {
+                for _ in 0..per_task {
+                    call().await;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    (per_task * IN_FLIGHT) as f64 / start.elapsed().as_secs_f64()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+#[tokio::main]
+async fn main() {
+    let bulk_mib: u64 = std::env::var("BUTTER_BENCH_BULK_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(512);
+    let server = Node::builder()
+        .listen(lo())
+        .route("echo", |req: Request| async move { Ok(req.into_body()) })
+        .stream_route("sink", |mut req: StreamRequest| async move {
+            let mut buf = vec![0u8; CHUNK];
+            let mut total = 0u64;
+            loop {
+                let n = req.body.read(&mut buf).await?;
+                if n == 0 {
+                    break;
+                }
+                total += n as u64;
+            }
+            Ok(total.to_le_bytes().to_vec())
+        })
+        .spawn()
+        .await
+        .unwrap();
+    let client = Arc::new(Node::builder().listen(lo()).spawn().await.unwrap());
+    let target = server.addr();
+    client.call(&target, "echo", &BODY[..]).await.unwrap();
+    let raw = raw_pair().await;
+
+    let butter_call = {
+        let client = client.clone();
+        let target = target.id;
+        move || {
+            let client = client.clone();
+            async move {
+                let r = client.call(target, "echo", &BODY[..]).await.unwrap();
+                assert_eq!(r.len(), BODY.len());
+            }
+        }
+    };
+    let raw_conn = raw.conn.clone();
+    let raw_call_fn = move || {
+        let conn = raw_conn.clone();
+        async move { raw_call(&conn).await }
+    };
+
+    println!(
+        "butter transport benchmark (loopback, release build, {} cores; median of {ROUNDS} alternating rounds)",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    let (mut q50, mut q99, mut b50, mut b99) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..ROUNDS {
+        let (p50, p99) = latency(&raw_call_fn).await;
+        q50.push(us(p50));
+        q99.push(us(p99));
+        let (p50, p99) = latency(&butter_call).await;
+        b50.push(us(p50));
+        b99.push(us(p99));
+    }
+    let (q50, q99, b50, b99) = (median(q50), median(q99), median(b50), median(b99));
+    println!("latency, 1 in flight, 64 B   raw quinn p50 {q50:7.1} us p99 {q99:7.1} us | butter p50 {b50:7.1} us p99 {b99:7.1} us | ratio p50 {:.2}x p99 {:.2}x",
+        b50 / q50, b99 / q99);
+
+    let (mut q, mut b) = (vec![], vec![]);
+    for _ in 0..ROUNDS {
+        q.push(throughput(raw_call_fn.clone()).await);
+        b.push(throughput(butter_call.clone()).await);
+    }
+    let (q, b) = (median(q), median(b));
+    println!("calls/s, {IN_FLIGHT} in flight, 64 B   raw quinn {q:9.0}         | butter {b:9.0}         | ratio {:.2}x", b / q);
+
+    let bytes = bulk_mib * 1024 * 1024;
+    let chunk = bytes::Bytes::from(vec![7u8; CHUNK]);
+    let (mut q, mut b, mut c) = (vec![], vec![], vec![]);
+    for _ in 0..ROUNDS {
+        let t = Instant::now();
+        raw_bulk(&raw.conn, bytes).await;
+        q.push(bulk_mib as f64 / t.elapsed().as_secs_f64());
+
+        let t = Instant::now();
+        let piece = chunk.clone();
+        let chunks = futures_util::stream::iter((0..bytes.div_ceil(CHUNK as u64)).map(move |i| {
+            let n = (bytes - i * CHUNK as u64).min(CHUNK as u64) as usize;
+            Ok(piece.slice(..n))
+        }));
+        let reply = client
+            .call_stream(target.id, "sink", Body::from_stream(chunks))
+            .await
+            .unwrap()
+            .bytes(64)
+            .await
+            .unwrap();
+        assert_eq!(u64::from_le_bytes(reply[..].try_into().unwrap()), bytes);
+        c.push(bulk_mib as f64 / t.elapsed().as_secs_f64());
+
+        let t = Instant::now();
+        let reader = tokio_stream_reader(chunk.clone(), bytes);
+        let reply = client
+            .call_stream(target.id, "sink", Body::from_reader(reader))
+            .await
+            .unwrap()
+            .bytes(64)
+            .await
+            .unwrap();
+        assert_eq!(u64::from_le_bytes(reply[..].try_into().unwrap()), bytes);
+        b.push(bulk_mib as f64 / t.elapsed().as_secs_f64());
+    }
+    let (q, b, c) = (median(q), median(b), median(c));
+    println!("bulk upload {bulk_mib} MiB           raw quinn {q:7.1} MiB/s     | butter {c:7.1} MiB/s     | ratio {:.2}x (Body::from_stream)", c / q);
+    println!("                                                        | butter {b:7.1} MiB/s     | ratio {:.2}x (Body::from_reader)", b / q);
+    raw.client.close(0u32.into(), b"done");
+}
+
+/// An AsyncRead of `total` bytes repeating `chunk`, without allocating per read.
+fn tokio_stream_reader(
+    chunk: bytes::Bytes,
+    total: u64,
+) -> impl tokio::io::AsyncRead + Send + 'static {
+    struct Repeat {
+        chunk: bytes::Bytes,
+        left: u64,
+    }
+    impl tokio::io::AsyncRead for Repeat {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            let n = (buf.remaining() as u64)
+                .min(self.left)
+                .min(self.chunk.len() as u64) as usize;
+            buf.put_slice(&self.chunk[..n]);
+            self.left -= n as u64;
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+    Repeat { chunk, left: total }
+}
