@@ -70,7 +70,6 @@ pub fn transport_config(
 pub(crate) struct Endpoint {
     pub(crate) quinn: quinn::Endpoint,
     pub(crate) socket: Arc<DemuxSocket>,
-    id: NodeId,
     client_config: quinn::ClientConfig,
     conns: Arc<Mutex<HashMap<NodeId, Slot>>>,
     addrs: Mutex<HashMap<NodeId, Vec<SocketAddr>>>,
@@ -112,7 +111,6 @@ impl Endpoint {
         Ok(Endpoint {
             quinn,
             socket,
-            id: identity.id(),
             client_config,
             conns: Default::default(),
             addrs: Default::default(),
@@ -132,9 +130,6 @@ impl Endpoint {
 
     /// Remembers where a node can be reached (most recently confirmed first).
     pub(crate) fn learn(&self, addr: &NodeAddr) {
-        if addr.id == self.id {
-            return;
-        }
         let mut book = lock(&self.addrs);
         let known = book.entry(addr.id).or_default();
         for a in addr.addrs.iter().rev() {

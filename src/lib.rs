@@ -35,6 +35,11 @@ mod router;
 mod stats;
 pub mod wire;
 
+/// The README's examples are compiled and run as doc tests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 pub use addr::{NodeAddr, Target};
 pub use config::{Limits, TransportSettings};
 pub use endpoint::transport_config;
