@@ -7,12 +7,13 @@
 //! ```
 //! # async fn run() -> butter::Result<()> {
 //! let node = butter::Node::builder()
+//!     .listen("127.0.0.1:0".parse().unwrap()) // loopback: this demo stays off the LAN
 //!     .route("reverse", |req: butter::Request| async move {
 //!         Ok(req.body().iter().rev().copied().collect::<Vec<u8>>())
 //!     })
 //!     .spawn()
 //!     .await?;
-//! let peer = butter::Node::builder().spawn().await?;
+//! let peer = butter::Node::builder().listen("127.0.0.1:0".parse().unwrap()).spawn().await?;
 //! let reply = peer.call(node.addr(), "reverse", "hello").await?;
 //! assert_eq!(&reply[..], b"olleh");
 //! # Ok(()) }
@@ -26,11 +27,13 @@
 
 mod addr;
 pub mod config;
+pub mod discovery;
 mod endpoint;
 mod error;
 pub mod identity;
 pub mod net;
 pub mod node;
+pub mod peers;
 mod router;
 mod stats;
 pub mod wire;
@@ -42,9 +45,11 @@ pub struct ReadmeDoctests;
 
 pub use addr::{NodeAddr, Target};
 pub use config::{Limits, TransportSettings};
+pub use discovery::DiscoverySettings;
 pub use endpoint::transport_config;
 pub use error::{Error, Result};
 pub use identity::{Identity, NodeId};
 pub use node::{Node, NodeBuilder, Ping, PingReply};
+pub use peers::{HostInfo, MembershipSettings, PeerEvent, Quality};
 pub use router::{Body, RecvBody, Request, StreamRequest};
 pub use stats::StatsSnapshot;

@@ -9,7 +9,7 @@ macro_rules! counters {
         pub(crate) struct Stats { $(pub(crate) $name: AtomicU64,)* }
 
         /// A snapshot of a node's counters.
-        #[derive(Debug, Clone, Default, PartialEq, Eq)]
+        #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
         #[non_exhaustive]
         pub struct StatsSnapshot { $($(#[$doc])* pub $name: u64,)* }
 
@@ -42,4 +42,18 @@ counters! {
     handler_errors,
     /// Handlers that panicked (the node kept serving).
     handler_panics,
+    /// Multicast pings sent (one per interface).
+    mcast_pings_sent,
+    /// Multicast pongs sent (one per interface).
+    mcast_pongs_sent,
+    /// Multicast datagrams received (from others and our own looped back).
+    mcast_received,
+    /// Multicast datagrams that were not well-formed beacons.
+    mcast_garbage,
+    /// Candidates (from multicast or peer exchange) verified by a handshake.
+    candidates_verified,
+    /// Candidates whose handshake proved another identity than claimed (spoofed).
+    candidates_spoofed,
+    /// Candidates that did not answer.
+    candidates_unreachable,
 }

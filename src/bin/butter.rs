@@ -65,7 +65,7 @@ fn default_data_dir() -> PathBuf {
 
 /// A client node for one-shot commands: persistent identity only if asked for.
 async fn client(data_dir: Option<PathBuf>) -> Result<Node> {
-    let mut builder = Node::builder();
+    let mut builder = Node::builder().lan_discovery(false);
     if let Some(dir) = data_dir {
         builder = builder.data_dir(dir);
     }

@@ -1,5 +1,8 @@
 //! [`Node`] and [`NodeBuilder`]: wire the layers together and own the background
-//! tasks.
+//! tasks (membership upkeep in `membership`, LAN discovery in `lan`).
+
+mod lan;
+mod membership;
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -14,9 +17,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::addr::{NodeAddr, Target};
 use crate::config::{Limits, TransportSettings};
+use crate::discovery::DiscoverySettings;
 use crate::endpoint::{connection_error, Endpoint};
 use crate::error::{Error, Result};
 use crate::identity::{tls, Identity, NodeId};
+use crate::peers::{
+    HostInfo, Membership, MembershipSettings, PeerEvent, PeerRecord, PeersRequest, Quality,
+    PEERS_ROUTE,
+};
 use crate::router::{
     self, Body, Handler, RecvBody, Request, Router, StreamRequest, RESERVED_PREFIX,
 };
@@ -25,6 +33,17 @@ use crate::wire::{self, RequestHeader, ResponseHeader, FLAG_STREAMED, MAX_HEADER
 
 /// Route of the built-in liveness and identity check.
 pub const PING_ROUTE: &str = "butter/ping";
+
+/// Route of a node's counters.
+pub const STATS_ROUTE: &str = "butter/stats";
+
+/// Request of `butter/ping` (an empty body means all defaults).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PingRequest {
+    /// The caller keeps the callee in its known-hosts table (liveness check); the
+    /// callee counts how many hosts know it.
+    pub in_table: bool,
+}
 
 /// Reply of `butter/ping`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,6 +54,28 @@ pub struct PingReply {
     pub version: String,
     /// How long it has been running, in milliseconds.
     pub uptime_ms: u64,
+    /// How many hosts it knows.
+    pub known_hosts: u32,
+    /// How many hosts told it recently that they keep it in their table.
+    pub known_by: u32,
+    /// Storage it offers, in bytes.
+    pub storage_bytes: u64,
+    /// Whether it is an introducer.
+    pub introducer: bool,
+}
+
+impl PingReply {
+    /// The quality of the answering host, with our measured round trip.
+    pub fn quality(&self, rtt: Duration) -> Quality {
+        Quality {
+            uptime_ms: self.uptime_ms,
+            storage_bytes: self.storage_bytes,
+            degree: self.known_hosts,
+            known_by: self.known_by,
+            rtt_us: rtt.as_micros().min(u32::MAX as u128) as u32,
+            introducer: self.introducer,
+        }
+    }
 }
 
 /// Result of [`Node::ping`].
@@ -70,6 +111,8 @@ pub struct NodeBuilder {
     router: Router,
     limits: Limits,
     transport: TransportSettings,
+    membership: MembershipSettings,
+    discovery: DiscoverySettings,
     error: Option<Error>,
 }
 
@@ -82,6 +125,8 @@ impl Default for NodeBuilder {
             router: Router::default(),
             limits: Limits::default(),
             transport: TransportSettings::default(),
+            membership: MembershipSettings::default(),
+            discovery: DiscoverySettings::default(),
             error: None,
         }
     }
@@ -145,6 +190,7 @@ impl NodeBuilder {
     /// ```
     /// # async fn run() -> butter::Result<()> {
     /// let node = butter::Node::builder()
+    ///     .listen("127.0.0.1:0".parse().unwrap())
     ///     .typed_route("add", |_peer, (a, b): (u32, u32)| async move { Ok(a + b) })
     ///     .spawn()
     ///     .await?;
@@ -212,6 +258,43 @@ impl NodeBuilder {
         self
     }
 
+    /// Replaces the membership settings (known hosts, liveness).
+    pub fn membership(mut self, settings: MembershipSettings) -> Self {
+        self.membership = settings;
+        self
+    }
+
+    /// Memory allowed for known hosts; the table's capacity follows from it
+    /// (see [`MembershipSettings::memory_bytes`]).
+    pub fn memory(mut self, bytes: u64) -> Self {
+        self.membership.memory_bytes = bytes;
+        self
+    }
+
+    /// Hosts the node wants to know; below this it discovers actively.
+    pub fn want_hosts(mut self, n: usize) -> Self {
+        self.membership.want_hosts = n;
+        self
+    }
+
+    /// Base interval of liveness checks of known hosts.
+    pub fn liveness_interval(mut self, interval: Duration) -> Self {
+        self.membership.liveness_interval = interval;
+        self
+    }
+
+    /// Replaces the LAN discovery settings.
+    pub fn discovery(mut self, settings: DiscoverySettings) -> Self {
+        self.discovery = settings;
+        self
+    }
+
+    /// Turns LAN multicast discovery on or off (on by default).
+    pub fn lan_discovery(mut self, enabled: bool) -> Self {
+        self.discovery.enabled = enabled;
+        self
+    }
+
     /// Binds the socket and starts serving. Must run inside a tokio runtime.
     pub async fn spawn(self) -> Result<Node> {
         if let Some(e) = self.error {
@@ -230,17 +313,51 @@ impl NodeBuilder {
         let started = Instant::now();
         let mut router = self.router;
         let id = identity.id();
+        let stats = Arc::new(Stats::default());
+        let members = Arc::new(Membership::new(id, self.membership));
+        let m = members.clone();
         router.insert(
             PING_ROUTE,
-            Handler::typed(move |_peer, (): ()| async move {
-                Ok(PingReply {
-                    id,
-                    version: env!("CARGO_PKG_VERSION").to_string(),
-                    uptime_ms: started.elapsed().as_millis() as u64,
-                })
+            Handler::buffered(move |req: Request| {
+                let m = m.clone();
+                async move {
+                    let ping: PingRequest = if req.body().is_empty() {
+                        PingRequest::default()
+                    } else {
+                        req.decode()?
+                    };
+                    if ping.in_table {
+                        m.known_by_peer(req.peer());
+                    }
+                    let reply = PingReply {
+                        id,
+                        version: env!("CARGO_PKG_VERSION").to_string(),
+                        uptime_ms: started.elapsed().as_millis() as u64,
+                        known_hosts: m.len() as u32,
+                        known_by: m.known_by_count(),
+                        storage_bytes: m.settings.storage_bytes,
+                        introducer: m.settings.introducer,
+                    };
+                    postcard::to_allocvec(&reply).map_err(|e| Error::handler(e.to_string()))
+                }
             }),
         );
-        let stats = Arc::new(Stats::default());
+        let m = members.clone();
+        router.insert(
+            PEERS_ROUTE,
+            Handler::typed(move |peer, req: PeersRequest| {
+                let m = m.clone();
+                async move { Ok(m.sample(req.max as usize, &peer)) }
+            }),
+        );
+        let st = stats.clone();
+        router.insert(
+            STATS_ROUTE,
+            Handler::typed(move |_peer, (): ()| {
+                let st = st.clone();
+                async move { Ok(st.snapshot()) }
+            }),
+        );
         // Connections (dialed or accepted) are served by tasks that need the node's
         // shared state, which does not exist yet while the endpoint is built.
         let weak_shared: Arc<OnceLock<Weak<Shared>>> = Arc::default();
@@ -258,21 +375,53 @@ impl NodeBuilder {
             stats.clone(),
             on_connection,
         )?;
+        // A node bound to one address discovers only on that address's interface;
+        // one bound to loopback is not on any LAN.
+        let mut discovery = self.discovery;
+        if discovery.interfaces.is_empty() && !self.listen.ip().is_unspecified() {
+            match self.listen.ip() {
+                IpAddr::V4(v4) if !v4.is_loopback() => discovery.interfaces = vec![v4],
+                _ => discovery.enabled = false,
+            }
+        }
+        let lan = if discovery.enabled {
+            Some(crate::discovery::multicast::MulticastSocket::open(
+                &discovery,
+            )?)
+        } else {
+            None
+        };
         let shared = Arc::new(Shared {
             endpoint,
             router,
             limits: self.limits,
             stats,
             identity,
+            members,
         });
         let _ = weak_shared.set(Arc::downgrade(&shared));
         tokio::spawn(accept_loop(
             shared.endpoint.quinn.clone(),
             Arc::downgrade(&shared),
         ));
-        let node = Node {
-            inner: Arc::new(NodeInner { shared }),
-        };
+        let (closed_tx, closed) = tokio::sync::watch::channel(());
+        let inner = Arc::new(NodeInner {
+            shared,
+            closed: closed_tx,
+        });
+        let node = Node { inner };
+        tokio::spawn(membership::upkeep(
+            Arc::downgrade(&node.inner),
+            closed.clone(),
+        ));
+        if let Some(socket) = lan {
+            tokio::spawn(lan::run(
+                Arc::downgrade(&node.inner),
+                socket,
+                discovery,
+                closed,
+            ));
+        }
         tracing::info!(addr = %node.addr(), "node started");
         Ok(node)
     }
@@ -285,11 +434,14 @@ struct Shared {
     limits: Limits,
     stats: Arc<Stats>,
     identity: Identity,
+    members: Arc<Membership>,
 }
 
 /// Owned by the handles only: dropping the last handle shuts the node down.
 struct NodeInner {
     shared: Arc<Shared>,
+    /// Dropped with the node: background tasks watching it stop.
+    closed: tokio::sync::watch::Sender<()>,
 }
 
 impl Drop for NodeInner {
@@ -432,6 +584,53 @@ impl Node {
         self.shared().endpoint.cached(peer).map(|c| c.rtt())
     }
 
+    /// A snapshot of the known-hosts table.
+    pub fn known_hosts(&self) -> Vec<HostInfo> {
+        self.shared().members.hosts()
+    }
+
+    /// Changes of the known-hosts table from now on (host added, host removed).
+    ///
+    /// ```
+    /// # async fn run(node: butter::Node) {
+    /// let mut events = node.events();
+    /// while let Ok(event) = events.recv().await {
+    ///     if let butter::PeerEvent::Added(addr) = event {
+    ///         println!("now knows {addr}");
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    pub fn events(&self) -> tokio::sync::broadcast::Receiver<PeerEvent> {
+        self.shared().members.subscribe()
+    }
+
+    /// Asks a node for a sample of its known hosts (`butter/peers`).
+    pub async fn peers_of(&self, target: impl Into<Target>, max: u16) -> Result<Vec<PeerRecord>> {
+        self.call_typed(target, PEERS_ROUTE, &PeersRequest { max })
+            .await
+    }
+
+    /// Fetches a node's counters (`butter/stats`).
+    pub async fn stats_of(&self, target: impl Into<Target>) -> Result<StatsSnapshot> {
+        self.call_typed(target, STATS_ROUTE, &()).await
+    }
+
+    pub(crate) fn members(&self) -> &Membership {
+        &self.shared().members
+    }
+
+    pub(crate) fn counters(&self) -> &Stats {
+        &self.shared().stats
+    }
+
+    pub(crate) fn forget_connection(&self, id: &NodeId) {
+        if let Some(conn) = self.shared().endpoint.cached(id) {
+            self.shared().endpoint.invalidate(id, &conn);
+            conn.close(0u32.into(), b"unresponsive");
+        }
+    }
+
     /// Remembers addresses for a node, so it can then be called by id alone.
     pub fn add_peer_addr(&self, addr: &NodeAddr) {
         self.shared().endpoint.learn(addr);
@@ -442,7 +641,18 @@ impl Node {
     async fn open(&self, target: &Target) -> Result<(quinn::SendStream, quinn::RecvStream)> {
         let endpoint = &self.shared().endpoint;
         for attempt in 0..2 {
-            let conn = endpoint.connection(target).await?;
+            let conn = match endpoint.connection(target).await {
+                Ok(c) => c,
+                Err(e) => {
+                    // Failures seen by any call count for liveness too.
+                    if matches!(e, Error::Unreachable(_) | Error::IdentityMismatch(_)) {
+                        self.shared()
+                            .members
+                            .remove(&target.id(), "a call to it failed");
+                    }
+                    return Err(e);
+                }
+            };
             match conn.open_bi().await {
                 Ok(streams) => {
                     self.shared()
@@ -515,11 +725,12 @@ impl Node {
     /// ```
     /// # async fn run() -> butter::Result<()> {
     /// let server = butter::Node::builder()
+    ///     .listen("127.0.0.1:0".parse().unwrap())
     ///     .route("reverse", |req: butter::Request| async move {
     ///         Ok(req.body().iter().rev().copied().collect::<Vec<u8>>())
     ///     })
     ///     .spawn().await?;
-    /// let client = butter::Node::builder().spawn().await?;
+    /// let client = butter::Node::builder().listen("127.0.0.1:0".parse().unwrap()).spawn().await?;
     /// let reply = client.call(server.addr(), "reverse", "hello").await?;
     /// assert_eq!(&reply[..], b"olleh");
     /// # Ok(()) }
@@ -594,11 +805,16 @@ impl Node {
 
     /// Checks a peer is alive and is who we think: calls `butter/ping`.
     pub async fn ping(&self, target: impl Into<Target>) -> Result<Ping> {
-        let target = target.into();
+        self.ping_with(target.into(), false).await
+    }
+
+    pub(crate) async fn ping_with(&self, target: Target, in_table: bool) -> Result<Ping> {
         // Dial first, so the round trip measures one call rather than a handshake.
         let conn = self.shared().endpoint.connection(&target).await?;
         let start = Instant::now();
-        let reply: PingReply = self.call_typed(target.clone(), PING_ROUTE, &()).await?;
+        let reply: PingReply = self
+            .call_typed(target.clone(), PING_ROUTE, &PingRequest { in_table })
+            .await?;
         let rtt = start.elapsed();
         if reply.id != target.id() {
             return Err(Error::mismatch(
@@ -616,6 +832,8 @@ impl Node {
     /// Closes every connection and the socket, waiting (briefly) for peers to
     /// be told.
     pub async fn shutdown(&self) {
+        // Stops the background tasks (they watch this channel).
+        self.inner.closed.send_replace(());
         let endpoint = &self.shared().endpoint.quinn;
         endpoint.close(0u32.into(), b"shutdown");
         let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;

@@ -1,0 +1,157 @@
+//! Membership upkeep: liveness checks of known hosts, peer exchange while the node
+//! wants more hosts, and the verification every candidate goes through before it
+//! may enter the table.
+
+use std::sync::atomic::Ordering;
+use std::sync::Weak;
+use std::time::{Duration, Instant};
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use rand::Rng;
+use tokio::sync::watch;
+
+use super::{Node, NodeInner};
+use crate::addr::{NodeAddr, Target};
+use crate::error::Error;
+use crate::peers::HostInfo;
+
+/// Hosts asked for more hosts in one peer-exchange round.
+const PEX_FANOUT: usize = 3;
+
+/// `interval` ± 20 %.
+pub(super) fn jitter(interval: Duration) -> Duration {
+    interval.mul_f64(rand::rng().random_range(0.8..1.2))
+}
+
+/// Runs until the node is dropped or shut down.
+pub(super) async fn upkeep(node: Weak<NodeInner>, mut closed: watch::Receiver<()>) {
+    let Some(base) = upgrade(&node).map(|n| n.members().settings.liveness_interval) else {
+        return;
+    };
+    let mut interval = base;
+    // Ask for hosts soon after start rather than a full interval later.
+    let mut wait = Duration::from_millis(200);
+    loop {
+        tokio::select! {
+            _ = closed.changed() => return,
+            _ = tokio::time::sleep(jitter(wait)) => {}
+        }
+        let Some(node) = upgrade(&node) else { return };
+        let deaths = check_liveness(&node).await;
+        // Churn shortens the interval (down to a quarter of the base); calm
+        // stretches it back.
+        interval = if deaths > 0 {
+            (interval / 2).max(base / 4)
+        } else {
+            interval.mul_f64(1.25).min(base)
+        };
+        if node.members().wants_more() {
+            peer_exchange(&node).await;
+        }
+        wait = interval;
+    }
+}
+
+fn upgrade(node: &Weak<NodeInner>) -> Option<Node> {
+    node.upgrade().map(|inner| Node { inner })
+}
+
+/// Pings every known host; those that do not answer in time leave the table.
+async fn check_liveness(node: &Node) -> usize {
+    let settings = &node.members().settings;
+    let hosts = node.members().hosts();
+    let mut checks: FuturesUnordered<_> = hosts
+        .into_iter()
+        .map(|h| async move {
+            let result = tokio::time::timeout(
+                settings.liveness_timeout,
+                node.ping_with(Target::Addr(h.addr.clone()), true),
+            )
+            .await;
+            (h, result)
+        })
+        .collect();
+    let mut deaths = 0;
+    while let Some((host, result)) = checks.next().await {
+        let id = host.addr.id;
+        match result {
+            Ok(Ok(ping)) => node.members().seen(&id, ping.reply.quality(ping.rtt)),
+            Ok(Err(e)) => {
+                tracing::debug!(peer = %id.short(), error = %e, "liveness check failed");
+                deaths += node.members().remove(&id, "unreachable") as usize;
+                node.forget_connection(&id);
+            }
+            Err(_) => {
+                deaths += node.members().remove(&id, "no answer to liveness check") as usize;
+                node.forget_connection(&id);
+            }
+        }
+    }
+    deaths
+}
+
+/// Asks a few known hosts for theirs and verifies what comes back.
+async fn peer_exchange(node: &Node) {
+    use rand::seq::IndexedRandom;
+    let hosts = node.members().hosts();
+    let asked: Vec<&HostInfo> = hosts
+        .choose_multiple(&mut rand::rng(), PEX_FANOUT)
+        .collect();
+    for host in asked {
+        let answer = tokio::time::timeout(
+            node.members().settings.liveness_timeout,
+            node.peers_of(Target::Addr(host.addr.clone()), 16),
+        )
+        .await;
+        if let Ok(Ok(records)) = answer {
+            for record in records {
+                if record.addr.id != node.id() && !node.members().contains(&record.addr.id) {
+                    tokio::spawn(verify(node.clone(), record.addr));
+                }
+            }
+        }
+    }
+}
+
+/// Verifies a candidate with a handshake and a ping, then offers it to the table.
+/// Nothing heard about a host (multicast beacon, peer exchange) is trusted before
+/// this: the handshake proves the claimed key.
+pub(super) async fn verify(node: Node, addr: NodeAddr) {
+    let id = addr.id;
+    if id == node.id() || !node.members().start_verifying(id) {
+        return;
+    }
+    let timeout = node.members().settings.liveness_timeout * 2;
+    let result =
+        tokio::time::timeout(timeout, node.ping_with(Target::Addr(addr.clone()), false)).await;
+    let ok = match result {
+        Ok(Ok(ping)) => {
+            node.counters()
+                .candidates_verified
+                .fetch_add(1, Ordering::Relaxed);
+            let mut addrs = vec![ping.remote];
+            addrs.extend(addr.addrs.iter().filter(|a| **a != ping.remote));
+            addrs.truncate(8);
+            node.members().admit(HostInfo {
+                addr: NodeAddr::new(id, addrs),
+                quality: ping.reply.quality(ping.rtt),
+                last_seen: Instant::now(),
+            });
+            true
+        }
+        Ok(Err(Error::IdentityMismatch(e))) => {
+            node.counters()
+                .candidates_spoofed
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::info!(claimed = %id.short(), error = %e, "candidate failed to prove its identity");
+            false
+        }
+        Ok(Err(_)) | Err(_) => {
+            node.counters()
+                .candidates_unreachable
+                .fetch_add(1, Ordering::Relaxed);
+            false
+        }
+    };
+    node.members().done_verifying(&id, ok);
+}
