@@ -250,10 +250,10 @@ impl RoutingTable {
             } else {
                 Some(max_class)
             }
-        } else if n_new + 1 < n_max {
-            Some(max_class)
-        } else if (new_class == max_class || n_new + 1 == n_max)
-            && rng.random_bool(self.policy.random_accept.clamp(0.0, 1.0))
+        } else if n_new + 1 < n_max
+            // Diversity-neutral (same class, or a swap of counts), sometimes.
+            || ((new_class == max_class || n_new + 1 == n_max)
+                && rng.random_bool(self.policy.random_accept.clamp(0.0, 1.0)))
         {
             Some(max_class)
         } else {
