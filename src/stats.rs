@@ -13,6 +13,13 @@ macro_rules! counters {
         #[non_exhaustive]
         pub struct StatsSnapshot { $($(#[$doc])* pub $name: u64,)* }
 
+        impl StatsSnapshot {
+            /// Every counter with its name, in declaration order.
+            pub fn fields(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($name), self.$name),)*]
+            }
+        }
+
         impl Stats {
             pub(crate) fn snapshot(&self) -> StatsSnapshot {
                 StatsSnapshot { $($name: self.$name.load(Ordering::Relaxed),)* }
