@@ -98,7 +98,8 @@ fn parse_size(s: &str) -> Result<u64, String> {
         "G" => 1 << 30,
         _ => return Err(format!("unknown unit in {s:?} (K, M or G)")),
     };
-    n.checked_mul(mult).ok_or_else(|| format!("too large: {s:?}"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("too large: {s:?}"))
 }
 
 fn default_data_dir() -> PathBuf {
@@ -180,13 +181,20 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Peers { addr } => {
             let node = client(None).await?;
             let peers = node.peers_of(&addr, 64).await?;
-            println!("{:<64}  {:<22}  {:<9}  {:>9}  {:>10}", "ID", "ADDRESS", "UPTIME", "RTT", "STORAGE");
+            println!(
+                "{:<64}  {:<22}  {:<9}  {:>9}  {:>10}",
+                "ID", "ADDRESS", "UPTIME", "RTT", "STORAGE"
+            );
             for p in &peers {
                 let class = p.quality.class();
                 println!(
                     "{:<64}  {:<22}  {:<9}  {:>7.2}ms  {:>10}",
                     p.addr.id,
-                    p.addr.addrs.first().map(|a| a.to_string()).unwrap_or_default(),
+                    p.addr
+                        .addrs
+                        .first()
+                        .map(|a| a.to_string())
+                        .unwrap_or_default(),
                     format!("{:?}", class.uptime).to_lowercase(),
                     p.quality.rtt_us as f64 / 1e3,
                     human(p.quality.storage_bytes)

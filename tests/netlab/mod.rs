@@ -1,0 +1,324 @@
+//! The project's multi-host test harness: hosts in Linux network namespaces on a
+//! LAN bridge (the bridge lives in a "switch" namespace of its own: a bridge in the
+//! root namespace drops traffic on Docker hosts, see shared/notes/netlab.md), real
+//! `butter` processes inside them, and cleanup of everything on drop, also when a
+//! test fails.
+//!
+//! Needs root. When it cannot run it says why; with `BUTTER_NETLAB_REQUIRED=1`
+//! (set by CI) that is a failure instead of a skip.
+#![allow(dead_code)]
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Child;
+use tokio::sync::mpsc;
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// Why the lab cannot run here, if it cannot.
+fn cannot_run() -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let euid = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .unwrap_or("?");
+    if euid != "0" {
+        return Some(format!(
+            "network-namespace tests need root (creating namespaces, veths and bridges); effective uid is {euid}"
+        ));
+    }
+    match Command::new("ip").arg("-V").output() {
+        Ok(o) if o.status.success() => None,
+        _ => Some("the `ip` command (Debian package iproute2) is missing".into()),
+    }
+}
+
+/// Returns a lab, or None (after saying why) when it cannot run here.
+pub fn lab(test: &str) -> Option<Lab> {
+    if let Some(reason) = cannot_run() {
+        if std::env::var("BUTTER_NETLAB_REQUIRED").is_ok_and(|v| v == "1") {
+            panic!("{test}: cannot run although BUTTER_NETLAB_REQUIRED=1: {reason}");
+        }
+        eprintln!("SKIPPED {test}: {reason} (set BUTTER_NETLAB_REQUIRED=1 to make this a failure)");
+        return None;
+    }
+    let tag = format!(
+        "bt{}x{}",
+        std::process::id() % 100_000,
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    Some(Lab {
+        tag,
+        namespaces: Vec::new(),
+        dir: tempfile::tempdir().expect("temp dir"),
+    })
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A set of namespaces, deleted (with their interfaces) on drop.
+pub struct Lab {
+    tag: String,
+    namespaces: Vec<String>,
+    dir: tempfile::TempDir,
+}
+
+/// One host of a lab.
+#[derive(Debug, Clone)]
+pub struct Host {
+    pub ns: String,
+    pub ip: Ipv4Addr,
+}
+
+impl Lab {
+    fn add_ns(&mut self, name: String) -> String {
+        ip(&["netns", "add", &name]);
+        self.namespaces.push(name.clone());
+        ip(&["-n", &name, "link", "set", "lo", "up"]);
+        name
+    }
+
+    /// `n` hosts on one LAN bridge, 10.77.0.1/24 upwards, with multicast routed
+    /// out of their LAN interface.
+    pub fn lan(&mut self, n: usize) -> Vec<Host> {
+        let sw = self.add_ns(format!("{}sw", self.tag));
+        ip(&["-n", &sw, "link", "add", "name", "sw0", "type", "bridge"]);
+        // Without a multicast querier, snooping could drop group traffic.
+        ip(&[
+            "-n",
+            &sw,
+            "link",
+            "set",
+            "sw0",
+            "type",
+            "bridge",
+            "mcast_snooping",
+            "0",
+        ]);
+        ip(&["-n", &sw, "link", "set", "sw0", "up"]);
+        (0..n).map(|i| self.add_host(&sw, i)).collect()
+    }
+
+    fn add_host(&mut self, sw: &str, i: usize) -> Host {
+        let ns = self.add_ns(format!("{}h{i}", self.tag));
+        let port = format!("p{}", i);
+        ip(&[
+            "-n", sw, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+        ]);
+        ip(&["-n", sw, "link", "set", &port, "master", "sw0"]);
+        ip(&["-n", sw, "link", "set", &port, "up"]);
+        let addr = Ipv4Addr::new(10, 77, 0, i as u8 + 1);
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            "eth0",
+        ]);
+        ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+        ip(&["-n", &ns, "route", "add", "224.0.0.0/4", "dev", "eth0"]);
+        Host { ns, ip: addr }
+    }
+
+    /// A per-host data dir.
+    pub fn data_dir(&self, host: &Host) -> PathBuf {
+        self.dir.path().join(&host.ns)
+    }
+
+    /// Starts `butter node` on a host with events on stdout; returns once it
+    /// printed its address.
+    pub async fn node(&self, host: &Host, extra: &[&str]) -> NodeProc {
+        let data_dir = self.data_dir(host);
+        let mut cmd = tokio::process::Command::new("ip");
+        cmd.args([
+            "netns",
+            "exec",
+            &host.ns,
+            env!("CARGO_BIN_EXE_butter"),
+            "node",
+            "--listen",
+            "0.0.0.0:7400",
+            "--events",
+        ])
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+        let started = Instant::now();
+        let mut child = cmd.spawn().expect("start butter node");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let addr = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+            .await
+            .expect("node prints its address in time")
+            .expect("node printed its address");
+        let id = addr.split('@').next().unwrap().to_string();
+        NodeProc {
+            host: host.clone(),
+            child: Some(child),
+            lines: rx,
+            addr,
+            id,
+            known: BTreeSet::new(),
+            started,
+            first_host_after: None,
+        }
+    }
+
+    /// Runs a `butter` subcommand inside a host's namespace.
+    pub async fn butter(&self, host: &Host, args: &[&str]) -> (bool, String, String) {
+        let out = tokio::time::timeout(
+            Duration::from_secs(30),
+            tokio::process::Command::new("ip")
+                .args(["netns", "exec", &host.ns, env!("CARGO_BIN_EXE_butter")])
+                .args(args)
+                .env("RUST_LOG", "error")
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .expect("butter command in time")
+        .expect("run butter");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// A node's counters, fetched with `butter stats` from `from`.
+    pub async fn stats(
+        &self,
+        from: &Host,
+        node: &NodeProc,
+    ) -> std::collections::HashMap<String, u64> {
+        let (ok, out, err) = self.butter(from, &["stats", &node.addr]).await;
+        assert!(ok, "butter stats {}: {err}", node.addr);
+        out.lines()
+            .filter_map(|l| {
+                let (k, v) = l.split_once(' ')?;
+                Some((k.to_string(), v.parse().ok()?))
+            })
+            .collect()
+    }
+
+    /// The ids in a node's table, fetched with `butter peers` from `from`.
+    pub async fn peers(&self, from: &Host, node: &NodeProc) -> BTreeSet<String> {
+        let (ok, out, err) = self.butter(from, &["peers", &node.addr]).await;
+        assert!(ok, "butter peers {}: {err}", node.addr);
+        out.lines()
+            .skip(1)
+            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+            .collect()
+    }
+
+    /// Runs a program inside a host's namespace and waits for it.
+    pub fn exec(&self, host: &Host, program: &str, args: &[&str]) -> std::process::Output {
+        Command::new("ip")
+            .args(["netns", "exec", &host.ns, program])
+            .args(args)
+            .output()
+            .expect("run in namespace")
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        // Deleting a namespace deletes its veths (and their peers) and bridge.
+        for ns in self.namespaces.iter().rev() {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
+}
+
+/// A running `butter node` and the known-host changes it printed.
+pub struct NodeProc {
+    pub host: Host,
+    child: Option<Child>,
+    lines: mpsc::UnboundedReceiver<String>,
+    pub addr: String,
+    pub id: String,
+    /// Known hosts, as followed from the events.
+    pub known: BTreeSet<String>,
+    pub started: Instant,
+    pub first_host_after: Option<Duration>,
+}
+
+impl NodeProc {
+    fn apply(&mut self, line: &str) {
+        let mut parts = line.splitn(3, ' ');
+        match (parts.next(), parts.next()) {
+            (Some("+"), Some(id)) => {
+                self.first_host_after.get_or_insert(self.started.elapsed());
+                self.known.insert(id.to_string());
+            }
+            (Some("-"), Some(id)) => {
+                self.known.remove(id);
+            }
+            _ => {}
+        }
+    }
+
+    /// Waits (bounded) until the known hosts satisfy `cond`, following events.
+    pub async fn wait_until(
+        &mut self,
+        secs: u64,
+        what: &str,
+        cond: impl Fn(&BTreeSet<String>) -> bool,
+    ) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        while !cond(&self.known) {
+            match tokio::time::timeout_at(deadline, self.lines.recv()).await {
+                Ok(Some(line)) => self.apply(&line),
+                Ok(None) => panic!("{}: node exited while waiting for {what}", self.host.ns),
+                Err(_) => panic!(
+                    "{}: timed out after {secs}s waiting for {what}; knows {:?}",
+                    self.host.ns, self.known
+                ),
+            }
+        }
+    }
+
+    /// Applies the events printed so far without waiting.
+    pub fn drain(&mut self) {
+        while let Ok(line) = self.lines.try_recv() {
+            self.apply(&line);
+        }
+    }
+
+    /// Kills the node process (SIGKILL: no goodbye to anyone).
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+        }
+    }
+}

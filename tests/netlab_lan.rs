@@ -1,0 +1,226 @@
+//! LAN discovery and known hosts across real hosts (network namespaces on a
+//! bridge). Needs root: see tests/netlab/mod.rs.
+
+mod netlab;
+
+use std::time::Duration;
+
+use butter::discovery::beacon::{Beacon, Kind};
+use butter::NodeId;
+
+/// Fast liveness so that deaths are noticed in seconds.
+const FAST: &[&str] = &["--liveness-ms", "1000", "--want", "4"];
+
+#[tokio::test]
+async fn five_hosts_find_each_other_and_then_stop_pinging() {
+    let Some(mut lab) = netlab::lab("five_hosts_find_each_other_and_then_stop_pinging") else {
+        return;
+    };
+    let hosts = lab.lan(5);
+    let mut nodes = Vec::new();
+    for h in &hosts {
+        nodes.push(lab.node(h, FAST).await);
+    }
+    for n in nodes.iter_mut() {
+        n.wait_until(20, "two known hosts", |k| k.len() >= 2).await;
+    }
+    for n in nodes.iter_mut() {
+        n.wait_until(30, "all four others", |k| k.len() >= 4).await;
+    }
+    let mut firsts: Vec<_> = nodes.iter().map(|n| n.first_host_after.unwrap()).collect();
+    firsts.sort();
+    println!("time from start to first known host: {firsts:?}");
+
+    // Every node is content (4 hosts, known by others): no more multicast pings.
+    // Give liveness pings a moment to tell everyone they are known.
+    let mut before = Vec::new();
+    for n in &nodes {
+        let s = lab.stats(&hosts[0], n).await;
+        before.push(s["mcast_pings_sent"]);
+    }
+    // The quiet period is what is measured here, not a synchronisation.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut quiet = true;
+    for (i, n) in nodes.iter().enumerate() {
+        let s = lab.stats(&hosts[0], n).await;
+        println!(
+            "node {i}: {} multicast pings sent, then {}",
+            before[i], s["mcast_pings_sent"]
+        );
+        quiet &= s["mcast_pings_sent"] == before[i];
+    }
+    if !quiet {
+        // One more period: a node could have been between liveness rounds.
+        let mut again = Vec::new();
+        for n in &nodes {
+            again.push(lab.stats(&hosts[0], n).await["mcast_pings_sent"]);
+        }
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        for (i, n) in nodes.iter().enumerate() {
+            let now = lab.stats(&hosts[0], n).await["mcast_pings_sent"];
+            assert_eq!(
+                now, again[i],
+                "node {i} still sends multicast pings with enough hosts"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn dead_hosts_leave_and_a_lonely_node_finds_a_newcomer() {
+    let Some(mut lab) = netlab::lab("dead_hosts_leave_and_a_lonely_node_finds_a_newcomer") else {
+        return;
+    };
+    let hosts = lab.lan(4);
+    let mut a = lab.node(&hosts[0], FAST).await;
+    let mut b = lab.node(&hosts[1], FAST).await;
+    let mut c = lab.node(&hosts[2], FAST).await;
+    let (a_id, b_id, c_id) = (a.id.clone(), b.id.clone(), c.id.clone());
+    a.wait_until(20, "b and c", |k| k.contains(&b_id) && k.contains(&c_id))
+        .await;
+    b.wait_until(20, "a and c", |k| k.contains(&a_id) && k.contains(&c_id))
+        .await;
+
+    // Killed without a goodbye: the others notice through liveness checks.
+    c.kill().await;
+    a.wait_until(15, "c gone", |k| !k.contains(&c_id)).await;
+    b.wait_until(15, "c gone", |k| !k.contains(&c_id)).await;
+
+    // a is left alone...
+    b.kill().await;
+    a.wait_until(15, "b gone", |k| k.is_empty()).await;
+    // ...goes back to discovery and finds a node started after it.
+    let d = lab.node(&hosts[3], FAST).await;
+    let d_id = d.id.clone();
+    a.wait_until(20, "the newcomer", |k| k.contains(&d_id))
+        .await;
+}
+
+#[tokio::test]
+async fn three_nodes_with_room_for_one_host_are_all_known() {
+    let Some(mut lab) = netlab::lab("three_nodes_with_room_for_one_host_are_all_known") else {
+        return;
+    };
+    let hosts = lab.lan(3);
+    let args = ["--memory", "4096", "--liveness-ms", "1000"];
+    let mut nodes = Vec::new();
+    for h in &hosts {
+        nodes.push(lab.node(h, &args).await);
+    }
+    let ids: Vec<String> = nodes.iter().map(|n| n.id.clone()).collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let mut known_by_someone = std::collections::BTreeSet::new();
+        let mut sizes = Vec::new();
+        for n in &nodes {
+            let table = lab.peers(&hosts[0], n).await;
+            sizes.push(table.len());
+            known_by_someone.extend(table);
+        }
+        assert!(
+            sizes.iter().all(|&s| s <= 1),
+            "a table outgrew its single slot: {sizes:?}"
+        );
+        if ids.iter().all(|id| known_by_someone.contains(id)) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not every node is known by another: known {known_by_someone:?} of {ids:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test]
+async fn garbage_and_spoofed_beacons_are_counted_and_kept_out() {
+    let Some(mut lab) = netlab::lab("garbage_and_spoofed_beacons_are_counted_and_kept_out") else {
+        return;
+    };
+    let hosts = lab.lan(3);
+    // Only the victim discovers; b is a real node whose address the spoof borrows.
+    let mut victim = lab.node(&hosts[0], FAST).await;
+    let b = lab.node(&hosts[1], &["--no-discovery"]).await;
+    let fake = NodeId::from_bytes([0x42; 32]);
+    let spoof_b_addr = Beacon {
+        kind: Kind::Ping,
+        id: fake,
+        port: 7400,
+        addrs: vec![format!("{}:7400", hosts[1].ip).parse().unwrap()],
+        known: 3,
+        known_by: 0,
+    };
+    let spoof_b_id = Beacon {
+        kind: Kind::Ping,
+        id: b.id.parse().unwrap(),
+        port: 7400,
+        addrs: vec![],
+        known: 3,
+        known_by: 0,
+    };
+    let mut spoofed_from_b_host = spoof_b_addr.encode().unwrap();
+    let truncated = spoof_b_id.encode().unwrap()[..20].to_vec();
+    let mut wrong_version = spoof_b_id.encode().unwrap();
+    wrong_version[4] = 9;
+    let datagrams = [
+        b"random garbage".to_vec(),
+        vec![0xff; 1500],
+        truncated,
+        wrong_version,
+        spoof_b_id.encode().unwrap(),
+    ];
+    let hex: Vec<String> = datagrams
+        .iter()
+        .map(|d| d.iter().map(|b| format!("{b:02x}")).collect())
+        .collect();
+    let script = "import socket,sys\n\
+        s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
+        s.setsockopt(socket.IPPROTO_IP,socket.IP_MULTICAST_TTL,1)\n\
+        for h in sys.argv[1:]: s.sendto(bytes.fromhex(h),('239.255.42.98',7355))\n";
+    let mut args = vec!["-c", script];
+    args.extend(hex.iter().map(String::as_str));
+    // The attacker is host 2; the beacon claiming b's address comes from b's
+    // host itself (a LAN neighbour can do that too).
+    let out = lab.exec(&hosts[2], "python3", &args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let spoof_hex: String = std::mem::take(&mut spoofed_from_b_host)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let out = lab.exec(&hosts[1], "python3", &["-c", script, &spoof_hex]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = lab.stats(&hosts[2], &victim).await;
+        if s["mcast_garbage"] >= 4
+            && s["candidates_spoofed"] >= 1
+            && s["candidates_unreachable"] >= 1
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "counters did not move: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    victim.drain();
+    assert!(
+        !victim.known.contains(&fake.to_string()),
+        "spoofed id entered the table"
+    );
+    let table = lab.peers(&hosts[2], &victim).await;
+    assert!(!table.contains(&fake.to_string()));
+    // The victim still serves.
+    let (ok, _, err) = lab.butter(&hosts[2], &["ping", &victim.addr]).await;
+    assert!(ok, "{err}");
+}
