@@ -224,3 +224,27 @@ async fn garbage_and_spoofed_beacons_are_counted_and_kept_out() {
     let (ok, _, err) = lab.butter(&hosts[2], &["ping", &victim.addr]).await;
     assert!(ok, "{err}");
 }
+
+/// Figures, not assertions: multicast packets per node over its first minute on a
+/// 5-host LAN. `cargo test --test netlab_lan -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore = "takes a minute; prints figures"]
+async fn figures_first_minute_of_multicast() {
+    let Some(mut lab) = netlab::lab("figures_first_minute_of_multicast") else {
+        return;
+    };
+    let hosts = lab.lan(5);
+    let mut nodes = Vec::new();
+    for h in &hosts {
+        nodes.push(lab.node(h, &[]).await);
+    }
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    for (i, n) in nodes.iter_mut().enumerate() {
+        n.drain();
+        let s = lab.stats(&hosts[0], n).await;
+        println!(
+            "node {i}: first host after {:?}, {} hosts; first minute: {} multicast pings, {} pongs sent, {} received",
+            n.first_host_after, n.known.len(), s["mcast_pings_sent"], s["mcast_pongs_sent"], s["mcast_received"]
+        );
+    }
+}

@@ -33,6 +33,9 @@ enum Command {
         /// Do not discover peers by LAN multicast.
         #[arg(long)]
         no_discovery: bool,
+        /// Interface (by IPv4 address) for LAN discovery; repeatable. Default: all.
+        #[arg(long = "interface")]
+        interfaces: Vec<std::net::Ipv4Addr>,
         /// Multicast group for LAN discovery.
         #[arg(long, default_value_t = butter::discovery::DEFAULT_GROUP)]
         group: std::net::SocketAddrV4,
@@ -137,6 +140,7 @@ async fn run(cli: Cli) -> Result<()> {
             listen,
             data_dir,
             no_discovery,
+            interfaces,
             group,
             memory,
             want,
@@ -153,6 +157,7 @@ async fn run(cli: Cli) -> Result<()> {
                 .discovery(butter::DiscoverySettings {
                     enabled: !no_discovery,
                     group,
+                    interfaces,
                     ..Default::default()
                 })
                 .spawn()

@@ -172,12 +172,12 @@ impl Lab {
         tokio::spawn(async move {
             let mut lines = BufReader::new(stdout).lines();
             while let Ok(Some(line)) = lines.next_line().await {
-                if tx.send(line).is_err() {
+                if tx.send((Instant::now(), line)).is_err() {
                     break;
                 }
             }
         });
-        let addr = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+        let (_, addr) = tokio::time::timeout(Duration::from_secs(20), rx.recv())
             .await
             .expect("node prints its address in time")
             .expect("node printed its address");
@@ -264,7 +264,7 @@ impl Drop for Lab {
 pub struct NodeProc {
     pub host: Host,
     child: Option<Child>,
-    lines: mpsc::UnboundedReceiver<String>,
+    lines: mpsc::UnboundedReceiver<(Instant, String)>,
     pub addr: String,
     pub id: String,
     /// Known hosts, as followed from the events.
@@ -274,11 +274,11 @@ pub struct NodeProc {
 }
 
 impl NodeProc {
-    fn apply(&mut self, line: &str) {
+    fn apply(&mut self, at: Instant, line: &str) {
         let mut parts = line.splitn(3, ' ');
         match (parts.next(), parts.next()) {
             (Some("+"), Some(id)) => {
-                self.first_host_after.get_or_insert(self.started.elapsed());
+                self.first_host_after.get_or_insert(at - self.started);
                 self.known.insert(id.to_string());
             }
             (Some("-"), Some(id)) => {
@@ -298,7 +298,7 @@ impl NodeProc {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
         while !cond(&self.known) {
             match tokio::time::timeout_at(deadline, self.lines.recv()).await {
-                Ok(Some(line)) => self.apply(&line),
+                Ok(Some((at, line))) => self.apply(at, &line),
                 Ok(None) => panic!("{}: node exited while waiting for {what}", self.host.ns),
                 Err(_) => panic!(
                     "{}: timed out after {secs}s waiting for {what}; knows {:?}",
@@ -310,8 +310,8 @@ impl NodeProc {
 
     /// Applies the events printed so far without waiting.
     pub fn drain(&mut self) {
-        while let Ok(line) = self.lines.try_recv() {
-            self.apply(&line);
+        while let Ok((at, line)) = self.lines.try_recv() {
+            self.apply(at, &line);
         }
     }
 
