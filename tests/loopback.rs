@@ -98,6 +98,27 @@ async fn futures_join_all<T>(
 }
 
 #[tokio::test]
+async fn dialing_races_addresses_and_keeps_the_one_that_answers() {
+    let server = reverse_node().await;
+    let client = reverse_node().await;
+    // A bound but silent UDP socket: packets vanish there, like a dead address.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut addrs = vec![silent.local_addr().unwrap()];
+    addrs.extend(server.addr().addrs);
+    let target = NodeAddr::new(server.id(), addrs);
+    let reply = within(
+        10,
+        "multi-address dial",
+        client.call(target, "reverse", "ab"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(&reply[..], b"ba");
+    let ping = within(10, "ping", client.ping(server.id())).await.unwrap();
+    assert_eq!(ping.remote, server.addr().addrs[0]);
+}
+
+#[tokio::test]
 async fn dialing_the_wrong_node_id_is_an_identity_mismatch() {
     let server = reverse_node().await;
     let client = reverse_node().await;
