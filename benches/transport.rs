@@ -154,6 +154,18 @@ where
     (per_task * IN_FLIGHT) as f64 / start.elapsed().as_secs_f64()
 }
 
+/// Streams `body` to the server's sink route and checks the byte count it saw.
+async fn upload(client: &Node, to: butter::NodeId, body: Body, bytes: u64) {
+    let reply = client
+        .call_stream(to, "sink", body)
+        .await
+        .unwrap()
+        .bytes(64)
+        .await
+        .unwrap();
+    assert_eq!(u64::from_le_bytes(reply[..].try_into().unwrap()), bytes);
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -248,26 +260,12 @@ async fn main() {
             let n = (bytes - i * CHUNK as u64).min(CHUNK as u64) as usize;
             Ok(piece.slice(..n))
         }));
-        let reply = client
-            .call_stream(target.id, "sink", Body::from_stream(chunks))
-            .await
-            .unwrap()
-            .bytes(64)
-            .await
-            .unwrap();
-        assert_eq!(u64::from_le_bytes(reply[..].try_into().unwrap()), bytes);
+        upload(&client, target.id, Body::from_stream(chunks), bytes).await;
         c.push(bulk_mib as f64 / t.elapsed().as_secs_f64());
 
         let t = Instant::now();
         let reader = tokio_stream_reader(chunk.clone(), bytes);
-        let reply = client
-            .call_stream(target.id, "sink", Body::from_reader(reader))
-            .await
-            .unwrap()
-            .bytes(64)
-            .await
-            .unwrap();
-        assert_eq!(u64::from_le_bytes(reply[..].try_into().unwrap()), bytes);
+        upload(&client, target.id, Body::from_reader(reader), bytes).await;
         b.push(bulk_mib as f64 / t.elapsed().as_secs_f64());
     }
     let (q, b, c) = (median(q), median(b), median(c));
