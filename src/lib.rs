@@ -31,6 +31,7 @@ pub mod discovery;
 mod endpoint;
 mod error;
 pub mod identity;
+pub mod nat;
 pub mod net;
 pub mod node;
 pub mod peers;

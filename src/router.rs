@@ -240,6 +240,7 @@ pub(crate) fn write_error(e: quinn::WriteError) -> Error {
 #[derive(Debug)]
 pub struct Request {
     peer: NodeId,
+    remote: std::net::SocketAddr,
     route: String,
     body: Bytes,
 }
@@ -248,6 +249,11 @@ impl Request {
     /// The authenticated caller.
     pub fn peer(&self) -> NodeId {
         self.peer
+    }
+    /// The address the caller's connection comes from (as this node sees it:
+    /// behind a NAT, the NAT's public side).
+    pub fn remote_addr(&self) -> std::net::SocketAddr {
+        self.remote
     }
     /// The route it was sent to.
     pub fn route(&self) -> &str {
@@ -272,6 +278,7 @@ impl Request {
 #[derive(Debug)]
 pub struct StreamRequest {
     peer: NodeId,
+    remote: std::net::SocketAddr,
     route: String,
     /// The request body, read as it arrives.
     pub body: RecvBody,
@@ -281,6 +288,10 @@ impl StreamRequest {
     /// The authenticated caller.
     pub fn peer(&self) -> NodeId {
         self.peer
+    }
+    /// The address the caller's connection comes from.
+    pub fn remote_addr(&self) -> std::net::SocketAddr {
+        self.remote
     }
     /// The route it was sent to.
     pub fn route(&self) -> &str {
@@ -358,6 +369,7 @@ impl Router {
     pub(crate) async fn serve(
         &self,
         peer: NodeId,
+        remote: std::net::SocketAddr,
         mut send: quinn::SendStream,
         mut recv: quinn::RecvStream,
         limits: &Limits,
@@ -416,7 +428,12 @@ impl Router {
                         return;
                     }
                 };
-                let fut = h(Request { peer, route, body });
+                let fut = h(Request {
+                    peer,
+                    remote,
+                    route,
+                    body,
+                });
                 match tokio::time::timeout(
                     limits.handler_timeout,
                     AssertUnwindSafe(fut).catch_unwind(),
@@ -433,6 +450,7 @@ impl Router {
             Handler::Streaming(h) => {
                 let fut = h(StreamRequest {
                     peer,
+                    remote,
                     route,
                     body: RecvBody::new(recv),
                 });

@@ -63,4 +63,11 @@ counters! {
     candidates_spoofed,
     /// Candidates that did not answer.
     candidates_unreachable,
+    /// STUN binding requests answered.
+    stun_answered,
+    /// STUN responses that completed one of our requests.
+    stun_completed,
+    /// Datagrams on the node's port that were neither QUIC nor valid STUN, or
+    /// STUN responses nobody asked for.
+    udp_garbage,
 }

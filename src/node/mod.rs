@@ -3,6 +3,7 @@
 
 mod lan;
 mod membership;
+mod udp;
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -398,6 +399,7 @@ impl NodeBuilder {
             stats,
             identity,
             members,
+            stun: Default::default(),
         });
         let _ = weak_shared.set(Arc::downgrade(&shared));
         tokio::spawn(accept_loop(
@@ -414,6 +416,8 @@ impl NodeBuilder {
             Arc::downgrade(&node.inner),
             closed.clone(),
         ));
+        let side = node.shared().endpoint.socket.subscribe(1024);
+        tokio::spawn(udp::run(Arc::downgrade(&node.inner), side, closed.clone()));
         if let Some(socket) = lan {
             tokio::spawn(lan::run(
                 Arc::downgrade(&node.inner),
@@ -435,6 +439,7 @@ struct Shared {
     stats: Arc<Stats>,
     identity: Identity,
     members: Arc<Membership>,
+    stun: crate::nat::PendingStun,
 }
 
 /// Owned by the handles only: dropping the last handle shuts the node down.
@@ -484,10 +489,11 @@ async fn serve_connection(shared: Arc<Shared>, peer: NodeId, conn: quinn::Connec
         match conn.accept_bi().await {
             Ok((send, recv)) => {
                 let shared = shared.clone();
+                let remote = conn.remote_address();
                 tokio::spawn(async move {
                     shared
                         .router
-                        .serve(peer, send, recv, &shared.limits, &shared.stats)
+                        .serve(peer, remote, send, recv, &shared.limits, &shared.stats)
                         .await
                 });
             }
@@ -827,6 +833,28 @@ impl Node {
             rtt,
             remote: conn.remote_address(),
         })
+    }
+
+    /// Asks a STUN server (any RFC 8489 server, or another node) for this node's
+    /// reflexive address: how its UDP port looks from the server's side of the
+    /// NATs. Sent from the node's own port, so the answer is the mapping its QUIC
+    /// connections use too.
+    pub async fn stun(&self, server: SocketAddr) -> Result<SocketAddr> {
+        let (tid, request) = crate::nat::stun::binding_request()?;
+        let mut answer = self.shared().stun.start(tid);
+        // Retransmit like RFC 8489 (doubling), within a bounded total.
+        let mut wait = Duration::from_millis(250);
+        for _ in 0..4 {
+            if let Err(e) = self.shared().endpoint.socket.send_raw(server, &request) {
+                tracing::debug!(%server, error = %e, "STUN send failed");
+            }
+            match tokio::time::timeout(wait, &mut answer).await {
+                Ok(Ok(mapped)) => return Ok(mapped),
+                Ok(Err(_)) => break,
+                Err(_) => wait *= 2,
+            }
+        }
+        Err(Error::Timeout("STUN binding request"))
     }
 
     /// Closes every connection and the socket, waiting (briefly) for peers to

@@ -1,0 +1,56 @@
+//! The non-QUIC side of the node's UDP port: answers STUN binding requests,
+//! completes our own STUN transactions, counts and drops everything else.
+
+use std::sync::atomic::Ordering;
+use std::sync::Weak;
+
+use tokio::sync::{mpsc, watch};
+
+use super::{Node, NodeInner};
+use crate::nat::stun::{self, Incoming};
+use crate::net::Datagram;
+
+pub(super) async fn run(
+    node: Weak<NodeInner>,
+    mut side: mpsc::Receiver<Datagram>,
+    mut closed: watch::Receiver<()>,
+) {
+    loop {
+        let datagram = tokio::select! {
+            _ = closed.changed() => return,
+            d = side.recv() => match d { Some(d) => d, None => return },
+        };
+        let Some(node) = node.upgrade().map(|inner| Node { inner }) else {
+            return;
+        };
+        let counters = node.counters();
+        if !stun::looks_like_stun(&datagram.data) {
+            counters.udp_garbage.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        match stun::handle(&datagram.data, datagram.from) {
+            Ok(Incoming::Request(reply)) => {
+                if node
+                    .shared()
+                    .endpoint
+                    .socket
+                    .send_raw(datagram.from, &reply)
+                    .is_ok()
+                {
+                    counters.stun_answered.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Ok(Incoming::Response { tid, mapped }) => {
+                if node.shared().stun.complete(tid, mapped) {
+                    counters.stun_completed.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    counters.udp_garbage.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Err(e) => {
+                counters.udp_garbage.fetch_add(1, Ordering::Relaxed);
+                tracing::trace!(from = %datagram.from, error = %e, "dropped a bad STUN datagram");
+            }
+        }
+    }
+}
