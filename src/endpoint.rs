@@ -2,7 +2,7 @@
 //! per peer, reused by every call, re-dialed when it went away) and dialing a
 //! [`NodeAddr`] by racing its addresses.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -76,6 +76,8 @@ pub(crate) struct Endpoint {
     settings: TransportSettings,
     stats: Arc<Stats>,
     on_connection: OnConnection,
+    /// Connections made by a coordinated punch (by stable id), for path reports.
+    punched: Arc<Mutex<HashSet<usize>>>,
 }
 
 impl Endpoint {
@@ -117,7 +119,12 @@ impl Endpoint {
             settings,
             stats,
             on_connection,
+            punched: Default::default(),
         })
+    }
+
+    pub(crate) fn connect_timeout(&self) -> std::time::Duration {
+        self.settings.connect_timeout
     }
 
     pub(crate) fn local_addr(&self) -> Result<SocketAddr> {
@@ -132,7 +139,8 @@ impl Endpoint {
     pub(crate) fn learn(&self, addr: &NodeAddr) {
         let mut book = lock(&self.addrs);
         let known = book.entry(addr.id).or_default();
-        for a in addr.addrs.iter().rev() {
+        // Relay paths are per connection, never an address to dial later.
+        for a in addr.addrs.iter().rev().filter(|a| !net::is_virtual(**a)) {
             known.retain(|k| k != a);
             known.insert(0, *a);
         }
@@ -165,7 +173,7 @@ impl Endpoint {
                 id.short()
             )));
         }
-        let (conn, addr) = self.dial(id, &addrs).await?;
+        let (conn, addr) = self.dial(id, &addrs, self.settings.connect_timeout).await?;
         self.learn(&NodeAddr::new(id, [addr]));
         *guard = Some(conn.clone());
         drop(guard);
@@ -200,12 +208,30 @@ impl Endpoint {
         self.adopt(id, conn, slot);
     }
 
+    /// Makes a connection found by other means (punch, relay) the one calls to
+    /// `id` use, replacing any other (which keeps serving what is in flight).
+    pub(crate) async fn install(&self, id: NodeId, conn: quinn::Connection, punched: bool) {
+        if punched {
+            lock(&self.punched).insert(conn.stable_id());
+        }
+        let slot = self.slot(id);
+        *slot.lock().await = Some(conn.clone());
+        self.adopt(id, conn, slot);
+    }
+
+    /// Whether a coordinated punch made this connection.
+    pub(crate) fn was_punched(&self, conn: &quinn::Connection) -> bool {
+        lock(&self.punched).contains(&conn.stable_id())
+    }
+
     /// Starts serving the connection's incoming streams and forgets it once closed.
     fn adopt(&self, id: NodeId, conn: quinn::Connection, slot: Slot) {
         (self.on_connection)(id, conn.clone());
         let conns = Arc::downgrade(&self.conns);
+        let punched = self.punched.clone();
         tokio::spawn(async move {
             conn.closed().await;
+            lock(&punched).remove(&conn.stable_id());
             let Ok(mut g) = slot.try_lock() else { return };
             if g.as_ref()
                 .is_some_and(|c| c.stable_id() == conn.stable_id())
@@ -227,10 +253,11 @@ impl Endpoint {
 
     /// Races the addresses, staggered (happy eyeballs); the first handshake that
     /// completes wins and the others are dropped.
-    async fn dial(
+    pub(crate) async fn dial(
         &self,
         id: NodeId,
         addrs: &[SocketAddr],
+        timeout: std::time::Duration,
     ) -> Result<(quinn::Connection, SocketAddr)> {
         let local_v4 = self.local_addr()?.is_ipv4();
         let usable: Vec<SocketAddr> = addrs
@@ -251,7 +278,7 @@ impl Endpoint {
                 let delay = self.settings.dial_stagger * i as u32;
                 async move {
                     tokio::time::sleep(delay).await;
-                    (*addr, self.connect_once(id, *addr).await)
+                    (*addr, self.connect_once(id, *addr, timeout).await)
                 }
             })
             .collect();
@@ -284,12 +311,17 @@ impl Endpoint {
         )))
     }
 
-    async fn connect_once(&self, id: NodeId, addr: SocketAddr) -> Result<quinn::Connection> {
+    pub(crate) async fn connect_once(
+        &self,
+        id: NodeId,
+        addr: SocketAddr,
+        timeout: std::time::Duration,
+    ) -> Result<quinn::Connection> {
         let connecting = self
             .quinn
             .connect_with(self.client_config.clone(), addr, &tls::server_name(&id))
             .map_err(|e| Error::Unreachable(format!("cannot start connection: {e}")))?;
-        match tokio::time::timeout(self.settings.connect_timeout, connecting).await {
+        match tokio::time::timeout(timeout, connecting).await {
             Ok(Ok(conn)) => Ok(conn),
             Ok(Err(e)) => Err(connection_error(e)),
             Err(_) => Err(Error::Unreachable("handshake timed out".into())),

@@ -6,12 +6,19 @@
 //! diverts every datagram without the fixed bit to a side channel, so the STUN
 //! client (and later the hole-punching probes) use the same port, and therefore
 //! the same NAT mapping, as the QUIC connections.
+//!
+//! It also carries **virtual paths**: QUIC packets to and from a peer reached
+//! through a relay. Each such peer gets a synthetic address from 240.0.0.0/4
+//! (reserved, never routed); quinn sends to it and receives from it like any
+//! address, while the bytes travel inside a relay tunnel (see `nat::relay`). The
+//! packets stay end-to-end encrypted: the relay only ever moves them.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::io::{self, IoSliceMut};
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -33,6 +40,17 @@ pub struct Datagram {
 pub fn is_quic(first_byte: u8) -> bool {
     first_byte & 0x40 != 0
 }
+
+/// Whether an address is a virtual (relayed) path's synthetic address.
+pub fn is_virtual(addr: SocketAddr) -> bool {
+    match addr.ip().to_canonical() {
+        IpAddr::V4(v4) => v4.octets()[0] >= 240 && !v4.is_broadcast(),
+        IpAddr::V6(_) => false,
+    }
+}
+
+/// Packets waiting to be injected as if received: room for bursts, bounded.
+const INJECT_QUEUE: usize = 4096;
 
 /// Binds the node's UDP socket with generous kernel buffers (bulk transfers and
 /// bursts of handshakes otherwise drop packets in the kernel).
@@ -63,6 +81,11 @@ pub struct DemuxSocket {
     side: Mutex<Option<mpsc::Sender<Datagram>>>,
     diverted: AtomicU64,
     dropped: AtomicU64,
+    /// Outgoing packets of each virtual path, by synthetic address.
+    virtual_out: Mutex<HashMap<SocketAddr, mpsc::Sender<Bytes>>>,
+    inject_tx: mpsc::Sender<(SocketAddr, Bytes)>,
+    inject_rx: Mutex<mpsc::Receiver<(SocketAddr, Bytes)>>,
+    next_virtual: AtomicU32,
 }
 
 impl fmt::Debug for DemuxSocket {
@@ -77,11 +100,65 @@ impl fmt::Debug for DemuxSocket {
 impl DemuxSocket {
     /// Wraps a socket made by quinn's runtime.
     pub fn new(inner: Arc<dyn AsyncUdpSocket>) -> Self {
+        let (inject_tx, inject_rx) = mpsc::channel(INJECT_QUEUE);
         DemuxSocket {
             inner,
             side: Mutex::new(None),
             diverted: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            virtual_out: Mutex::default(),
+            inject_tx,
+            inject_rx: Mutex::new(inject_rx),
+            next_virtual: AtomicU32::new(1),
+        }
+    }
+
+    /// Opens a virtual path: returns its synthetic address (in the form quinn
+    /// uses on this socket) and the packets quinn sends to it.
+    pub(crate) fn open_virtual(&self, capacity: usize) -> (SocketAddr, mpsc::Receiver<Bytes>) {
+        let n = self.next_virtual.fetch_add(1, Ordering::Relaxed) & 0x0fff_ffff;
+        let v4 = Ipv4Addr::from(0xf000_0000 | n);
+        let addr = SocketAddr::new(IpAddr::V4(v4), 1);
+        let (tx, rx) = mpsc::channel(capacity);
+        lock(&self.virtual_out).insert(addr, tx);
+        (self.quinn_form(addr), rx)
+    }
+
+    /// Closes a virtual path: quinn's packets to it are dropped from now on.
+    pub(crate) fn close_virtual(&self, addr: SocketAddr) {
+        lock(&self.virtual_out).remove(&canonical(addr));
+    }
+
+    /// Hands quinn a packet that arrived over a virtual path. False if the
+    /// queue is full (dropped, as a congested link would).
+    pub(crate) fn inject(&self, from: SocketAddr, packet: Bytes) -> bool {
+        self.inject_tx
+            .try_send((self.quinn_form(from), packet))
+            .is_ok()
+    }
+
+    /// The address form quinn uses: v4-mapped IPv6 on a dual-stack socket.
+    fn quinn_form(&self, addr: SocketAddr) -> SocketAddr {
+        match (self.inner.local_addr(), addr.ip()) {
+            (Ok(SocketAddr::V6(_)), IpAddr::V4(v4)) => {
+                SocketAddr::new(IpAddr::V6(v4.to_ipv6_mapped()), addr.port())
+            }
+            _ => addr,
+        }
+    }
+
+    fn send_virtual(&self, transmit: &Transmit) {
+        let out = lock(&self.virtual_out)
+            .get(&canonical(transmit.destination))
+            .cloned();
+        let Some(out) = out else { return };
+        let size = transmit
+            .segment_size
+            .unwrap_or(transmit.contents.len())
+            .max(1);
+        for segment in transmit.contents.chunks(size) {
+            // A full tunnel drops the packet like a full link; QUIC recovers.
+            let _ = out.try_send(Bytes::copy_from_slice(segment));
         }
     }
 
@@ -89,7 +166,7 @@ impl DemuxSocket {
     /// one). Without a subscriber they are counted and dropped.
     pub fn subscribe(&self, capacity: usize) -> mpsc::Receiver<Datagram> {
         let (tx, rx) = mpsc::channel(capacity);
-        *self.side.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+        *lock(&self.side) = Some(tx);
         rx
     }
 
@@ -139,7 +216,7 @@ impl DemuxSocket {
 
     fn hand_over(&self, from: SocketAddr, data: &[u8]) {
         self.diverted.fetch_add(1, Ordering::Relaxed);
-        let side = self.side.lock().unwrap_or_else(|p| p.into_inner());
+        let side = lock(&self.side);
         let delivered = side.as_ref().is_some_and(|tx| {
             tx.try_send(Datagram {
                 from,
@@ -159,6 +236,10 @@ impl AsyncUdpSocket for DemuxSocket {
     }
 
     fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
+        if is_virtual(transmit.destination) {
+            self.send_virtual(transmit);
+            return Ok(());
+        }
         self.inner.try_send(transmit)
     }
 
@@ -168,6 +249,21 @@ impl AsyncUdpSocket for DemuxSocket {
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
+        // Relayed packets first (this also registers the waker for them).
+        if let (Some(buf), Some(m)) = (bufs.first_mut(), meta.first_mut()) {
+            if let Poll::Ready(Some((from, packet))) = lock(&self.inject_rx).poll_recv(cx) {
+                let len = packet.len().min(buf.len());
+                buf[..len].copy_from_slice(&packet[..len]);
+                *m = RecvMeta {
+                    addr: from,
+                    len,
+                    stride: len,
+                    ecn: None,
+                    dst_ip: None,
+                };
+                return Poll::Ready(Ok(1));
+            }
+        }
         let n = match self.inner.poll_recv(cx, bufs, meta) {
             Poll::Ready(Ok(n)) => n,
             other => return other,
@@ -193,6 +289,14 @@ impl AsyncUdpSocket for DemuxSocket {
     fn may_fragment(&self) -> bool {
         self.inner.may_fragment()
     }
+}
+
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

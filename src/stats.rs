@@ -70,4 +70,20 @@ counters! {
     /// Datagrams on the node's port that were neither QUIC nor valid STUN, or
     /// STUN responses nobody asked for.
     udp_garbage,
+    /// Punch packets received (a peer opening its NAT towards us).
+    punch_packets_received,
+    /// Punch packets sent at the request of an introducer.
+    punch_packets_sent,
+    /// Coordinated punches this node tried as the dialing side.
+    punches_tried,
+    /// ... and those that gave a direct connection through the peer's NAT.
+    punches_succeeded,
+    /// Connections that had to go through a relay.
+    relayed_dials,
+    /// Relayed connections later replaced by a direct one.
+    upgrades,
+    /// Successful registrations with introducers (first and refreshes).
+    introducer_registrations,
+    /// Failed registration attempts.
+    introducer_failures,
 }

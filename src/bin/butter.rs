@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use butter::{Identity, Node, NodeAddr, PeerEvent};
+use butter::{Identity, Node, NodeAddr, PeerEvent, Target};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -51,6 +51,15 @@ enum Command {
         /// Print known-host changes on stdout (`+ ID ADDR`, `- ID REASON`).
         #[arg(long)]
         events: bool,
+        /// Introducer to register with (NODEID@IP:PORT); repeatable.
+        #[arg(long = "introducer")]
+        introducers: Vec<NodeAddr>,
+        /// How often to refresh introducer registrations, in milliseconds.
+        #[arg(long, default_value_t = 10_000)]
+        register_ms: u64,
+        /// Also serve the `bench/sink` route that `butter bench` sends to.
+        #[arg(long)]
+        bench: bool,
     },
     /// Print the known hosts of a node.
     Peers {
@@ -62,10 +71,14 @@ enum Command {
         /// NODEID@IP:PORT[,IP:PORT...]
         addr: NodeAddr,
     },
-    /// Ping a node: checks its identity and prints the round trip.
+    /// Ping a node: checks its identity and prints the round trip and path.
     Ping {
-        /// NODEID@IP:PORT[,IP:PORT...]
-        addr: NodeAddr,
+        /// NODEID@IP:PORT[,IP:PORT...], or NODEID alone with --introducer
+        #[arg(value_parser = parse_target)]
+        addr: Target,
+        /// Introducer to reach the node through (NODEID@IP:PORT); repeatable.
+        #[arg(long = "introducer")]
+        introducers: Vec<NodeAddr>,
         /// Number of pings.
         #[arg(long, short = 'c', default_value_t = 1)]
         count: u32,
@@ -75,8 +88,12 @@ enum Command {
     },
     /// Call a route and print the reply body.
     Call {
-        /// NODEID@IP:PORT[,IP:PORT...]
-        addr: NodeAddr,
+        /// NODEID@IP:PORT[,IP:PORT...], or NODEID alone with --introducer
+        #[arg(value_parser = parse_target)]
+        addr: Target,
+        /// Introducer to reach the node through (NODEID@IP:PORT); repeatable.
+        #[arg(long = "introducer")]
+        introducers: Vec<NodeAddr>,
         /// Route name, e.g. `reverse`.
         route: String,
         /// Request body (read from stdin if omitted).
@@ -85,6 +102,62 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Stream bytes to a node's `bench/sink` route (`butter node --bench`), check
+    /// they arrived intact (BLAKE3) and print the throughput and path.
+    Bench {
+        /// NODEID@IP:PORT[,IP:PORT...], or NODEID alone with --introducer
+        #[arg(value_parser = parse_target)]
+        addr: Target,
+        /// Bytes to send (K, M, G suffixes).
+        #[arg(long, default_value = "64M", value_parser = parse_size)]
+        bytes: u64,
+        /// Introducer to reach the node through (NODEID@IP:PORT); repeatable.
+        #[arg(long = "introducer")]
+        introducers: Vec<NodeAddr>,
+    },
+}
+
+/// The route `butter node --bench` serves: consumes a stream, returns its length
+/// and BLAKE3 hash.
+const SINK_ROUTE: &str = "bench/sink";
+
+fn parse_target(s: &str) -> Result<Target, String> {
+    if s.contains('@') {
+        s.parse::<NodeAddr>()
+            .map(Target::Addr)
+            .map_err(|e| e.to_string())
+    } else {
+        s.parse::<butter::NodeId>().map(Target::Id).map_err(|e| {
+            format!("expected NODEID@IP:PORT[,IP:PORT...], or a NODEID with --introducer ({e})")
+        })
+    }
+}
+
+/// The sink: reads the body to its end, hashing as it goes.
+async fn sink(mut req: butter::StreamRequest) -> butter::Result<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = req.body.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        hasher.update(&buf[..n]);
+    }
+    postcard::to_allocvec(&(total, *hasher.finalize().as_bytes()))
+        .map_err(|e| butter::Error::Malformed(e.to_string()))
+}
+
+/// Describes the path to a peer the way `butter ping` prints it.
+fn path_of(node: &Node, peer: &butter::NodeId) -> String {
+    match node.connection_info(peer) {
+        Some(info) if info.path == butter::PathKind::Relayed => "via relay".into(),
+        Some(info) => format!("via {} {}", info.path, info.remote),
+        None => "via (closed)".into(),
+    }
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -113,8 +186,13 @@ fn default_data_dir() -> PathBuf {
 }
 
 /// A client node for one-shot commands: persistent identity only if asked for.
-async fn client(data_dir: Option<PathBuf>) -> Result<Node> {
-    let mut builder = Node::builder().lan_discovery(false);
+async fn client(data_dir: Option<PathBuf>, introducers: Vec<NodeAddr>) -> Result<Node> {
+    let mut builder = Node::builder()
+        .lan_discovery(false)
+        .nat(butter::NatSettings {
+            introducers,
+            ..Default::default()
+        });
     if let Some(dir) = data_dir {
         builder = builder.data_dir(dir);
     }
@@ -146,9 +224,21 @@ async fn run(cli: Cli) -> Result<()> {
             want,
             liveness_ms,
             events,
+            introducers,
+            register_ms,
+            bench,
         } => {
             let dir = data_dir.unwrap_or_else(default_data_dir);
-            let node = Node::builder()
+            let mut builder = Node::builder();
+            if bench {
+                builder = builder.stream_route(SINK_ROUTE, sink);
+            }
+            let node = builder
+                .nat(butter::NatSettings {
+                    introducers,
+                    register_interval: Duration::from_millis(register_ms.max(100)),
+                    ..Default::default()
+                })
                 .listen(listen)
                 .data_dir(dir)
                 .memory(memory)
@@ -184,7 +274,7 @@ async fn run(cli: Cli) -> Result<()> {
             node.shutdown().await;
         }
         Command::Peers { addr } => {
-            let node = client(None).await?;
+            let node = client(None, vec![]).await?;
             let peers = node.peers_of(&addr, 64).await?;
             println!(
                 "{:<64}  {:<22}  {:<9}  {:>9}  {:>10}",
@@ -209,29 +299,49 @@ async fn run(cli: Cli) -> Result<()> {
             node.shutdown().await;
         }
         Command::Stats { addr } => {
-            let node = client(None).await?;
+            let node = client(None, vec![]).await?;
             let stats = node.stats_of(&addr).await?;
             for (name, value) in stats.fields() {
                 println!("{name} {value}");
+            }
+            // Introducers also answer with their service figures.
+            let figures: butter::Result<butter::nat::protocol::IntroducerStats> = node
+                .call_typed(&addr, butter::nat::protocol::INTRO_STATS_ROUTE, &())
+                .await;
+            if let Ok(f) = figures {
+                for (name, value) in [
+                    ("intro.registrations", f.registrations),
+                    ("intro.registers_total", f.registers_total),
+                    ("intro.introductions", f.introductions),
+                    ("intro.punches_tried", f.punches_tried),
+                    ("intro.punches_succeeded", f.punches_succeeded),
+                    ("intro.relays_opened", f.relays_opened),
+                    ("intro.relays_active", f.relays_active),
+                    ("intro.relayed_bytes", f.relayed_bytes),
+                    ("intro.rejected", f.rejected),
+                ] {
+                    println!("{name} {value}");
+                }
             }
             node.shutdown().await;
         }
         Command::Ping {
             addr,
+            introducers,
             count,
             data_dir,
         } => {
-            let node = client(data_dir).await?;
+            let node = client(data_dir, introducers).await?;
             for i in 0..count {
                 if i > 0 {
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
-                let ping = node.ping(&addr).await?;
+                let ping = node.ping(addr.clone()).await?;
                 println!(
-                    "reply from {} in {:.2} ms via direct {} (version {}, up {}s)",
+                    "reply from {} in {:.2} ms {} (version {}, up {}s)",
                     ping.reply.id,
                     ping.rtt.as_secs_f64() * 1e3,
-                    ping.remote,
+                    path_of(&node, &ping.reply.id),
                     ping.reply.version,
                     ping.reply.uptime_ms / 1000
                 );
@@ -240,6 +350,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Call {
             addr,
+            introducers,
             route,
             body,
             data_dir,
@@ -254,13 +365,57 @@ async fn run(cli: Cli) -> Result<()> {
                     buf
                 }
             };
-            let node = client(data_dir).await?;
-            let reply = node.call(&addr, &route, body).await?;
+            let node = client(data_dir, introducers).await?;
+            let reply = node.call(addr, &route, body).await?;
             let mut out = std::io::stdout();
             out.write_all(&reply)?;
             if !reply.ends_with(b"\n") {
                 out.write_all(b"\n")?;
             }
+            node.shutdown().await;
+        }
+        Command::Bench {
+            addr,
+            bytes,
+            introducers,
+        } => {
+            let node = client(None, introducers).await?;
+            let id = addr.id();
+            // Connect first so the figure is the transfer, not the handshake.
+            let ping = node.ping(addr.clone()).await?;
+            // Pseudo-random, incompressible data: BLAKE3's output stream.
+            let mut xof = blake3::Hasher::new().update(b"butter bench").finalize_xof();
+            let mut hasher = blake3::Hasher::new();
+            let mut left = bytes;
+            let mut chunks = Vec::new();
+            while left > 0 {
+                let n = left.min(1 << 20) as usize;
+                let mut chunk = vec![0u8; n];
+                xof.fill(&mut chunk);
+                hasher.update(&chunk);
+                chunks.push(Ok(bytes::Bytes::from(chunk)));
+                left -= n as u64;
+            }
+            let expected = *hasher.finalize().as_bytes();
+            let start = std::time::Instant::now();
+            let body = butter::Body::from_stream(futures_util::stream::iter(chunks));
+            let reply = node.call_stream(addr, SINK_ROUTE, body).await?;
+            let reply = reply.bytes(1024).await?;
+            let secs = start.elapsed().as_secs_f64();
+            let (got, hash): (u64, [u8; 32]) =
+                postcard::from_bytes(&reply).context("sink reply")?;
+            anyhow::ensure!(
+                got == bytes && hash == expected,
+                "transfer corrupted: sent {bytes} bytes, sink got {got} (hash match: {})",
+                hash == expected
+            );
+            println!(
+                "sent {bytes} bytes to {} in {secs:.2} s ({:.1} MiB/s) {}, rtt {:.2} ms, hash ok",
+                id,
+                bytes as f64 / (1u64 << 20) as f64 / secs,
+                path_of(&node, &id),
+                ping.rtt.as_secs_f64() * 1e3
+            );
             node.shutdown().await;
         }
     }

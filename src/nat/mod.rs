@@ -1,13 +1,84 @@
-//! NAT traversal, node side: STUN over the node's shared UDP socket (this phase);
-//! UPnP mapping, hole punching and relaying come next.
+//! NAT traversal, node side: STUN over the node's shared UDP socket, hole
+//! punching coordinated by introducers, and relay tunnels of last resort.
+//! The introducer protocol itself is in [`protocol`].
 
+pub mod protocol;
+pub mod punch;
+pub mod relay;
 pub mod stun;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Mutex;
+use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
+
+use crate::addr::NodeAddr;
+
+/// How a node reaches the Internet's peers: its introducers and the timing of
+/// punches and registrations.
+#[derive(Debug, Clone)]
+pub struct NatSettings {
+    /// Introducers to register with and to ask for introductions, punches and
+    /// relaying.
+    pub introducers: Vec<NodeAddr>,
+    /// How often registrations are refreshed (also keeps the NAT mapping and the
+    /// introducer's connection alive; keep it under both timeouts).
+    pub register_interval: Duration,
+    /// How long a coordinated punch may take before the relay is tried.
+    pub punch_timeout: Duration,
+    /// Punch packets are sent this often while punching.
+    pub punch_interval: Duration,
+    /// A relayed connection tries to become direct this often.
+    pub upgrade_interval: Duration,
+}
+
+impl Default for NatSettings {
+    fn default() -> Self {
+        NatSettings {
+            introducers: Vec::new(),
+            register_interval: Duration::from_secs(10),
+            punch_timeout: Duration::from_secs(3),
+            punch_interval: Duration::from_millis(100),
+            upgrade_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The kind of path a connection runs over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PathKind {
+    /// Straight to one of the peer's own addresses (LAN, public, mapped).
+    Direct,
+    /// Direct, through NATs opened by a hole punch an introducer coordinated.
+    Punched,
+    /// Through an introducer's relay (end-to-end encrypted all the same).
+    Relayed,
+}
+
+impl std::fmt::Display for PathKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PathKind::Direct => "direct",
+            PathKind::Punched => "punched",
+            PathKind::Relayed => "relay",
+        })
+    }
+}
+
+/// What [`crate::Node::connection_info`] reports about the connection to a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionInfo {
+    /// How the connection travels.
+    pub path: PathKind,
+    /// The peer's address on this path (a synthetic 240.0.0.0/4 address when
+    /// relayed).
+    pub remote: SocketAddr,
+    /// Current round-trip estimate.
+    pub rtt: Duration,
+}
 
 /// STUN transactions in flight, waiting for their responses.
 #[derive(Default)]

@@ -1,9 +1,12 @@
 //! [`Node`] and [`NodeBuilder`]: wire the layers together and own the background
 //! tasks (membership upkeep in `membership`, LAN discovery in `lan`).
 
+mod introducers;
 mod lan;
 mod membership;
+mod reach;
 mod udp;
+mod upgrade;
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -22,6 +25,7 @@ use crate::discovery::DiscoverySettings;
 use crate::endpoint::{connection_error, Endpoint};
 use crate::error::{Error, Result};
 use crate::identity::{tls, Identity, NodeId};
+use crate::nat::NatSettings;
 use crate::peers::{
     HostInfo, Membership, MembershipSettings, PeerEvent, PeerRecord, PeersRequest, Quality,
     PEERS_ROUTE,
@@ -114,6 +118,7 @@ pub struct NodeBuilder {
     transport: TransportSettings,
     membership: MembershipSettings,
     discovery: DiscoverySettings,
+    nat: NatSettings,
     error: Option<Error>,
 }
 
@@ -128,6 +133,7 @@ impl Default for NodeBuilder {
             transport: TransportSettings::default(),
             membership: MembershipSettings::default(),
             discovery: DiscoverySettings::default(),
+            nat: NatSettings::default(),
             error: None,
         }
     }
@@ -296,6 +302,66 @@ impl NodeBuilder {
         self
     }
 
+    /// Adds an introducer: the node registers with it, asks it for peers when
+    /// lonely, and reaches peers behind NATs through it (punch, or relay).
+    ///
+    /// ```
+    /// # fn f(intro: butter::NodeAddr) {
+    /// let builder = butter::Node::builder().introducer(intro);
+    /// # let _ = builder; }
+    /// ```
+    pub fn introducer(mut self, addr: NodeAddr) -> Self {
+        self.nat.introducers.push(addr);
+        self
+    }
+
+    /// Replaces the NAT-traversal settings (introducers, punch and
+    /// registration timing).
+    pub fn nat(mut self, settings: NatSettings) -> Self {
+        self.nat = settings;
+        self
+    }
+
+    /// Registers a route in the reserved `butter/` namespace. For Butter's own
+    /// services built on a node (the `butter-introducer` binary); applications
+    /// use [`NodeBuilder::route`] and friends.
+    #[doc(hidden)]
+    pub fn platform_route<F, Fut, Req, Resp>(mut self, name: &str, handler: F) -> Self
+    where
+        F: Fn(NodeId, std::net::SocketAddr, Req) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Resp>> + Send + 'static,
+        Req: DeserializeOwned + Send + 'static,
+        Resp: Serialize + 'static,
+    {
+        let handler = Arc::new(handler);
+        self.router.insert(
+            name,
+            Handler::buffered(move |req: Request| {
+                let handler = handler.clone();
+                async move {
+                    let value: Req = req.decode()?;
+                    let reply = handler(req.peer(), req.remote_addr(), value).await?;
+                    postcard::to_allocvec(&reply)
+                        .map_err(|e| Error::handler(format!("cannot encode reply: {e}")))
+                }
+            }),
+        );
+        self
+    }
+
+    /// Registers a streaming route in the reserved `butter/` namespace (see
+    /// [`NodeBuilder::platform_route`]).
+    #[doc(hidden)]
+    pub fn platform_stream_route<F, Fut, R>(mut self, name: &str, handler: F) -> Self
+    where
+        F: Fn(StreamRequest) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R>> + Send + 'static,
+        R: Into<Body>,
+    {
+        self.router.insert(name, Handler::streaming(handler));
+        self
+    }
+
     /// Binds the socket and starts serving. Must run inside a tokio runtime.
     pub async fn spawn(self) -> Result<Node> {
         if let Some(e) = self.error {
@@ -362,6 +428,14 @@ impl NodeBuilder {
         // Connections (dialed or accepted) are served by tasks that need the node's
         // shared state, which does not exist yet while the endpoint is built.
         let weak_shared: Arc<OnceLock<Weak<Shared>>> = Arc::default();
+        router.insert(
+            crate::nat::protocol::PUNCH_ROUTE,
+            reach::punch_route(weak_shared.clone()),
+        );
+        router.insert(
+            crate::nat::protocol::RELAY_IN_ROUTE,
+            reach::relay_in_route(weak_shared.clone()),
+        );
         let hook = weak_shared.clone();
         let on_connection = Box::new(move |peer: NodeId, conn: quinn::Connection| {
             if let Some(shared) = hook.get().and_then(Weak::upgrade) {
@@ -400,6 +474,9 @@ impl NodeBuilder {
             identity,
             members,
             stun: Default::default(),
+            nat: self.nat,
+            traversals: Default::default(),
+            observed: Default::default(),
         });
         let _ = weak_shared.set(Arc::downgrade(&shared));
         tokio::spawn(accept_loop(
@@ -418,6 +495,14 @@ impl NodeBuilder {
         ));
         let side = node.shared().endpoint.socket.subscribe(1024);
         tokio::spawn(udp::run(Arc::downgrade(&node.inner), side, closed.clone()));
+        for intro in node.shared().nat.introducers.clone() {
+            node.add_peer_addr(&intro);
+            tokio::spawn(introducers::run(
+                Arc::downgrade(&node.inner),
+                intro,
+                closed.clone(),
+            ));
+        }
         if let Some(socket) = lan {
             tokio::spawn(lan::run(
                 Arc::downgrade(&node.inner),
@@ -440,6 +525,9 @@ struct Shared {
     identity: Identity,
     members: Arc<Membership>,
     stun: crate::nat::PendingStun,
+    nat: NatSettings,
+    traversals: reach::Traversals,
+    observed: introducers::Observed,
 }
 
 /// Owned by the handles only: dropping the last handle shuts the node down.
@@ -575,6 +663,12 @@ impl Node {
         )
     }
 
+    /// This node's addresses as seen from outside its NATs, as its introducers
+    /// reported them (empty before the first registration).
+    pub fn reflexive_addrs(&self) -> Vec<SocketAddr> {
+        self.shared().observed.addrs()
+    }
+
     /// Counters (handshakes, calls served, malformed requests...).
     pub fn stats(&self) -> StatsSnapshot {
         self.shared().stats.snapshot()
@@ -647,7 +741,7 @@ impl Node {
     async fn open(&self, target: &Target) -> Result<(quinn::SendStream, quinn::RecvStream)> {
         let endpoint = &self.shared().endpoint;
         for attempt in 0..2 {
-            let conn = match endpoint.connection(target).await {
+            let conn = match self.connection(target).await {
                 Ok(c) => c,
                 Err(e) => {
                     // Failures seen by any call count for liveness too.
@@ -816,7 +910,7 @@ impl Node {
 
     pub(crate) async fn ping_with(&self, target: Target, in_table: bool) -> Result<Ping> {
         // Dial first, so the round trip measures one call rather than a handshake.
-        let conn = self.shared().endpoint.connection(&target).await?;
+        let conn = self.connection(&target).await?;
         let start = Instant::now();
         let reply: PingReply = self
             .call_typed(target.clone(), PING_ROUTE, &PingRequest { in_table })

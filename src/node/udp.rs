@@ -24,6 +24,12 @@ pub(super) async fn run(
             return;
         };
         let counters = node.counters();
+        if crate::nat::punch::is_punch(&datagram.data) {
+            counters
+                .punch_packets_received
+                .fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
         if !stun::looks_like_stun(&datagram.data) {
             counters.udp_garbage.fetch_add(1, Ordering::Relaxed);
             continue;

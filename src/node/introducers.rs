@@ -1,0 +1,131 @@
+//! The introducer client: keeps this node registered with each configured
+//! introducer (re-registering after an introducer restart or a lost connection)
+//! and asks for introductions while the node is lonely.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Weak;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::membership::{jitter, verify};
+use super::{Node, NodeInner};
+use crate::addr::NodeAddr;
+use crate::error::{Error, Result};
+use crate::nat::protocol::{
+    Introduce, Register, Registered, INTRODUCE_ROUTE, MAX_INTRODUCTIONS, REGISTER_ROUTE,
+};
+
+/// Longest wait between attempts to reach an introducer that is down.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Runs one introducer's registration loop until the node stops.
+pub(super) async fn run(node: Weak<NodeInner>, intro: NodeAddr, mut closed: watch::Receiver<()>) {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let Some(n) = node.upgrade().map(|inner| Node { inner }) else {
+            return;
+        };
+        let interval = n.shared().nat.register_interval;
+        let wait = match register(&n, &intro).await {
+            Ok(reg) => {
+                n.counters()
+                    .introducer_registrations
+                    .fetch_add(1, Ordering::Relaxed);
+                n.shared().observed.record(intro.id, reg.observed);
+                backoff = Duration::from_millis(500);
+                if n.members().wants_more() {
+                    introductions(&n, &intro).await;
+                }
+                // Refresh well within the registration's lifetime.
+                jitter(interval.min(Duration::from_millis(reg.ttl_ms / 2).max(interval / 4)))
+            }
+            Err(e) => {
+                n.counters()
+                    .introducer_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::info!(introducer = %intro.id.short(), error = %e, "registration failed; retrying");
+                // The cached connection may be to an introducer that restarted.
+                n.forget_connection(&intro.id);
+                let w = backoff;
+                backoff = (backoff * 2).min(MAX_BACKOFF).min(interval.max(backoff));
+                jitter(w)
+            }
+        };
+        drop(n);
+        tokio::select! {
+            _ = closed.changed() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+async fn register(node: &Node, intro: &NodeAddr) -> Result<Registered> {
+    let req = Register {
+        addrs: node.candidate_addrs(),
+    };
+    // Bounded well below the refresh interval: a dead connection is noticed
+    // on the next round rather than after the idle timeout.
+    let timeout = node
+        .shared()
+        .nat
+        .register_interval
+        .clamp(Duration::from_secs(1), Duration::from_secs(5));
+    tokio::time::timeout(
+        timeout,
+        node.call_typed(intro.clone(), REGISTER_ROUTE, &req),
+    )
+    .await
+    .map_err(|_| Error::Timeout("registration"))?
+}
+
+/// Asks for peers and verifies each (a handshake, through a punch or relay if
+/// needed) before it may enter the known hosts.
+async fn introductions(node: &Node, intro: &NodeAddr) {
+    let max = (node
+        .members()
+        .settings
+        .want_hosts
+        .min(MAX_INTRODUCTIONS as usize) as u16)
+        .clamp(1, MAX_INTRODUCTIONS);
+    match node
+        .call_typed::<_, Vec<NodeAddr>>(intro.clone(), INTRODUCE_ROUTE, &Introduce { max })
+        .await
+    {
+        Ok(peers) => {
+            for peer in peers.into_iter().take(max as usize) {
+                if peer.id != node.id() && !node.members().contains(&peer.id) {
+                    tokio::spawn(verify(node.clone(), peer));
+                }
+            }
+        }
+        Err(e) => tracing::debug!(introducer = %intro.id.short(), error = %e, "no introductions"),
+    }
+}
+
+/// The reflexive addresses introducers reported, by introducer.
+#[derive(Default)]
+pub(crate) struct Observed {
+    by_introducer: std::sync::Mutex<Vec<(crate::NodeId, SocketAddr)>>,
+}
+
+impl Observed {
+    fn record(&self, intro: crate::NodeId, addr: SocketAddr) {
+        let mut seen = self.by_introducer.lock().unwrap_or_else(|p| p.into_inner());
+        seen.retain(|(i, _)| *i != intro);
+        seen.push((intro, addr));
+    }
+
+    /// Distinct reflexive addresses, oldest report first.
+    pub(crate) fn addrs(&self) -> Vec<SocketAddr> {
+        let seen = self.by_introducer.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<SocketAddr> = Vec::new();
+        for (_, a) in seen.iter() {
+            if !out.contains(a) {
+                out.push(*a);
+            }
+        }
+        out
+    }
+}
