@@ -255,7 +255,8 @@ impl Introducer {
                 .await
                 .map_err(|_| Error::Timeout("the target did not answer the punch request"))??;
                 tracing::debug!(from = %peer.short(), to = %req.target.short(), "punch coordinated");
-                Ok(Rendezvous { peer: target, start_in_ms: 0 })
+                // A moment for the target's first punch packets to leave its NAT.
+                Ok(Rendezvous { peer: target, start_in_ms: 25 })
             }
         });
         let s = self.state.clone();

@@ -336,9 +336,19 @@ async fn run(cli: Cli) -> Result<()> {
                 if i > 0 {
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
+                let start = std::time::Instant::now();
                 let ping = node.ping(addr.clone()).await?;
+                // The first ping includes finding a path (dial, punch or relay).
+                let first = if i == 0 {
+                    format!(
+                        ", first reply after {:.1} ms",
+                        start.elapsed().as_secs_f64() * 1e3
+                    )
+                } else {
+                    String::new()
+                };
                 println!(
-                    "reply from {} in {:.2} ms {} (version {}, up {}s)",
+                    "reply from {} in {:.2} ms {} (version {}, up {}s{first})",
                     ping.reply.id,
                     ping.rtt.as_secs_f64() * 1e3,
                     path_of(&node, &ping.reply.id),

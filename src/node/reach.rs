@@ -147,6 +147,11 @@ impl Node {
         }
         let mut candidates = rendezvous.peer.addrs;
         candidates.truncate(MAX_ADDRS);
+        let observed = candidates[0];
+        // A peer on one of our own subnets is dialed there first: no hairpin
+        // through the router, no waiting for the staggered second attempt.
+        let mine = self.candidate_addrs();
+        candidates.sort_by_key(|c| !mine.iter().any(|m| same_subnet(*m, *c)));
         self.counters()
             .punches_tried
             .fetch_add(1, Ordering::Relaxed);
@@ -171,7 +176,7 @@ impl Node {
         let (conn, addr) = outcome?;
         // The first candidate is the address the introducer observed: reaching
         // it went through the peer's NAT. Any other is one of its own addresses.
-        let punched = addr == candidates[0] && !self.is_local_candidate(&candidates, addr);
+        let punched = addr == observed && !self.is_local_candidate(&candidates, observed, addr);
         if punched {
             self.counters()
                 .punches_succeeded
@@ -183,8 +188,15 @@ impl Node {
         Ok(conn)
     }
 
-    fn is_local_candidate(&self, candidates: &[SocketAddr], addr: SocketAddr) -> bool {
-        candidates[1..].contains(&addr)
+    /// Whether `addr` is one of the peer's own addresses (not only the one
+    /// the introducer observed).
+    fn is_local_candidate(
+        &self,
+        candidates: &[SocketAddr],
+        observed: SocketAddr,
+        addr: SocketAddr,
+    ) -> bool {
+        candidates.iter().filter(|c| **c == addr).count() > usize::from(addr == observed)
     }
 
     /// Opens a relay tunnel to `id` through `intro` and connects over it.
@@ -284,4 +296,17 @@ pub(super) fn relay_in_route(weak: Arc<OnceLock<Weak<Shared>>>) -> Handler {
             Ok::<Body, Error>(outgoing)
         }
     })
+}
+
+/// Same IPv4 /24 (or IPv6 /64): a guess at "the same LAN" without netmasks.
+fn same_subnet(a: SocketAddr, b: SocketAddr) -> bool {
+    match (a.ip().to_canonical(), b.ip().to_canonical()) {
+        (std::net::IpAddr::V4(a), std::net::IpAddr::V4(b)) => {
+            !a.is_loopback() && a.octets()[..3] == b.octets()[..3]
+        }
+        (std::net::IpAddr::V6(a), std::net::IpAddr::V6(b)) => {
+            a.segments()[..4] == b.segments()[..4]
+        }
+        _ => false,
+    }
 }

@@ -137,6 +137,126 @@ impl Lab {
         Host { ns, ip: addr }
     }
 
+    /// A switch namespace with a bridge, for one network segment.
+    fn switch(&mut self, name: &str) -> String {
+        let sw = self.add_ns(format!("{}{name}", self.tag));
+        ip(&["-n", &sw, "link", "add", "name", "sw0", "type", "bridge"]);
+        ip(&[
+            "-n",
+            &sw,
+            "link",
+            "set",
+            "sw0",
+            "type",
+            "bridge",
+            "mcast_snooping",
+            "0",
+        ]);
+        ip(&["-n", &sw, "link", "set", "sw0", "up"]);
+        sw
+    }
+
+    /// Plugs namespace `ns` into switch `sw` as interface `ifname` with `cidr`.
+    fn plug(&mut self, sw: &str, port: &str, ns: &str, ifname: &str, cidr: &str) {
+        ip(&[
+            "-n", sw, "link", "add", port, "type", "veth", "peer", "name", ifname, "netns", ns,
+        ]);
+        ip(&["-n", sw, "link", "set", port, "master", "sw0"]);
+        ip(&["-n", sw, "link", "set", port, "up"]);
+        ip(&["-n", ns, "addr", "add", cidr, "dev", ifname]);
+        ip(&["-n", ns, "link", "set", ifname, "up"]);
+    }
+
+    /// The NAT topology: a "public" segment 198.51.100.0/24 with one host
+    /// (198.51.100.1, for the introducer), and per entry of `nats` a router
+    /// (WAN 198.51.100.1x) in front of LAN i (10.i.0.0/24, router .1) with
+    /// `hosts_per_lan` hosts (.2 upwards, default route via the router).
+    pub fn nat_world(&mut self, nats: &[Nat], hosts_per_lan: usize) -> World {
+        let public = self.switch("pub");
+        let ns = self.add_ns(format!("{}pubh", self.tag));
+        self.plug(&public, "pubh", &ns, "eth0", "198.51.100.1/24");
+        let public_host = Host {
+            ns,
+            ip: Ipv4Addr::new(198, 51, 100, 1),
+        };
+        let mut lans = Vec::new();
+        let mut routers = Vec::new();
+        for (i, nat) in nats.iter().enumerate() {
+            let n = i as u8 + 1;
+            let lan = self.switch(&format!("l{n}"));
+            let r = self.add_ns(format!("{}r{n}", self.tag));
+            let wan_ip = Ipv4Addr::new(198, 51, 100, 10 + n);
+            self.plug(
+                &public,
+                &format!("w{n}"),
+                &r,
+                "rwan",
+                &format!("{wan_ip}/24"),
+            );
+            self.plug(&lan, "gw", &r, "rlan", &format!("10.{n}.0.1/24"));
+            let out = self.exec_ns(&r, "sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
+            assert!(
+                out.status.success(),
+                "ip_forward: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            self.load_nft(&r, &nat.ruleset());
+            routers.push(Host { ns: r, ip: wan_ip });
+            let mut hosts = Vec::new();
+            for j in 0..hosts_per_lan {
+                let h = self.add_ns(format!("{}l{n}h{j}", self.tag));
+                let addr = Ipv4Addr::new(10, n, 0, 2 + j as u8);
+                self.plug(&lan, &format!("p{j}"), &h, "eth0", &format!("{addr}/24"));
+                ip(&[
+                    "-n",
+                    &h,
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    &format!("10.{n}.0.1"),
+                ]);
+                hosts.push(Host { ns: h, ip: addr });
+            }
+            lans.push(hosts);
+        }
+        World {
+            public: public_host,
+            routers,
+            lans,
+        }
+    }
+
+    fn load_nft(&self, ns: &str, ruleset: &str) {
+        use std::io::Write;
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns, "nft", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run nft (Debian package nftables)");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(ruleset.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "nft: {}\n{ruleset}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn exec_ns(&self, ns: &str, program: &str, args: &[&str]) -> std::process::Output {
+        Command::new("ip")
+            .args(["netns", "exec", ns, program])
+            .args(args)
+            .output()
+            .expect("run in namespace")
+    }
+
     /// A per-host data dir.
     pub fn data_dir(&self, host: &Host) -> PathBuf {
         self.dir.path().join(&host.ns)
@@ -146,27 +266,45 @@ impl Lab {
     /// printed its address.
     pub async fn node(&self, host: &Host, extra: &[&str]) -> NodeProc {
         let data_dir = self.data_dir(host);
+        let mut args: Vec<String> = ["node", "--listen", "0.0.0.0:7400", "--events", "--data-dir"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.push(data_dir.display().to_string());
+        args.extend(extra.iter().map(|s| s.to_string()));
+        self.spawn(host, env!("CARGO_BIN_EXE_butter"), &args).await
+    }
+
+    /// Starts `butter-introducer` on a host (port 7401, its data dir kept across
+    /// restarts); returns once it printed its address.
+    pub async fn introducer(&self, host: &Host, extra: &[&str]) -> NodeProc {
+        let bin = PathBuf::from(env!("CARGO_BIN_EXE_butter")).with_file_name("butter-introducer");
+        assert!(
+            bin.exists(),
+            "{} is missing: build it first (`cargo test --workspace` does, or `cargo build -p butter-introducer`)",
+            bin.display()
+        );
+        let mut args: Vec<String> = vec![
+            "--listen".into(),
+            format!("{}:7401", host.ip),
+            "--data-dir".into(),
+            self.data_dir(host).display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        self.spawn(host, bin.to_str().unwrap(), &args).await
+    }
+
+    async fn spawn(&self, host: &Host, program: &str, args: &[String]) -> NodeProc {
         let mut cmd = tokio::process::Command::new("ip");
-        cmd.args([
-            "netns",
-            "exec",
-            &host.ns,
-            env!("CARGO_BIN_EXE_butter"),
-            "node",
-            "--listen",
-            "0.0.0.0:7400",
-            "--events",
-        ])
-        .arg("--data-dir")
-        .arg(&data_dir)
-        .args(extra)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true);
+        cmd.args(["netns", "exec", &host.ns, program])
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
         let started = Instant::now();
-        let mut child = cmd.spawn().expect("start butter node");
+        let mut child = cmd.spawn().expect("start process in namespace");
         let stdout = child.stdout.take().unwrap();
         let (tx, mut rx) = mpsc::unbounded_channel();
         tokio::spawn(async move {
@@ -179,8 +317,8 @@ impl Lab {
         });
         let (_, addr) = tokio::time::timeout(Duration::from_secs(20), rx.recv())
             .await
-            .expect("node prints its address in time")
-            .expect("node printed its address");
+            .expect("process prints its address in time")
+            .expect("process printed its address");
         let id = addr.split('@').next().unwrap().to_string();
         NodeProc {
             host: host.clone(),
@@ -201,7 +339,10 @@ impl Lab {
             tokio::process::Command::new("ip")
                 .args(["netns", "exec", &host.ns, env!("CARGO_BIN_EXE_butter")])
                 .args(args)
-                .env("RUST_LOG", "error")
+                .env(
+                    "RUST_LOG",
+                    std::env::var("NETLAB_CLI_LOG").unwrap_or("error".into()),
+                )
                 .kill_on_drop(true)
                 .output(),
         )
@@ -249,6 +390,48 @@ impl Lab {
             .output()
             .expect("run in namespace")
     }
+}
+
+/// How a router of [`Lab::nat_world`] translates (see shared/notes/netlab.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Nat {
+    /// `masquerade` (endpoint-independent mapping, source port kept) and the
+    /// input filter every home router has: the cone-like "moderate" NAT.
+    Cone,
+    /// Cone, plus WAN-side filtering of forwarded traffic: only established or
+    /// related packets come in.
+    Filtered,
+    /// `masquerade random`: a new port per destination (symmetric, "strict").
+    Symmetric,
+}
+
+impl Nat {
+    fn ruleset(self) -> String {
+        let masq = if self == Nat::Symmetric {
+            "masquerade random"
+        } else {
+            "masquerade"
+        };
+        let forward = if self == Nat::Filtered {
+            "chain forward { type filter hook forward priority 0; policy drop;\n ct state established,related accept\n iifname \"rlan\" accept\n }"
+        } else {
+            ""
+        };
+        format!(
+            "table inet nat {{\n chain postrouting {{ type nat hook postrouting priority 100; policy accept;\n  oifname \"rwan\" {masq}\n }}\n}}\n\
+             table inet filter {{\n chain input {{ type filter hook input priority 0; policy drop;\n  ct state established,related accept\n  iif lo accept\n  iifname \"rlan\" accept\n }}\n {forward}\n}}\n"
+        )
+    }
+}
+
+/// The namespaces of [`Lab::nat_world`].
+pub struct World {
+    /// The host on the public segment (198.51.100.1).
+    pub public: Host,
+    /// The routers, WAN address as `ip`.
+    pub routers: Vec<Host>,
+    /// The hosts of each LAN.
+    pub lans: Vec<Vec<Host>>,
 }
 
 impl Drop for Lab {
