@@ -96,21 +96,7 @@ impl Lab {
     /// `n` hosts on one LAN bridge, 10.77.0.1/24 upwards, with multicast routed
     /// out of their LAN interface.
     pub fn lan(&mut self, n: usize) -> Vec<Host> {
-        let sw = self.add_ns(format!("{}sw", self.tag));
-        ip(&["-n", &sw, "link", "add", "name", "sw0", "type", "bridge"]);
-        // Without a multicast querier, snooping could drop group traffic.
-        ip(&[
-            "-n",
-            &sw,
-            "link",
-            "set",
-            "sw0",
-            "type",
-            "bridge",
-            "mcast_snooping",
-            "0",
-        ]);
-        ip(&["-n", &sw, "link", "set", "sw0", "up"]);
+        let sw = self.switch("sw");
         (0..n).map(|i| self.add_host(&sw, i)).collect()
     }
 
@@ -141,6 +127,7 @@ impl Lab {
     fn switch(&mut self, name: &str) -> String {
         let sw = self.add_ns(format!("{}{name}", self.tag));
         ip(&["-n", &sw, "link", "add", "name", "sw0", "type", "bridge"]);
+        // Without a multicast querier, snooping could drop group traffic.
         ip(&[
             "-n",
             &sw,
