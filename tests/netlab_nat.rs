@@ -52,6 +52,9 @@ async fn ping_by_id(lab: &Lab, from: &Host, id: &str, intro: &str) -> (String, D
     let start = Instant::now();
     let (ok, out, err) = lab.butter(from, &["ping", id, "--introducer", intro]).await;
     let took = start.elapsed();
+    if std::env::var("NETLAB_CLI_LOG").is_ok() {
+        eprintln!("{err}");
+    }
     assert!(ok, "ping {id} from {}: {err}", from.ns);
     assert!(out.starts_with(&format!("reply from {id} ")), "{out}");
     (out.trim().to_string(), took)

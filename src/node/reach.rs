@@ -182,8 +182,10 @@ impl Node {
                 .punches_succeeded
                 .fetch_add(1, Ordering::Relaxed);
         }
-        shared.endpoint.learn(&NodeAddr::new(id, [addr]));
+        // Installed before the address is learned: a concurrent caller that
+        // sees the address would otherwise dial again and hold the slot.
         shared.endpoint.install(id, conn.clone(), punched).await;
+        shared.endpoint.learn(&NodeAddr::new(id, [addr]));
         tracing::info!(peer = %id.short(), %addr, punched, "connected via introducer");
         Ok(conn)
     }
