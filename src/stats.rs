@@ -86,4 +86,8 @@ counters! {
     introducer_registrations,
     /// Failed registration attempts.
     introducer_failures,
+    /// Port mappings a UPnP gateway granted.
+    upnp_mapped,
+    /// Renewals of a UPnP mapping's lease.
+    upnp_renewed,
 }

@@ -92,6 +92,14 @@ async fn main() -> anyhow::Result<()> {
         .listen(args.listen)
         .data_dir(&args.data_dir)
         .lan_discovery(false)
+        // A public service: nothing to map, and no business with the LAN's gateway.
+        .nat(butter::NatSettings {
+            upnp: butter::UpnpSettings {
+                enabled: false,
+                ..Default::default()
+            },
+            ..Default::default()
+        })
         .membership(membership);
     let node = service
         .routes(builder)

@@ -48,7 +48,8 @@ enum Command {
         /// Base interval of liveness checks, in milliseconds.
         #[arg(long, default_value_t = 5000)]
         liveness_ms: u64,
-        /// Print known-host changes on stdout (`+ ID ADDR`, `- ID REASON`).
+        /// Print known-host changes on stdout (`+ ID ADDR`, `- ID REASON`) and
+        /// UPnP changes (`upnp STATUS`).
         #[arg(long)]
         events: bool,
         /// Introducer to register with (NODEID@IP:PORT); repeatable.
@@ -60,6 +61,16 @@ enum Command {
         /// Also serve the `bench/sink` route that `butter bench` sends to.
         #[arg(long)]
         bench: bool,
+        /// Do not ask the LAN's gateway for a port mapping (UPnP).
+        #[arg(long)]
+        no_upnp: bool,
+        /// Send the UPnP search to this gateway (IP:1900) instead of the
+        /// multicast group.
+        #[arg(long)]
+        upnp_gateway: Option<SocketAddr>,
+        /// UPnP lease to ask for, in seconds (renewed at half).
+        #[arg(long, default_value_t = 3600)]
+        upnp_lease_secs: u64,
     },
     /// Print the known hosts of a node.
     Peers {
@@ -187,16 +198,30 @@ fn default_data_dir() -> PathBuf {
 
 /// A client node for one-shot commands: persistent identity only if asked for.
 async fn client(data_dir: Option<PathBuf>, introducers: Vec<NodeAddr>) -> Result<Node> {
+    // A one-shot client has nothing to offer inbound: no port mapping.
     let mut builder = Node::builder()
         .lan_discovery(false)
         .nat(butter::NatSettings {
             introducers,
+            upnp: upnp_settings(true, None, 0),
             ..Default::default()
         });
     if let Some(dir) = data_dir {
         builder = builder.data_dir(dir);
     }
     Ok(builder.spawn().await?)
+}
+
+fn upnp_settings(off: bool, gateway: Option<SocketAddr>, lease_secs: u64) -> butter::UpnpSettings {
+    let mut upnp = butter::UpnpSettings {
+        enabled: !off,
+        lease: Duration::from_secs(lease_secs),
+        ..Default::default()
+    };
+    if let Some(gateway) = gateway {
+        upnp.search_addr = gateway;
+    }
+    upnp
 }
 
 fn human(bytes: u64) -> String {
@@ -227,6 +252,9 @@ async fn run(cli: Cli) -> Result<()> {
             introducers,
             register_ms,
             bench,
+            no_upnp,
+            upnp_gateway,
+            upnp_lease_secs,
         } => {
             let dir = data_dir.unwrap_or_else(default_data_dir);
             let mut builder = Node::builder();
@@ -237,6 +265,7 @@ async fn run(cli: Cli) -> Result<()> {
                 .nat(butter::NatSettings {
                     introducers,
                     register_interval: Duration::from_millis(register_ms.max(100)),
+                    upnp: upnp_settings(no_upnp, upnp_gateway, upnp_lease_secs),
                     ..Default::default()
                 })
                 .listen(listen)
@@ -253,11 +282,22 @@ async fn run(cli: Cli) -> Result<()> {
                 .spawn()
                 .await?;
             let mut changes = node.events();
+            let mut upnp = node.upnp_changes();
             println!("{}", node.addr());
             std::io::stdout().flush()?;
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
             loop {
                 tokio::select! {
                     signal = tokio::signal::ctrl_c() => { signal?; break; }
+                    _ = term.recv() => break,
+                    Ok(()) = upnp.changed() => {
+                        let status = upnp.borrow_and_update().clone();
+                        if events && status != butter::UpnpStatus::Searching {
+                            println!("upnp {status}");
+                            std::io::stdout().flush()?;
+                        }
+                    }
                     change = changes.recv() => match change {
                         Ok(change) if events => {
                             match change {
@@ -272,6 +312,9 @@ async fn run(cli: Cli) -> Result<()> {
                 }
             }
             node.shutdown().await;
+            if events && node.upnp_status() == butter::UpnpStatus::Released {
+                println!("upnp released");
+            }
         }
         Command::Peers { addr } => {
             let node = client(None, vec![]).await?;

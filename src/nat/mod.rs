@@ -1,11 +1,15 @@
 //! NAT traversal, node side: STUN over the node's shared UDP socket, hole
-//! punching coordinated by introducers, and relay tunnels of last resort.
-//! The introducer protocol itself is in [`protocol`].
+//! punching coordinated by introducers, relay tunnels of last resort, and a
+//! UPnP port mapping on the LAN's gateway. The introducer protocol itself is in
+//! [`protocol`].
 
 pub mod protocol;
 pub mod punch;
 pub mod relay;
 pub mod stun;
+pub mod upnp;
+
+pub use upnp::{UpnpSettings, UpnpStatus};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -33,6 +37,8 @@ pub struct NatSettings {
     pub punch_interval: Duration,
     /// A relayed connection tries to become direct this often.
     pub upgrade_interval: Duration,
+    /// Port mapping on the LAN's UPnP gateway.
+    pub upnp: UpnpSettings,
 }
 
 impl Default for NatSettings {
@@ -43,6 +49,7 @@ impl Default for NatSettings {
             punch_timeout: Duration::from_secs(3),
             punch_interval: Duration::from_millis(100),
             upgrade_interval: Duration::from_secs(30),
+            upnp: UpnpSettings::default(),
         }
     }
 }

@@ -12,7 +12,7 @@ use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -477,6 +477,7 @@ impl NodeBuilder {
             nat: self.nat,
             traversals: Default::default(),
             observed: Default::default(),
+            upnp: Arc::new(tokio::sync::watch::channel(crate::nat::UpnpStatus::Disabled).0),
         });
         let _ = weak_shared.set(Arc::downgrade(&shared));
         tokio::spawn(accept_loop(
@@ -484,9 +485,21 @@ impl NodeBuilder {
             Arc::downgrade(&shared),
         ));
         let (closed_tx, closed) = tokio::sync::watch::channel(());
+        let upnp_task =
+            upnp_wanted(&shared.nat.upnp, shared.endpoint.local_addr().ok()).map(|local| {
+                tokio::spawn(crate::nat::upnp::run(
+                    shared.nat.upnp.clone(),
+                    local,
+                    format!("butter {}", id.short()),
+                    shared.upnp.clone(),
+                    shared.stats.clone(),
+                    closed.clone(),
+                ))
+            });
         let inner = Arc::new(NodeInner {
             shared,
             closed: closed_tx,
+            upnp_task: Mutex::new(upnp_task),
         });
         let node = Node { inner };
         tokio::spawn(membership::upkeep(
@@ -528,6 +541,19 @@ struct Shared {
     nat: NatSettings,
     traversals: reach::Traversals,
     observed: introducers::Observed,
+    upnp: Arc<tokio::sync::watch::Sender<crate::nat::UpnpStatus>>,
+}
+
+/// The address to map on the gateway, if the node should: UPnP on, and bound
+/// to IPv4 beyond loopback (igd-next maps IPv4 ports; a loopback node is not
+/// on any LAN).
+fn upnp_wanted(
+    settings: &crate::nat::UpnpSettings,
+    local: Option<SocketAddr>,
+) -> Option<SocketAddr> {
+    let local = local?;
+    (settings.enabled && local.is_ipv4() && !local.ip().is_loopback() && local.port() != 0)
+        .then_some(local)
 }
 
 /// Owned by the handles only: dropping the last handle shuts the node down.
@@ -535,6 +561,8 @@ struct NodeInner {
     shared: Arc<Shared>,
     /// Dropped with the node: background tasks watching it stop.
     closed: tokio::sync::watch::Sender<()>,
+    /// Holds the UPnP mapping; shutdown waits for it to remove the mapping.
+    upnp_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Drop for NodeInner {
@@ -635,8 +663,19 @@ impl Node {
     }
 
     /// Where others can reach this node: the bound address, or, when bound to
-    /// an unspecified address, every interface address (non-loopback first).
+    /// an unspecified address, every interface address (non-loopback first);
+    /// then the UPnP-mapped address, while the gateway holds one.
     pub fn addr(&self) -> NodeAddr {
+        let mut addr = self.interface_addr();
+        if let crate::nat::UpnpStatus::Mapped { external, .. } = *self.shared().upnp.borrow() {
+            if !addr.addrs.contains(&external) {
+                addr.addrs.push(external);
+            }
+        }
+        addr
+    }
+
+    fn interface_addr(&self) -> NodeAddr {
         let local = self.local_addr();
         if !local.ip().is_unspecified() {
             return NodeAddr::new(self.id(), [local]);
@@ -958,7 +997,38 @@ impl Node {
         self.inner.closed.send_replace(());
         let endpoint = &self.shared().endpoint.quinn;
         endpoint.close(0u32.into(), b"shutdown");
-        let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+        let upnp = self
+            .inner
+            .upnp_task
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        // The mapping removal is itself bounded (a dead gateway cannot hold us).
+        let removed = async {
+            if let Some(task) = upnp {
+                let _ = task.await;
+            }
+        };
+        let idle = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle());
+        let _ = tokio::join!(removed, idle);
+    }
+
+    /// Where the node's UPnP port mapping stands.
+    ///
+    /// ```
+    /// # async fn f(node: butter::Node) {
+    /// if let butter::UpnpStatus::Mapped { external, .. } = node.upnp_status() {
+    ///     println!("reachable from outside at {external}");
+    /// }
+    /// # }
+    /// ```
+    pub fn upnp_status(&self) -> crate::nat::UpnpStatus {
+        self.shared().upnp.borrow().clone()
+    }
+
+    /// Follows the UPnP status as it changes (mapped, renewed, lost, released).
+    pub fn upnp_changes(&self) -> tokio::sync::watch::Receiver<crate::nat::UpnpStatus> {
+        self.shared().upnp.subscribe()
     }
 
     /// The node's shared UDP socket (for the NAT layer: STUN, punching).

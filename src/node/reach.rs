@@ -121,7 +121,12 @@ impl Node {
         if !local.ip().is_loopback() {
             addrs.retain(|a| !a.ip().is_loopback());
         }
-        addrs.truncate(MAX_ADDRS);
+        if addrs.len() > MAX_ADDRS {
+            // The mapped address comes last and matters most off the LAN: keep it.
+            let last = addrs.len() - 1;
+            addrs.swap(MAX_ADDRS - 1, last);
+            addrs.truncate(MAX_ADDRS);
+        }
         addrs
     }
 

@@ -40,13 +40,19 @@ fn cannot_run() -> Option<String> {
     }
 }
 
+/// Says why `test` cannot run: a failure under `BUTTER_NETLAB_REQUIRED=1`,
+/// a skip otherwise.
+fn cannot_run_because(test: &str, reason: &str) {
+    if std::env::var("BUTTER_NETLAB_REQUIRED").is_ok_and(|v| v == "1") {
+        panic!("{test}: cannot run although BUTTER_NETLAB_REQUIRED=1: {reason}");
+    }
+    eprintln!("SKIPPED {test}: {reason} (set BUTTER_NETLAB_REQUIRED=1 to make this a failure)");
+}
+
 /// Returns a lab, or None (after saying why) when it cannot run here.
 pub fn lab(test: &str) -> Option<Lab> {
     if let Some(reason) = cannot_run() {
-        if std::env::var("BUTTER_NETLAB_REQUIRED").is_ok_and(|v| v == "1") {
-            panic!("{test}: cannot run although BUTTER_NETLAB_REQUIRED=1: {reason}");
-        }
-        eprintln!("SKIPPED {test}: {reason} (set BUTTER_NETLAB_REQUIRED=1 to make this a failure)");
+        cannot_run_because(test, &reason);
         return None;
     }
     let tag = format!(
@@ -249,15 +255,18 @@ impl Lab {
         self.dir.path().join(&host.ns)
     }
 
-    /// Starts `butter node` on a host with events on stdout; returns once it
-    /// printed its address.
+    /// Starts `butter node` on a host (port 7400 unless `extra` says
+    /// `--listen`) with events on stdout; returns once it printed its address.
     pub async fn node(&self, host: &Host, extra: &[&str]) -> NodeProc {
         let data_dir = self.data_dir(host);
-        let mut args: Vec<String> = ["node", "--listen", "0.0.0.0:7400", "--events", "--data-dir"]
+        let mut args: Vec<String> = ["node", "--events", "--data-dir"]
             .iter()
             .map(|s| s.to_string())
             .collect();
         args.push(data_dir.display().to_string());
+        if !extra.contains(&"--listen") {
+            args.extend(["--listen".into(), "0.0.0.0:7400".into()]);
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         self.spawn(host, env!("CARGO_BIN_EXE_butter"), &args).await
     }
@@ -390,6 +399,10 @@ pub enum Nat {
     Filtered,
     /// `masquerade random`: a new port per destination (symmetric, "strict").
     Symmetric,
+    /// Filtered, plus the chains miniupnpd's nftables backend manages: inbound
+    /// traffic gets in only through a mapping the gateway made
+    /// ([`Lab::miniupnpd`] runs the gateway).
+    Upnp,
 }
 
 impl Nat {
@@ -399,15 +412,154 @@ impl Nat {
         } else {
             "masquerade"
         };
-        let forward = if self == Nat::Filtered {
-            "chain forward { type filter hook forward priority 0; policy drop;\n ct state established,related accept\n iifname \"rlan\" accept\n }"
-        } else {
-            ""
+        let forward = match self {
+            Nat::Filtered => "chain forward { type filter hook forward priority 0; policy drop;\n ct state established,related accept\n iifname \"rlan\" accept\n }",
+            // The layout of miniupnpd's netfilter_nft/scripts/nft_init.sh, in the
+            // table its config names (upnp_table_name = upnp_nat_table_name = filter).
+            Nat::Upnp => "chain forward { type filter hook forward priority 0; policy drop;\n ct state established,related accept\n iifname \"rlan\" accept\n jump miniupnpd\n }\n\
+                chain miniupnpd { }\n\
+                chain prerouting { type nat hook prerouting priority -100; policy accept;\n jump prerouting_miniupnpd\n }\n\
+                chain postrouting { type nat hook postrouting priority 100; policy accept;\n jump postrouting_miniupnpd\n }\n\
+                chain prerouting_miniupnpd { }\n\
+                chain postrouting_miniupnpd { }",
+            _ => "",
         };
         format!(
             "table inet nat {{\n chain postrouting {{ type nat hook postrouting priority 100; policy accept;\n  oifname \"rwan\" {masq}\n }}\n}}\n\
              table inet filter {{\n chain input {{ type filter hook input priority 0; policy drop;\n  ct state established,related accept\n  iif lo accept\n  iifname \"rlan\" accept\n }}\n {forward}\n}}\n"
         )
+    }
+}
+
+/// Which miniupnpd plays a router's UPnP gateway (both fetched into
+/// target/tools by `.ci/miniupnpd.sh`; see shared/notes/netlab.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Miniupnpd {
+    /// 2.3.9, built from Debian trixie's source: maps ports even with a
+    /// reserved WAN address (`ext_allow_private_ipv4` + `ext_ip`).
+    Maps,
+    /// Debian bookworm's 2.3.1: refuses to map while its WAN address is
+    /// reserved (UPnP error 501).
+    Refuses,
+}
+
+impl Miniupnpd {
+    fn binary(self) -> PathBuf {
+        let dir = std::env::var_os("BUTTER_TOOLS_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/tools"));
+        let version = match self {
+            Miniupnpd::Maps => "2.3.9",
+            Miniupnpd::Refuses => "2.3.1",
+        };
+        dir.join(format!("miniupnpd-{version}/miniupnpd"))
+    }
+}
+
+/// A running miniupnpd; killed on drop.
+pub struct Gateway {
+    child: Child,
+    /// Its log so far (stderr), for failure messages.
+    pub log: std::sync::Arc<std::sync::Mutex<String>>,
+    /// Where its SSDP service answers (the router's LAN address, port 1900).
+    pub ssdp: String,
+}
+
+impl Lab {
+    /// Starts miniupnpd on router `n` (1-based) of a [`Lab::nat_world`] whose
+    /// router is [`Nat::Upnp`]; returns once it serves. None (after saying why)
+    /// when the binary is missing.
+    pub async fn miniupnpd(
+        &self,
+        test: &str,
+        world: &World,
+        n: u8,
+        which: Miniupnpd,
+    ) -> Option<Gateway> {
+        let bin = which.binary();
+        if !bin.exists() {
+            cannot_run_because(
+                test,
+                &format!(
+                    "{} is missing: run `bash .ci/miniupnpd.sh` (as root) to fetch and build it",
+                    bin.display()
+                ),
+            );
+            return None;
+        }
+        let router = &world.routers[usize::from(n) - 1];
+        let dir = self.dir.path().join(format!("{}-upnp", router.ns));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut conf = format!(
+            "ext_ifname=rwan\nlistening_ip=rlan\nhttp_port=5000\nenable_natpmp=yes\n\
+             secure_mode=yes\nupnp_table_name=filter\nupnp_nat_table_name=filter\n\
+             uuid=3d3cec3a-8cf0-11e0-98ee-00{:010x}\nlease_file={}\n\
+             allow 1024-65535 10.{n}.0.0/24 1024-65535\ndeny 0-65535 0.0.0.0/0 0-65535\n",
+            u64::from(std::process::id()) << 8 | u64::from(n),
+            dir.join("leases").display(),
+        );
+        if which == Miniupnpd::Maps {
+            // Both needed for 2.3.9 to map on a reserved WAN address (notes).
+            conf.push_str(&format!(
+                "ext_allow_private_ipv4=yes\next_ip={}\n",
+                router.ip
+            ));
+        }
+        let conf_path = dir.join("miniupnpd.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        let mut child = tokio::process::Command::new("ip")
+            .args(["netns", "exec", &router.ns])
+            .arg(&bin)
+            .args(["-d", "-f"])
+            .arg(&conf_path)
+            .arg("-P")
+            .arg(dir.join("pid"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start miniupnpd");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (ready_tx, ready) = tokio::sync::oneshot::channel();
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        tokio::spawn(async move {
+            let mut ready_tx = Some(ready_tx);
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.contains("HTTP listening on port") {
+                    if let Some(tx) = ready_tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let started = tokio::time::timeout(Duration::from_secs(10), ready).await;
+        assert!(
+            matches!(started, Ok(Ok(()))),
+            "miniupnpd did not start:\n{}",
+            log.lock().unwrap()
+        );
+        Some(Gateway {
+            child,
+            log,
+            ssdp: format!("10.{n}.0.1:1900"),
+        })
+    }
+
+    /// The rules of a router's nftables chain, as `nft` lists them.
+    pub fn nft_chain(&self, router: &Host, table: &str, chain: &str) -> String {
+        let out = self.exec_ns(&router.ns, "nft", &["list", "chain", "inet", table, chain]);
+        assert!(
+            out.status.success(),
+            "nft list: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
 
@@ -483,6 +635,54 @@ impl NodeProc {
         while let Ok((at, line)) = self.lines.try_recv() {
             self.apply(at, &line);
         }
+    }
+
+    /// Waits (bounded) for a stdout line matching `pred`, applying events on
+    /// the way; returns the line.
+    pub async fn wait_line(
+        &mut self,
+        secs: u64,
+        what: &str,
+        pred: impl Fn(&str) -> bool,
+    ) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            match tokio::time::timeout_at(deadline, self.lines.recv()).await {
+                Ok(Some((at, line))) => {
+                    self.apply(at, &line);
+                    if pred(&line) {
+                        return line;
+                    }
+                }
+                Ok(None) => panic!("{}: node exited while waiting for {what}", self.host.ns),
+                Err(_) => panic!(
+                    "{}: timed out after {secs}s waiting for {what}",
+                    self.host.ns
+                ),
+            }
+        }
+    }
+
+    /// Stops the node as an operator would (SIGTERM) and waits (bounded) for
+    /// it to exit; returns what it printed meanwhile.
+    pub async fn stop(&mut self) -> Vec<String> {
+        let mut child = self.child.take().expect("node still running");
+        let pid = child.id().expect("pid").to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
+        assert!(sent.success(), "kill -TERM {pid}");
+        let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+            .await
+            .expect("node exits within 10 s of SIGTERM")
+            .expect("wait");
+        assert!(status.success(), "{}: exit status {status}", self.host.ns);
+        let mut out = Vec::new();
+        while let Some((_, line)) = self.lines.recv().await {
+            out.push(line);
+        }
+        out
     }
 
     /// Kills the node process (SIGKILL: no goodbye to anyone).
