@@ -199,9 +199,15 @@ impl Endpoint {
     pub(crate) fn register_incoming(&self, id: NodeId, conn: quinn::Connection) {
         self.learn(&NodeAddr::new(id, [conn.remote_address()]));
         let slot = self.slot(id);
-        // A dial to the same peer in progress keeps its own connection.
+        // A dial to the same peer in progress keeps its own connection. A
+        // direct connection replaces a relayed one (the peer upgraded it).
         if let Ok(mut g) = slot.try_lock() {
-            if g.as_ref().is_none_or(|c| c.close_reason().is_some()) {
+            let replace = g.as_ref().is_none_or(|c| {
+                c.close_reason().is_some()
+                    || (crate::net::is_virtual(c.remote_address())
+                        && !crate::net::is_virtual(conn.remote_address()))
+            });
+            if replace {
                 *g = Some(conn.clone());
             }
         }

@@ -188,3 +188,182 @@ async fn nodes_re_register_after_an_introducer_restart() {
     let (line, _) = ping_by_id(&lab, &world.lans[0][0], &b.id, &intro2.addr).await;
     assert!(line.contains("via punched"), "{line}");
 }
+
+/// B's router starts symmetric, so A reaches B over the relay; then it is
+/// reconfigured to a plain `masquerade` (and forgets its connections, as a
+/// reconfigured router does). A's relayed connection keeps trying a punch and
+/// moves to the direct path; a streamed call running across the switch and
+/// the calls made meanwhile all succeed. Library nodes, run inside the
+/// namespaces, so the test sees `connection_info` and the calls themselves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relayed_connection_moves_to_direct_when_the_nat_allows() {
+    use butter::{Body, Node, NodeAddr, PathKind, Request, StreamRequest};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use tokio::io::AsyncReadExt;
+
+    let Some(mut lab) = netlab::lab("relayed_connection_moves_to_direct_when_the_nat_allows")
+    else {
+        return;
+    };
+    if let Ok(filter) = std::env::var("NETLAB_LOG") {
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
+    }
+    let world = lab.nat_world(&[Nat::Cone, Nat::Symmetric], 1);
+    let intro = lab.introducer(&world.public, &[]).await;
+    let intro: NodeAddr = intro.addr.parse().unwrap();
+    let settings = butter::NatSettings {
+        introducers: vec![intro.clone()],
+        register_interval: Duration::from_millis(500),
+        upgrade_interval: Duration::from_secs(1),
+        upnp: butter::UpnpSettings {
+            enabled: false,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let build = |settings: butter::NatSettings| async move {
+        Node::builder()
+            .listen("0.0.0.0:7400".parse().unwrap())
+            .lan_discovery(false)
+            .nat(settings)
+            .route(
+                "echo",
+                |req: Request| async move { Ok(req.body().to_vec()) },
+            )
+            // Counts what arrives until the caller finishes its stream.
+            .stream_route("drip", |mut req: StreamRequest| async move {
+                let mut buf = vec![0u8; 4096];
+                let mut total = 0u64;
+                loop {
+                    let n = req.body.read(&mut buf).await?;
+                    if n == 0 {
+                        break;
+                    }
+                    total += n as u64;
+                }
+                Ok(total.to_le_bytes().to_vec())
+            })
+            .spawn()
+            .await
+            .expect("node starts")
+    };
+    let a_ns = netlab::NsRuntime::new(&world.lans[0][0]);
+    let b_ns = netlab::NsRuntime::new(&world.lans[1][0]);
+    let a = a_ns.run(build(settings.clone())).await;
+    let b = b_ns.run(build(settings)).await;
+    let b_id = b.id();
+    let registered = b.clone();
+    b_ns.run(async move {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while registered.stats().introducer_registrations == 0 {
+            assert!(Instant::now() < deadline, "B never registered");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+
+    let node = a.clone();
+    let reply = a_ns
+        .run(async move { node.call(b_id, "echo", "over the relay").await })
+        .await
+        .expect("A reaches B by NodeId");
+    assert_eq!(&reply[..], b"over the relay");
+    assert_eq!(a.connection_info(&b_id).unwrap().path, PathKind::Relayed);
+
+    // In flight across the switch: one long streamed call, and a call every 50 ms.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (node, stop2, sent2) = (a.clone(), stop.clone(), sent.clone());
+    let long_call = a_ns.spawn(async move {
+        let chunks = futures_util::stream::unfold((), move |()| {
+            let (stop, sent) = (stop2.clone(), sent2.clone());
+            async move {
+                if stop.load(Ordering::Relaxed) {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                sent.fetch_add(1024, Ordering::Relaxed);
+                Some((Ok(bytes::Bytes::from(vec![7u8; 1024])), ()))
+            }
+        });
+        let mut reply = node
+            .call_stream(b_id, "drip", Body::from_stream(chunks))
+            .await?;
+        let mut got = Vec::new();
+        reply.read_to_end(&mut got).await?;
+        Ok::<_, butter::Error>(got)
+    });
+    let (node, stop2) = (a.clone(), stop.clone());
+    let calls = a_ns.spawn(async move {
+        let mut results = Vec::new();
+        let mut i = 0u32;
+        while !stop2.load(Ordering::Relaxed) {
+            let body = format!("call {i}");
+            let r = node.call(b_id, "echo", body.clone()).await;
+            results.push(r.map(|reply| reply == body.as_bytes()));
+            i += 1;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        results
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    lab.set_nat(&world.routers[1], Nat::Cone, true);
+    let switched = Instant::now();
+    let deadline = switched + Duration::from_secs(30);
+    let info = loop {
+        let info = a.connection_info(&b_id);
+        if let Some(info) = info.filter(|i| i.path != PathKind::Relayed) {
+            break info;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still {info:?} 30 s after the NAT allowed a direct path"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let took = switched.elapsed();
+    assert_eq!(info.path, PathKind::Punched, "{info:?}");
+    // B, which accepted the direct connection, uses it too.
+    let a_id = a.id();
+    loop {
+        let seen = b.connection_info(&a_id);
+        if seen.is_some_and(|i| i.path != PathKind::Relayed) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "B still uses {seen:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Keep calling for a while on the new path.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+
+    let got = tokio::time::timeout(Duration::from_secs(30), long_call)
+        .await
+        .expect("the long call ends")
+        .unwrap()
+        .expect("the call in flight across the switch succeeds");
+    let total = u64::from_le_bytes(got.try_into().expect("8 bytes"));
+    assert_eq!(total, sent.load(Ordering::Relaxed));
+    let results = tokio::time::timeout(Duration::from_secs(30), calls)
+        .await
+        .expect("the calls end")
+        .unwrap();
+    let failed: Vec<_> = results.iter().filter(|r| !matches!(r, Ok(true))).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} calls failed across the switch: {failed:?}",
+        failed.len(),
+        results.len()
+    );
+    assert_eq!(a.stats().upgrades, 1);
+    println!(
+        "relayed → {} {} {took:?} after the switch; {} calls and a {total}-byte stream across it, all ok",
+        info.path,
+        info.remote,
+        results.len()
+    );
+    a_ns.run(async move { a.shutdown().await }).await;
+    b_ns.run(async move { b.shutdown().await }).await;
+}

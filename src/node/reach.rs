@@ -272,7 +272,14 @@ pub(super) fn punch_route(weak: Arc<OnceLock<Weak<Shared>>>) -> Handler {
                     &targets,
                     shared.nat.punch_interval,
                     shared.nat.punch_timeout,
-                    || shared.endpoint.cached(&them).is_some(),
+                    // Done once a direct connection is up: a relayed one is
+                    // what this punch is trying to replace.
+                    || {
+                        shared
+                            .endpoint
+                            .cached(&them)
+                            .is_some_and(|c| !net::is_virtual(c.remote_address()))
+                    },
                 )
                 .await;
                 shared

@@ -431,6 +431,92 @@ impl Nat {
     }
 }
 
+/// A tokio runtime whose threads live in a host's network namespace: library
+/// nodes built on it bind their sockets there, so a test can drive the
+/// `Node` API (connection info, calls in flight) across the lab's NATs.
+/// Threads inherit the namespace of the thread that creates them, and the
+/// runtime's threads are created by one that joined the host's namespace.
+pub struct NsRuntime {
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl NsRuntime {
+    pub fn new(host: &Host) -> NsRuntime {
+        let path = format!("/var/run/netns/{}", host.ns);
+        let rt = std::thread::spawn(move || {
+            use std::os::fd::AsRawFd;
+            let ns = std::fs::File::open(&path).expect("open the namespace");
+            // SAFETY: a plain syscall on a valid descriptor; it only changes
+            // this thread's network namespace.
+            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime")
+        })
+        .join()
+        .expect("namespace thread");
+        NsRuntime { rt: Some(rt) }
+    }
+
+    /// Runs `f` on the namespace's runtime and waits for it.
+    pub async fn run<F>(&self, f: F) -> F::Output
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.rt
+            .as_ref()
+            .expect("runtime")
+            .spawn(f)
+            .await
+            .expect("task in namespace")
+    }
+
+    /// Starts `f` on the namespace's runtime.
+    pub fn spawn<F>(&self, f: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.rt.as_ref().expect("runtime").spawn(f)
+    }
+}
+
+impl Drop for NsRuntime {
+    fn drop(&mut self) {
+        // Dropped from inside the test's own runtime: must not block.
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl Lab {
+    /// Replaces a router's translation (its whole ruleset) and, with
+    /// `flush`, forgets its connection tracking, as a router reconfigured or
+    /// rebooted would.
+    pub fn set_nat(&self, router: &Host, nat: Nat, flush: bool) {
+        let out = self.exec_ns(&router.ns, "nft", &["flush", "ruleset"]);
+        assert!(
+            out.status.success(),
+            "nft flush: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.load_nft(&router.ns, &nat.ruleset());
+        if flush {
+            let out = self.exec_ns(&router.ns, "conntrack", &["-F"]);
+            assert!(
+                out.status.success(),
+                "conntrack -F (Debian package conntrack): {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
+
 /// Which miniupnpd plays a router's UPnP gateway (both fetched into
 /// target/tools by `.ci/miniupnpd.sh`; see shared/notes/netlab.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
