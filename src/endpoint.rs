@@ -16,7 +16,31 @@ use crate::identity::{tls, Identity, NodeId};
 use crate::net::{self, DemuxSocket};
 use crate::stats::Stats;
 
-type Slot = Arc<tokio::sync::Mutex<Option<quinn::Connection>>>;
+/// One peer's place in the cache: the connection calls use, and a lock held
+/// by the one task dialing the peer (others wait for it, or for a connection
+/// installed by other means — punch, relay, the peer's own dial).
+#[derive(Default)]
+struct SlotInner {
+    conn: Mutex<Option<quinn::Connection>>,
+    dialing: tokio::sync::Mutex<()>,
+    installed: tokio::sync::Notify,
+}
+
+impl SlotInner {
+    fn live(&self) -> Option<quinn::Connection> {
+        lock(&self.conn)
+            .as_ref()
+            .filter(|c| c.close_reason().is_none())
+            .cloned()
+    }
+
+    fn set(&self, conn: &quinn::Connection) {
+        *lock(&self.conn) = Some(conn.clone());
+        self.installed.notify_waiters();
+    }
+}
+
+type Slot = Arc<SlotInner>;
 type OnConnection = Box<dyn Fn(NodeId, quinn::Connection) + Send + Sync>;
 
 /// TLS alerts that mean "the peer's identity could not be verified".
@@ -160,12 +184,24 @@ impl Endpoint {
         }
         let id = target.id();
         let slot = self.slot(id);
-        let mut guard = slot.lock().await;
-        if let Some(conn) = guard.as_ref() {
-            if conn.close_reason().is_none() {
-                return Ok(conn.clone());
+        let _dialing = loop {
+            // Registered before looking, so an install in between is not missed.
+            let installed = slot.installed.notified();
+            tokio::pin!(installed);
+            installed.as_mut().enable();
+            if let Some(conn) = slot.live() {
+                return Ok(conn);
             }
-        }
+            tokio::select! {
+                guard = slot.dialing.lock() => {
+                    if let Some(conn) = slot.live() {
+                        return Ok(conn);
+                    }
+                    break guard;
+                }
+                _ = &mut installed => {}
+            }
+        };
         let addrs = self.addrs_of(&id);
         if addrs.is_empty() {
             return Err(Error::Unreachable(format!(
@@ -175,9 +211,8 @@ impl Endpoint {
         }
         let (conn, addr) = self.dial(id, &addrs, self.settings.connect_timeout).await?;
         self.learn(&NodeAddr::new(id, [addr]));
-        *guard = Some(conn.clone());
-        drop(guard);
-        self.adopt(id, conn.clone(), slot);
+        slot.set(&conn);
+        self.adopt(id, conn.clone(), slot.clone());
         Ok(conn)
     }
 
@@ -185,12 +220,11 @@ impl Endpoint {
     pub(crate) fn invalidate(&self, id: &NodeId, conn: &quinn::Connection) {
         let slot = lock(&self.conns).get(id).cloned();
         if let Some(slot) = slot {
-            if let Ok(mut g) = slot.try_lock() {
-                if g.as_ref()
-                    .is_some_and(|c| c.stable_id() == conn.stable_id())
-                {
-                    *g = None;
-                }
+            let mut g = lock(&slot.conn);
+            if g.as_ref()
+                .is_some_and(|c| c.stable_id() == conn.stable_id())
+            {
+                *g = None;
             }
         }
     }
@@ -199,30 +233,36 @@ impl Endpoint {
     pub(crate) fn register_incoming(&self, id: NodeId, conn: quinn::Connection) {
         self.learn(&NodeAddr::new(id, [conn.remote_address()]));
         let slot = self.slot(id);
-        // A dial to the same peer in progress keeps its own connection. A
-        // direct connection replaces a relayed one (the peer upgraded it).
-        if let Ok(mut g) = slot.try_lock() {
-            let replace = g.as_ref().is_none_or(|c| {
-                c.close_reason().is_some()
-                    || (crate::net::is_virtual(c.remote_address())
-                        && !crate::net::is_virtual(conn.remote_address()))
-            });
-            if replace {
-                *g = Some(conn.clone());
-            }
+        // A dial to the same peer in progress keeps its own connection (both
+        // sides dialing at once must not each prefer the other's). A direct
+        // connection replaces a relayed one (the peer upgraded it).
+        let relayed_now = slot
+            .live()
+            .is_some_and(|c| net::is_virtual(c.remote_address()));
+        let upgrade = relayed_now && !net::is_virtual(conn.remote_address());
+        if upgrade || (slot.live().is_none() && slot.dialing.try_lock().is_ok()) {
+            slot.set(&conn);
         }
         self.adopt(id, conn, slot);
     }
 
     /// Makes a connection found by other means (punch, relay) the one calls to
-    /// `id` use, replacing any other (which keeps serving what is in flight).
-    pub(crate) async fn install(&self, id: NodeId, conn: quinn::Connection, punched: bool) {
+    /// `id` use, replacing any other (which keeps serving what is in flight);
+    /// returns the live one it replaced.
+    pub(crate) fn install(
+        &self,
+        id: NodeId,
+        conn: quinn::Connection,
+        punched: bool,
+    ) -> Option<quinn::Connection> {
         if punched {
             lock(&self.punched).insert(conn.stable_id());
         }
         let slot = self.slot(id);
-        *slot.lock().await = Some(conn.clone());
+        let replaced = slot.live();
+        slot.set(&conn);
         self.adopt(id, conn, slot);
+        replaced
     }
 
     /// Whether a coordinated punch made this connection.
@@ -238,14 +278,16 @@ impl Endpoint {
         tokio::spawn(async move {
             conn.closed().await;
             lock(&punched).remove(&conn.stable_id());
-            let Ok(mut g) = slot.try_lock() else { return };
-            if g.as_ref()
-                .is_some_and(|c| c.stable_id() == conn.stable_id())
-            {
-                *g = None;
-            }
-            if g.is_none() {
-                drop(g);
+            let emptied = {
+                let mut g = lock(&slot.conn);
+                if g.as_ref()
+                    .is_some_and(|c| c.stable_id() == conn.stable_id())
+                {
+                    *g = None;
+                }
+                g.is_none()
+            };
+            if emptied && slot.dialing.try_lock().is_ok() {
                 if let Some(conns) = conns.upgrade() {
                     let mut map = lock(&conns);
                     // Only drop the entry if nobody else holds the slot.
@@ -337,21 +379,13 @@ impl Endpoint {
     /// Number of peers with a live cached connection.
     pub(crate) fn live_connections(&self) -> usize {
         let slots: Vec<Slot> = lock(&self.conns).values().cloned().collect();
-        slots
-            .iter()
-            .filter(|s| {
-                s.try_lock()
-                    .map(|g| g.as_ref().is_some_and(|c| c.close_reason().is_none()))
-                    .unwrap_or(true)
-            })
-            .count()
+        slots.iter().filter(|s| s.live().is_some()).count()
     }
 
     /// The cached live connection to `id`, if any (never dials).
     pub(crate) fn cached(&self, id: &NodeId) -> Option<quinn::Connection> {
         let slot = lock(&self.conns).get(id).cloned()?;
-        let g = slot.try_lock().ok()?;
-        g.as_ref().filter(|c| c.close_reason().is_none()).cloned()
+        slot.live()
     }
 }
 

@@ -31,8 +31,12 @@ pub struct NatSettings {
     /// How often registrations are refreshed (also keeps the NAT mapping and the
     /// introducer's connection alive; keep it under both timeouts).
     pub register_interval: Duration,
-    /// How long a coordinated punch may take before the relay is tried.
+    /// How long a coordinated punch may take.
     pub punch_timeout: Duration,
+    /// The punch's head start: the relay is tried in parallel after this.
+    /// The first path that connects wins; a punch that succeeds later still
+    /// replaces the relayed connection.
+    pub relay_after: Duration,
     /// Punch packets are sent this often while punching.
     pub punch_interval: Duration,
     /// A relayed connection tries to become direct this often.
@@ -47,6 +51,7 @@ impl Default for NatSettings {
             introducers: Vec::new(),
             register_interval: Duration::from_secs(10),
             punch_timeout: Duration::from_secs(3),
+            relay_after: Duration::from_secs(1),
             punch_interval: Duration::from_millis(100),
             upgrade_interval: Duration::from_secs(30),
             upnp: UpnpSettings::default(),

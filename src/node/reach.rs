@@ -91,20 +91,42 @@ impl Node {
             return Ok(conn);
         }
         let mut errors = Vec::new();
+        let head_start = self.shared().nat.relay_after;
         for intro in self.shared().nat.introducers.clone() {
-            match self.punch_via(&intro, id).await {
-                Ok(conn) => return Ok(conn),
-                Err(e) => errors.push(format!("punch via {}: {e}", intro.id.short())),
-            }
-            match self.relay_via(&intro, id).await {
-                Ok(conn) => {
-                    self.counters()
-                        .relayed_dials
-                        .fetch_add(1, Ordering::Relaxed);
-                    super::upgrade::start(Arc::downgrade(&self.inner), intro, id);
-                    return Ok(conn);
+            // The punch and, after its head start, the relay race; the first
+            // connection wins. A punch that completes after the relay won
+            // still replaces the relayed connection (it runs on its own task).
+            let mut punch = super::upgrade::punch(self.clone(), intro.clone(), id);
+            let relay = async {
+                tokio::time::sleep(head_start).await;
+                self.relay_via(&intro, id).await
+            };
+            tokio::pin!(relay);
+            let (mut punch_over, mut relay_over) = (false, false);
+            while !(punch_over && relay_over) {
+                tokio::select! {
+                    r = &mut punch, if !punch_over => {
+                        punch_over = true;
+                        match r {
+                            Ok(Ok(conn)) => return Ok(conn),
+                            Ok(Err(e)) => errors.push(format!("punch via {}: {e}", intro.id.short())),
+                            Err(e) => errors.push(format!("punch via {}: {e}", intro.id.short())),
+                        }
+                    }
+                    r = &mut relay, if !relay_over => {
+                        relay_over = true;
+                        match r {
+                            Ok(conn) => {
+                                self.counters()
+                                    .relayed_dials
+                                    .fetch_add(1, Ordering::Relaxed);
+                                super::upgrade::start(Arc::downgrade(&self.inner), intro.clone(), id);
+                                return Ok(conn);
+                            }
+                            Err(e) => errors.push(format!("relay via {}: {e}", intro.id.short())),
+                        }
+                    }
                 }
-                Err(e) => errors.push(format!("relay via {}: {e}", intro.id.short())),
             }
         }
         Err(Error::Unreachable(format!(
@@ -188,10 +210,20 @@ impl Node {
                 .fetch_add(1, Ordering::Relaxed);
         }
         // Installed before the address is learned: a concurrent caller that
-        // sees the address would otherwise dial again and hold the slot.
-        shared.endpoint.install(id, conn.clone(), punched).await;
+        // sees the address would otherwise dial again.
+        let replaced = shared.endpoint.install(id, conn.clone(), punched);
         shared.endpoint.learn(&NodeAddr::new(id, [addr]));
         tracing::info!(peer = %id.short(), %addr, punched, "connected via introducer");
+        if let Some(relayed) = replaced.filter(|c| net::is_virtual(c.remote_address())) {
+            tracing::info!(peer = %id.short(), "relayed connection upgraded to direct");
+            self.counters().upgrades.fetch_add(1, Ordering::Relaxed);
+            // Calls already on the relayed connection finish there.
+            let grace = shared.limits.call_timeout;
+            tokio::spawn(async move {
+                tokio::time::sleep(grace).await;
+                relayed.close(0u32.into(), b"upgraded to direct");
+            });
+        }
         Ok(conn)
     }
 
@@ -211,13 +243,15 @@ impl Node {
         let shared = self.shared();
         let open = wire::encode_frame(&RelayOpen { target: id }, MAX_HEADER)?;
         let (addr, outgoing) = relay::attach(&shared.endpoint.socket, Some(open.into()));
-        let incoming = match self.call_stream(intro.clone(), RELAY_ROUTE, outgoing).await {
-            Ok(body) => body,
-            Err(e) => {
-                shared.endpoint.socket.close_virtual(addr);
-                return Err(e);
-            }
+        // Closes the tunnel's path on every way out but success, including
+        // this future being dropped because a punch won the race.
+        let mut path = VirtualPath {
+            socket: &shared.endpoint.socket,
+            addr: Some(addr),
         };
+        let incoming = self
+            .call_stream(intro.clone(), RELAY_ROUTE, outgoing)
+            .await?;
         let socket = shared.endpoint.socket.clone();
         tokio::spawn(relay::pump_in(socket, addr, incoming));
         match shared
@@ -226,8 +260,9 @@ impl Node {
             .await
         {
             Ok(conn) => {
+                path.addr = None;
                 shared.stats.handshakes_out.fetch_add(1, Ordering::Relaxed);
-                shared.endpoint.install(id, conn.clone(), false).await;
+                shared.endpoint.install(id, conn.clone(), false);
                 let socket = shared.endpoint.socket.clone();
                 let watched = conn.clone();
                 tokio::spawn(async move {
@@ -237,10 +272,21 @@ impl Node {
                 tracing::info!(peer = %id.short(), via = %intro.id.short(), "connected over relay");
                 Ok(conn)
             }
-            Err(e) => {
-                shared.endpoint.socket.close_virtual(addr);
-                Err(e)
-            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// A relay tunnel's virtual path, closed on drop unless taken over.
+struct VirtualPath<'a> {
+    socket: &'a net::DemuxSocket,
+    addr: Option<SocketAddr>,
+}
+
+impl Drop for VirtualPath<'_> {
+    fn drop(&mut self) {
+        if let Some(addr) = self.addr {
+            self.socket.close_virtual(addr);
         }
     }
 }

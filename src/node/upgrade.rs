@@ -3,13 +3,22 @@
 //! (Its own module: spawning it where dialing is defined would make the
 //! compiler check a cycle of futures it cannot see through.)
 
-use std::sync::atomic::Ordering;
 use std::sync::Weak;
 
 use super::{Node, NodeInner};
 use crate::addr::NodeAddr;
 use crate::identity::NodeId;
 use crate::net;
+
+/// A coordinated punch to `id` on its own task, so that it may finish (and
+/// install its connection) after a relay won the race against it.
+pub(super) fn punch(
+    node: Node,
+    intro: NodeAddr,
+    id: NodeId,
+) -> tokio::task::JoinHandle<crate::Result<quinn::Connection>> {
+    tokio::spawn(async move { node.punch_via(&intro, id).await })
+}
 
 /// Starts the upgrade loop for the relayed connection to `id`.
 pub(super) fn start(node: Weak<NodeInner>, intro: NodeAddr, id: NodeId) {
@@ -34,15 +43,9 @@ async fn upgrade(node: Weak<NodeInner>, intro: NodeAddr, id: NodeId) {
         if !net::is_virtual(relayed.remote_address()) {
             return;
         }
+        // A punch that works installs its connection in place of the relayed
+        // one (see `punch_via`).
         if node.punch_via(&intro, id).await.is_ok() {
-            tracing::info!(peer = %id.short(), "relayed connection upgraded to direct");
-            node.counters().upgrades.fetch_add(1, Ordering::Relaxed);
-            // Calls already on the relayed connection finish there.
-            let grace = node.shared().limits.call_timeout;
-            tokio::spawn(async move {
-                tokio::time::sleep(grace).await;
-                relayed.close(0u32.into(), b"upgraded to direct");
-            });
             return;
         }
     }
