@@ -20,10 +20,13 @@ pub struct Registration {
 }
 
 impl Registration {
-    /// Candidates for reaching it: the observed address first, then its own.
+    /// Candidates for reaching it: the observed address first, then its own
+    /// (which may repeat the observed one: a node on a public address or
+    /// behind a port mapping advertises it, and the dialer reads that as "this
+    /// address is its own, reaching it is direct, not punched").
     pub fn candidates(&self, id: NodeId) -> NodeAddr {
         let mut addrs = vec![self.observed];
-        addrs.extend(self.addrs.iter().filter(|a| **a != self.observed));
+        addrs.extend(self.addrs.iter().copied());
         addrs.truncate(MAX_ADDRS);
         NodeAddr::new(id, addrs)
     }
@@ -267,5 +270,19 @@ mod tests {
         .unwrap();
         let c = r.get(&a, t0).unwrap().candidates(a);
         assert_eq!(c.addrs, vec![at("198.51.100.1:4000"), at("10.0.0.5:7400")]);
+        // A node that advertises the address it is observed at keeps it in its list.
+        let b = id();
+        r.register(
+            b,
+            at("198.51.100.2:7400"),
+            vec![at("198.51.100.2:7400")],
+            t0,
+        )
+        .unwrap();
+        let c = r.get(&b, t0).unwrap().candidates(b);
+        assert_eq!(
+            c.addrs,
+            vec![at("198.51.100.2:7400"), at("198.51.100.2:7400")]
+        );
     }
 }

@@ -174,7 +174,11 @@ impl Node {
         }
         let mut candidates = rendezvous.peer.addrs;
         candidates.truncate(MAX_ADDRS);
+        // The observed address comes first; the rest are the peer's own.
         let observed = candidates[0];
+        let own: Vec<SocketAddr> = candidates[1..].to_vec();
+        let mut seen = std::collections::HashSet::new();
+        candidates.retain(|c| seen.insert(*c));
         // A peer on one of our own subnets is dialed there first: no hairpin
         // through the router, no waiting for the staggered second attempt.
         let mine = self.candidate_addrs();
@@ -201,9 +205,9 @@ impl Node {
         )
         .await;
         let (conn, addr) = outcome?;
-        // The first candidate is the address the introducer observed: reaching
-        // it went through the peer's NAT. Any other is one of its own addresses.
-        let punched = addr == observed && !self.is_local_candidate(&candidates, observed, addr);
+        // Reaching the address the introducer observed went through the peer's
+        // NAT, unless the peer advertises it as its own (public, or mapped).
+        let punched = addr == observed && !own.contains(&addr);
         if punched {
             self.counters()
                 .punches_succeeded
@@ -225,17 +229,6 @@ impl Node {
             });
         }
         Ok(conn)
-    }
-
-    /// Whether `addr` is one of the peer's own addresses (not only the one
-    /// the introducer observed).
-    fn is_local_candidate(
-        &self,
-        candidates: &[SocketAddr],
-        observed: SocketAddr,
-        addr: SocketAddr,
-    ) -> bool {
-        candidates.iter().filter(|c| **c == addr).count() > usize::from(addr == observed)
     }
 
     /// Opens a relay tunnel to `id` through `intro` and connects over it.
