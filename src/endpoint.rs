@@ -43,6 +43,9 @@ impl SlotInner {
 type Slot = Arc<SlotInner>;
 type OnConnection = Box<dyn Fn(NodeId, quinn::Connection) + Send + Sync>;
 
+/// Peer-reflexive addresses one dial may add.
+const MAX_LEARNED: usize = 8;
+
 /// TLS alerts that mean "the peer's identity could not be verified".
 const IDENTITY_ALERTS: [u8; 6] = [
     42,  // bad_certificate
@@ -307,42 +310,83 @@ impl Endpoint {
         addrs: &[SocketAddr],
         timeout: std::time::Duration,
     ) -> Result<(quinn::Connection, SocketAddr)> {
+        self.dial_learning(id, addrs, timeout, None).await
+    }
+
+    /// [`Endpoint::dial`], also dialing (at once) addresses that `more` yields
+    /// while the dial runs: the peer-reflexive candidates a punch reveals.
+    pub(crate) async fn dial_learning(
+        &self,
+        id: NodeId,
+        addrs: &[SocketAddr],
+        timeout: std::time::Duration,
+        mut more: Option<&mut tokio::sync::mpsc::Receiver<SocketAddr>>,
+    ) -> Result<(quinn::Connection, SocketAddr)> {
+        type Attempt<'a> = std::pin::Pin<
+            Box<
+                dyn std::future::Future<Output = (SocketAddr, Result<quinn::Connection>)>
+                    + Send
+                    + 'a,
+            >,
+        >;
         let local_v4 = self.local_addr()?.is_ipv4();
         let usable: Vec<SocketAddr> = addrs
             .iter()
             .copied()
             .filter(|a| !local_v4 || a.is_ipv4())
             .collect();
-        if usable.is_empty() {
+        if usable.is_empty() && more.is_none() {
             return Err(Error::Unreachable(format!(
                 "no address of {} is reachable from this socket's address family",
                 id.short()
             )));
         }
-        let mut attempts: FuturesUnordered<_> = usable
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut tried: HashSet<SocketAddr> = usable.iter().copied().collect();
+        let mut attempts: FuturesUnordered<Attempt<'_>> = usable
             .iter()
             .enumerate()
             .map(|(i, addr)| {
                 let delay = self.settings.dial_stagger * i as u32;
-                async move {
+                let addr = *addr;
+                Box::pin(async move {
                     tokio::time::sleep(delay).await;
-                    (*addr, self.connect_once(id, *addr, timeout).await)
-                }
+                    (addr, self.connect_once(id, addr, timeout).await)
+                }) as Attempt<'_>
             })
             .collect();
         let mut errors = Vec::new();
-        while let Some((addr, result)) = attempts.next().await {
-            match result {
-                Ok(conn) => {
-                    self.stats.handshakes_out.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(peer = %id.short(), %addr, "connected");
-                    return Ok((conn, addr));
-                }
-                Err(e) => {
-                    self.stats.handshakes_failed.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(peer = %id.short(), %addr, error = %e, "dial failed");
-                    errors.push((addr, e));
-                }
+        loop {
+            let learning = more.is_some();
+            tokio::select! {
+                Some((addr, result)) = attempts.next(), if !attempts.is_empty() => match result {
+                    Ok(conn) => {
+                        self.stats.handshakes_out.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(peer = %id.short(), %addr, "connected");
+                        return Ok((conn, addr));
+                    }
+                    Err(e) => {
+                        self.stats.handshakes_failed.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(peer = %id.short(), %addr, error = %e, "dial failed");
+                        errors.push((addr, e));
+                    }
+                },
+                learned = async { more.as_mut()?.recv().await }, if learning => match learned {
+                    // Bounded: forged punch packets cost a few dials at most.
+                    Some(addr) if (!local_v4 || addr.is_ipv4())
+                        && tried.len() < usable.len() + MAX_LEARNED
+                        && tried.insert(addr) => {
+                        tracing::debug!(peer = %id.short(), %addr, "peer-reflexive candidate");
+                        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                        attempts.push(Box::pin(async move {
+                            (addr, self.connect_once(id, addr, left).await)
+                        }));
+                    }
+                    Some(_) => {}
+                    None => more = None,
+                },
+                _ = tokio::time::sleep_until(deadline), if learning && attempts.is_empty() => break,
+                else => break,
             }
         }
         if let Some((addr, e)) = errors

@@ -94,7 +94,7 @@ async fn cone_nats_on_both_sides_punch_a_direct_path() {
     println!("cone x cone: {line} (command took {took:?})");
     // Punched: B's router's WAN address, not B's LAN address and not the relay.
     assert!(
-        line.contains(&format!("via punched {}:", world.routers[1].ip)),
+        line.contains(&format!("via punched {}:", world.router(1).ip)),
         "{line}"
     );
     let bench = bench_by_id(&lab, a_host, &b.id, &intro.addr).await;
@@ -309,7 +309,7 @@ async fn relayed_connection_moves_to_direct_when_the_nat_allows() {
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    lab.set_nat(&world.routers[1], Nat::Cone, true);
+    lab.set_nat(world.router(1), Nat::Cone, true);
     let switched = Instant::now();
     let deadline = switched + Duration::from_secs(30);
     let info = loop {

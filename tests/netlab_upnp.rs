@@ -55,7 +55,7 @@ async fn upnp_mapping_is_made_renewed_used_advertised_and_removed() {
     let Some(gateway) = lab.miniupnpd(test, &world, 1, Miniupnpd::Maps).await else {
         return;
     };
-    let router = world.routers[0].clone();
+    let router = world.router(0).clone();
     let public = world.public.clone();
     let intro = lab.introducer(&public, &[]).await;
 
@@ -215,7 +215,7 @@ async fn refused_or_absent_gateway_is_a_clean_fallback() {
         .await;
     assert!(ok && out.contains("hash ok"), "{out}{err}");
     // The router is on A's LAN: it can ask A directly.
-    let s = lab.stats(&world.routers[0], &a).await;
+    let s = lab.stats(world.router(0), &a).await;
     assert_eq!(s.get("upnp_mapped"), Some(&0), "{s:?}");
     let said = a.stop().await;
     assert!(!said.iter().any(|l| l == "upnp released"), "{said:?}");
@@ -242,10 +242,10 @@ async fn a_mapped_port_makes_a_symmetric_pair_direct() {
         .await;
     let external = mapped(&line);
     // A's registration carries the mapped address from its next refresh on.
-    let registrations = lab.stats(&world.routers[0], &a).await["introducer_registrations"];
+    let registrations = lab.stats(world.router(0), &a).await["introducer_registrations"];
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let s = lab.stats(&world.routers[0], &a).await;
+        let s = lab.stats(world.router(0), &a).await;
         if s.get("introducer_registrations").copied().unwrap_or(0) > registrations {
             break;
         }

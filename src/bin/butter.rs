@@ -383,9 +383,12 @@ async fn run(cli: Cli) -> Result<()> {
                 let ping = node.ping(addr.clone()).await?;
                 // The first ping includes finding a path (dial, punch or relay).
                 let first = if i == 0 {
+                    let s = node.stats();
                     format!(
-                        ", first reply after {:.1} ms",
-                        start.elapsed().as_secs_f64() * 1e3
+                        ", first reply after {:.1} ms; attempts: {} punch, {} relay",
+                        start.elapsed().as_secs_f64() * 1e3,
+                        s.punches_tried,
+                        s.relayed_dials,
                     )
                 } else {
                     String::new()

@@ -478,6 +478,7 @@ impl NodeBuilder {
             traversals: Default::default(),
             observed: Default::default(),
             upnp: Arc::new(tokio::sync::watch::channel(crate::nat::UpnpStatus::Disabled).0),
+            punch_watch: Default::default(),
         });
         let _ = weak_shared.set(Arc::downgrade(&shared));
         tokio::spawn(accept_loop(
@@ -542,6 +543,7 @@ struct Shared {
     traversals: reach::Traversals,
     observed: introducers::Observed,
     upnp: Arc<tokio::sync::watch::Sender<crate::nat::UpnpStatus>>,
+    punch_watch: crate::nat::punch::PunchWatch,
 }
 
 /// The address to map on the gateway, if the node should: UPnP on, and bound

@@ -159,6 +159,9 @@ impl Node {
         id: NodeId,
     ) -> Result<quinn::Connection> {
         let shared = self.shared();
+        // Listening before asking: the peer's first punch packets may beat the
+        // introducer's answer.
+        let mut reflexive = shared.punch_watch.watch(id);
         let rendezvous: Rendezvous = self
             .call_typed(
                 intro.clone(),
@@ -175,7 +178,6 @@ impl Node {
         let mut candidates = rendezvous.peer.addrs;
         candidates.truncate(MAX_ADDRS);
         // The observed address comes first; the rest are the peer's own.
-        let observed = candidates[0];
         let own: Vec<SocketAddr> = candidates[1..].to_vec();
         let mut seen = std::collections::HashSet::new();
         candidates.retain(|c| seen.insert(*c));
@@ -192,7 +194,12 @@ impl Node {
         .await;
         let outcome = shared
             .endpoint
-            .dial(id, &candidates, shared.nat.punch_timeout)
+            .dial_learning(
+                id,
+                &candidates,
+                shared.nat.punch_timeout,
+                Some(&mut reflexive),
+            )
             .await;
         let report = PunchReport {
             target: id,
@@ -205,9 +212,10 @@ impl Node {
         )
         .await;
         let (conn, addr) = outcome?;
-        // Reaching the address the introducer observed went through the peer's
-        // NAT, unless the peer advertises it as its own (public, or mapped).
-        let punched = addr == observed && !own.contains(&addr);
+        // Reaching the address the introducer observed, or one the peer's punch
+        // packets came from, went through the peer's NAT, unless the peer
+        // advertises it as its own (public, or mapped).
+        let punched = !own.contains(&addr);
         if punched {
             self.counters()
                 .punches_succeeded

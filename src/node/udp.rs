@@ -24,10 +24,11 @@ pub(super) async fn run(
             return;
         };
         let counters = node.counters();
-        if crate::nat::punch::is_punch(&datagram.data) {
+        if let Some(peer) = crate::nat::punch::sender(&datagram.data) {
             counters
                 .punch_packets_received
                 .fetch_add(1, Ordering::Relaxed);
+            node.shared().punch_watch.seen(peer, datagram.from);
             continue;
         }
         if !stun::looks_like_stun(&datagram.data) {

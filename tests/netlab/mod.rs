@@ -176,6 +176,25 @@ impl Lab {
         let mut routers = Vec::new();
         for (i, nat) in nats.iter().enumerate() {
             let n = i as u8 + 1;
+            if *nat == Nat::None {
+                // Hosts on the public segment itself: 198.51.100.1n0 upwards.
+                let mut hosts = Vec::new();
+                for j in 0..hosts_per_lan {
+                    let h = self.add_ns(format!("{}l{n}h{j}", self.tag));
+                    let addr = Ipv4Addr::new(198, 51, 100, 100 + 10 * n + j as u8);
+                    self.plug(
+                        &public,
+                        &format!("n{n}{j}"),
+                        &h,
+                        "eth0",
+                        &format!("{addr}/24"),
+                    );
+                    hosts.push(Host { ns: h, ip: addr });
+                }
+                lans.push(hosts);
+                routers.push(None);
+                continue;
+            }
             let lan = self.switch(&format!("l{n}"));
             let r = self.add_ns(format!("{}r{n}", self.tag));
             let wan_ip = Ipv4Addr::new(198, 51, 100, 10 + n);
@@ -193,8 +212,8 @@ impl Lab {
                 "ip_forward: {}",
                 String::from_utf8_lossy(&out.stderr)
             );
-            self.load_nft(&r, &nat.ruleset());
-            routers.push(Host { ns: r, ip: wan_ip });
+            self.load_nft(&r, &nat.ruleset(n));
+            routers.push(Some(Host { ns: r, ip: wan_ip }));
             let mut hosts = Vec::new();
             for j in 0..hosts_per_lan {
                 let h = self.add_ns(format!("{}l{n}h{j}", self.tag));
@@ -391,6 +410,11 @@ impl Lab {
 /// How a router of [`Lab::nat_world`] translates (see shared/notes/netlab.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Nat {
+    /// No router: the host sits on the public segment itself.
+    None,
+    /// `masquerade`, and every UDP port of the WAN address forwarded (DNAT) to
+    /// the LAN's first host: endpoint-independent filtering, "open".
+    Open,
     /// `masquerade` (endpoint-independent mapping, source port kept) and the
     /// input filter every home router has: the cone-like "moderate" NAT.
     Cone,
@@ -406,7 +430,15 @@ pub enum Nat {
 }
 
 impl Nat {
-    fn ruleset(self) -> String {
+    /// The router's ruleset in front of LAN `lan` (10.lan.0.0/24).
+    fn ruleset(self, lan: u8) -> String {
+        let dnat = if self == Nat::Open {
+            format!(
+                "chain prerouting {{ type nat hook prerouting priority -100; policy accept;\n  iifname \"rwan\" udp dport 1024-65535 dnat ip to 10.{lan}.0.2\n }}\n"
+            )
+        } else {
+            String::new()
+        };
         let masq = if self == Nat::Symmetric {
             "masquerade random"
         } else {
@@ -425,7 +457,7 @@ impl Nat {
             _ => "",
         };
         format!(
-            "table inet nat {{\n chain postrouting {{ type nat hook postrouting priority 100; policy accept;\n  oifname \"rwan\" {masq}\n }}\n}}\n\
+            "table inet nat {{\n {dnat} chain postrouting {{ type nat hook postrouting priority 100; policy accept;\n  oifname \"rwan\" {masq}\n }}\n}}\n\
              table inet filter {{\n chain input {{ type filter hook input priority 0; policy drop;\n  ct state established,related accept\n  iif lo accept\n  iifname \"rlan\" accept\n }}\n {forward}\n}}\n"
         )
     }
@@ -505,7 +537,8 @@ impl Lab {
             "nft flush: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        self.load_nft(&router.ns, &nat.ruleset());
+        let lan = router.ip.octets()[3] - 10;
+        self.load_nft(&router.ns, &nat.ruleset(lan));
         if flush {
             let out = self.exec_ns(&router.ns, "conntrack", &["-F"]);
             assert!(
@@ -573,7 +606,7 @@ impl Lab {
             );
             return None;
         }
-        let router = &world.routers[usize::from(n) - 1];
+        let router = world.router(usize::from(n) - 1);
         let dir = self.dir.path().join(format!("{}-upnp", router.ns));
         std::fs::create_dir_all(&dir).unwrap();
         let mut conf = format!(
@@ -649,12 +682,19 @@ impl Lab {
     }
 }
 
+impl World {
+    /// Router `i` (0-based); panics for a [`Nat::None`] side.
+    pub fn router(&self, i: usize) -> &Host {
+        self.routers[i].as_ref().expect("this side has a router")
+    }
+}
+
 /// The namespaces of [`Lab::nat_world`].
 pub struct World {
     /// The host on the public segment (198.51.100.1).
     pub public: Host,
-    /// The routers, WAN address as `ip`.
-    pub routers: Vec<Host>,
+    /// The routers, WAN address as `ip` (None for [`Nat::None`]).
+    pub routers: Vec<Option<Host>>,
     /// The hosts of each LAN.
     pub lans: Vec<Vec<Host>>,
 }

@@ -1,0 +1,146 @@
+//! The NAT matrix: every ordered pair of router types (A dials B by NodeId
+//! through an introducer on the public segment), with the path each pair ends
+//! up on, the time from the first dial to the first reply, the attempts, and a
+//! 16 MiB streamed transfer. Prints the table. Needs root: see
+//! tests/netlab/mod.rs; router behaviour: shared/notes/netlab.md.
+//!
+//! Router types: `none` (host on the public segment), `open` (masquerade and
+//! every UDP port forwarded to the host), `moderate` (masquerade + input
+//! filter: the home router), `strict` (`masquerade random`: symmetric).
+
+mod netlab;
+
+use std::time::{Duration, Instant};
+
+use netlab::{Lab, Nat};
+
+const TYPES: [(Nat, &str); 4] = [
+    (Nat::None, "none"),
+    (Nat::Open, "open"),
+    (Nat::Cone, "moderate"),
+    (Nat::Symmetric, "strict"),
+];
+
+/// The path a pair must end up on today. Moderate × strict needs port
+/// prediction (not built yet), so it relays, like strict × strict, which
+/// nothing short of a relay connects.
+fn expected(a: Nat, b: Nat) -> &'static str {
+    match (a, b) {
+        (Nat::Symmetric, Nat::Symmetric)
+        | (Nat::Cone, Nat::Symmetric)
+        | (Nat::Symmetric, Nat::Cone) => "relay",
+        _ => "direct",
+    }
+}
+
+struct Row {
+    a: &'static str,
+    b: &'static str,
+    path: String,
+    first_reply: String,
+    attempts: String,
+    transfer: String,
+}
+
+/// Field `name` of a `butter ping` line: the text after `name` up to `sep`.
+fn field<'a>(line: &'a str, name: &str, sep: char) -> &'a str {
+    line.split_once(name)
+        .map(|(_, rest)| rest.split(sep).next().unwrap_or("").trim())
+        .unwrap_or("?")
+}
+
+async fn pair(
+    lab: &mut Lab,
+    (a, a_name): (Nat, &'static str),
+    (b, b_name): (Nat, &'static str),
+) -> Row {
+    let world = lab.nat_world(&[a, b], 1);
+    let intro = lab.introducer(&world.public, &[]).await;
+    let node = [
+        "--no-discovery",
+        "--no-upnp",
+        "--bench",
+        "--register-ms",
+        "500",
+        "--introducer",
+        &intro.addr,
+    ];
+    let b_node = lab.node(&world.lans[1][0], &node).await;
+    // B registered: its counter, read over the LAN (or the public segment).
+    let reader = world.routers[1]
+        .clone()
+        .unwrap_or_else(|| world.public.clone());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while lab.stats(&reader, &b_node).await["introducer_registrations"] == 0 {
+        assert!(Instant::now() < deadline, "{b_name}: B never registered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let a_host = &world.lans[0][0];
+    let (ok, out, err) = lab
+        .butter(a_host, &["ping", &b_node.id, "--introducer", &intro.addr])
+        .await;
+    assert!(ok, "{a_name} → {b_name}: no reply: {err}");
+    let line = out.trim().to_string();
+    let path = if line.contains("via relay") {
+        "relay".to_string()
+    } else {
+        field(&line, " via ", '(').to_string()
+    };
+    let kind = path.split_whitespace().next().unwrap_or("?");
+    let want = expected(a, b);
+    let direct = matches!(kind, "direct" | "punched" | "predicted");
+    assert!(
+        (want == "relay" && kind == "relay") || (want == "direct" && direct),
+        "{a_name} → {b_name}: expected {want}, got {line}"
+    );
+    let (ok, bench, err) = lab
+        .butter(
+            a_host,
+            &[
+                "bench",
+                &b_node.id,
+                "--bytes",
+                "16M",
+                "--introducer",
+                &intro.addr,
+            ],
+        )
+        .await;
+    assert!(
+        ok && bench.contains("hash ok"),
+        "{a_name} → {b_name}: {bench}{err}"
+    );
+    Row {
+        a: a_name,
+        b: b_name,
+        path,
+        first_reply: field(&line, "first reply after ", ';').to_string(),
+        attempts: field(&line, "attempts: ", ')').to_string(),
+        transfer: field(&bench, " s (", ')').to_string(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_nat_pair_connects_and_the_table_is_printed() {
+    let test = "every_nat_pair_connects_and_the_table_is_printed";
+    let mut rows = Vec::new();
+    let started = Instant::now();
+    for a in TYPES {
+        for b in TYPES {
+            // A lab per pair: nothing (conntrack, registrations) leaks between pairs.
+            let Some(mut lab) = netlab::lab(test) else {
+                return;
+            };
+            rows.push(pair(&mut lab, a, b).await);
+        }
+    }
+    println!("\n| A \\ B | path | first reply | attempts | 16 MiB |");
+    println!("| --- | --- | --- | --- | --- |");
+    for r in &rows {
+        println!(
+            "| {} → {} | {} | {} | {} | {} |",
+            r.a, r.b, r.path, r.first_reply, r.attempts, r.transfer
+        );
+    }
+    println!("matrix took {:?}", started.elapsed());
+}
