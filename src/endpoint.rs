@@ -13,6 +13,7 @@ use crate::addr::{NodeAddr, Target};
 use crate::config::{Limits, TransportSettings};
 use crate::error::{Error, Result};
 use crate::identity::{tls, Identity, NodeId};
+use crate::nat::PathKind;
 use crate::net::{self, DemuxSocket};
 use crate::stats::Stats;
 
@@ -22,6 +23,8 @@ use crate::stats::Stats;
 #[derive(Default)]
 struct SlotInner {
     conn: Mutex<Option<quinn::Connection>>,
+    /// The latest connection the peer opened to us, in use or not.
+    accepted: Mutex<Option<quinn::Connection>>,
     dialing: tokio::sync::Mutex<()>,
     installed: tokio::sync::Notify,
 }
@@ -103,8 +106,9 @@ pub(crate) struct Endpoint {
     settings: TransportSettings,
     stats: Arc<Stats>,
     on_connection: OnConnection,
-    /// Connections made by a coordinated punch (by stable id), for path reports.
-    punched: Arc<Mutex<HashSet<usize>>>,
+    /// How connections made by traversal came about (by stable id), for
+    /// path reports: punched or predicted.
+    marks: Arc<Mutex<HashMap<usize, PathKind>>>,
 }
 
 impl Endpoint {
@@ -146,7 +150,7 @@ impl Endpoint {
             settings,
             stats,
             on_connection,
-            punched: Default::default(),
+            marks: Default::default(),
         })
     }
 
@@ -243,8 +247,12 @@ impl Endpoint {
             .live()
             .is_some_and(|c| net::is_virtual(c.remote_address()));
         let upgrade = relayed_now && !net::is_virtual(conn.remote_address());
+        *lock(&slot.accepted) = Some(conn.clone());
         if upgrade || (slot.live().is_none() && slot.dialing.try_lock().is_ok()) {
             slot.set(&conn);
+        } else {
+            // Someone may be waiting for this very connection (wait_direct).
+            slot.installed.notify_waiters();
         }
         self.adopt(id, conn, slot);
     }
@@ -256,31 +264,76 @@ impl Endpoint {
         &self,
         id: NodeId,
         conn: quinn::Connection,
-        punched: bool,
+        mark: Option<PathKind>,
     ) -> Option<quinn::Connection> {
-        if punched {
-            lock(&self.punched).insert(conn.stable_id());
+        if let Some(kind) = mark {
+            self.mark(&conn, kind);
         }
         let slot = self.slot(id);
         let replaced = slot.live();
+        let same = |c: &quinn::Connection| c.stable_id() == conn.stable_id();
+        if replaced.as_ref().is_some_and(same) {
+            // Already the one in use (and served).
+            return None;
+        }
+        // Accepted connections are served already; others start being served.
+        let served = lock(&slot.accepted).as_ref().is_some_and(same);
         slot.set(&conn);
-        self.adopt(id, conn, slot);
+        if !served {
+            self.adopt(id, conn, slot);
+        }
         replaced
     }
 
-    /// Whether a coordinated punch made this connection.
-    pub(crate) fn was_punched(&self, conn: &quinn::Connection) -> bool {
-        lock(&self.punched).contains(&conn.stable_id())
+    /// Waits for a direct (not relayed) connection to `id`, cached or just
+    /// accepted, as when the peer dials us from a socket a port prediction
+    /// opened.
+    pub(crate) async fn wait_direct(&self, id: NodeId) -> quinn::Connection {
+        let slot = self.slot(id);
+        let direct = |c: &quinn::Connection| {
+            c.close_reason().is_none() && !net::is_virtual(c.remote_address())
+        };
+        loop {
+            let installed = slot.installed.notified();
+            tokio::pin!(installed);
+            installed.as_mut().enable();
+            if let Some(conn) = slot.live().filter(direct) {
+                return conn;
+            }
+            if let Some(conn) = lock(&slot.accepted).clone().filter(direct) {
+                return conn;
+            }
+            installed.await;
+        }
+    }
+
+    /// Records how a connection came about (see [`Endpoint::mark_of`]).
+    pub(crate) fn mark(&self, conn: &quinn::Connection, kind: PathKind) {
+        lock(&self.marks).insert(conn.stable_id(), kind);
+    }
+
+    /// How traversal made this connection, if it did.
+    pub(crate) fn mark_of(&self, conn: &quinn::Connection) -> Option<PathKind> {
+        lock(&self.marks).get(&conn.stable_id()).copied()
     }
 
     /// Starts serving the connection's incoming streams and forgets it once closed.
     fn adopt(&self, id: NodeId, conn: quinn::Connection, slot: Slot) {
         (self.on_connection)(id, conn.clone());
         let conns = Arc::downgrade(&self.conns);
-        let punched = self.punched.clone();
+        let marks = self.marks.clone();
         tokio::spawn(async move {
             conn.closed().await;
-            lock(&punched).remove(&conn.stable_id());
+            lock(&marks).remove(&conn.stable_id());
+            {
+                let mut accepted = lock(&slot.accepted);
+                if accepted
+                    .as_ref()
+                    .is_some_and(|c| c.stable_id() == conn.stable_id())
+                {
+                    *accepted = None;
+                }
+            }
             let emptied = {
                 let mut g = lock(&slot.conn);
                 if g.as_ref()
@@ -401,6 +454,39 @@ impl Endpoint {
             id.short(),
             detail.join("; ")
         )))
+    }
+
+    /// Connects to `id` at `addr` from a socket of its own (the one a port
+    /// prediction found open) rather than the node's. The small client-only
+    /// endpoint on it lives as long as the connection.
+    pub(crate) async fn connect_from(
+        &self,
+        socket: std::net::UdpSocket,
+        id: NodeId,
+        addr: SocketAddr,
+        timeout: std::time::Duration,
+    ) -> Result<quinn::Connection> {
+        let runtime = quinn::default_runtime()
+            .ok_or_else(|| Error::Config("no async runtime (call from within tokio)".into()))?;
+        let mut config = quinn::EndpointConfig::default();
+        config.grease_quic_bit(false);
+        let endpoint = quinn::Endpoint::new(config, None, socket, runtime)?;
+        let connecting = endpoint
+            .connect_with(self.client_config.clone(), addr, &tls::server_name(&id))
+            .map_err(|e| Error::Unreachable(format!("cannot start connection: {e}")))?;
+        let conn = match tokio::time::timeout(timeout, connecting).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => return Err(connection_error(e)),
+            Err(_) => return Err(Error::Unreachable("handshake timed out".into())),
+        };
+        self.stats.handshakes_out.fetch_add(1, Ordering::Relaxed);
+        let watched = conn.clone();
+        tokio::spawn(async move {
+            watched.closed().await;
+            endpoint.wait_idle().await;
+            drop(endpoint);
+        });
+        Ok(conn)
     }
 
     pub(crate) async fn connect_once(

@@ -121,17 +121,19 @@ async fn wan_side_filtering_on_both_routers_still_punches() {
 }
 
 #[tokio::test]
-async fn a_symmetric_nat_falls_back_to_the_relay() {
-    let Some(mut lab) = netlab::lab("a_symmetric_nat_falls_back_to_the_relay") else {
+async fn symmetric_nats_on_both_sides_fall_back_to_the_relay() {
+    // One symmetric NAT is beaten by port prediction (tests/netlab_matrix.rs);
+    // two are not: nothing but the relay connects them.
+    let Some(mut lab) = netlab::lab("symmetric_nats_on_both_sides_fall_back_to_the_relay") else {
         return;
     };
-    let (world, intro, _a, b) = two_lans(&mut lab, [Nat::Cone, Nat::Symmetric]).await;
+    let (world, intro, _a, b) = two_lans(&mut lab, [Nat::Symmetric, Nat::Symmetric]).await;
     let a_host = &world.lans[0][0];
     let (line, took) = ping_by_id(&lab, a_host, &b.id, &intro.addr).await;
-    println!("cone x symmetric: {line} (command took {took:?})");
+    println!("symmetric x symmetric: {line} (command took {took:?})");
     assert!(line.ends_with(")") && line.contains("via relay"), "{line}");
     let bench = bench_by_id(&lab, a_host, &b.id, &intro.addr).await;
-    println!("cone x symmetric: {bench}");
+    println!("symmetric x symmetric: {bench}");
     assert!(bench.contains("via relay"), "{bench}");
     let (_, out, _) = lab.butter(&world.public, &["stats", &intro.addr]).await;
     let f = stats(&out);
@@ -189,10 +191,11 @@ async fn nodes_re_register_after_an_introducer_restart() {
     assert!(line.contains("via punched"), "{line}");
 }
 
-/// B's router starts symmetric, so A reaches B over the relay; then it is
+/// Both routers start symmetric, so A reaches B over the relay; then B's is
 /// reconfigured to a plain `masquerade` (and forgets its connections, as a
-/// reconfigured router does). A's relayed connection keeps trying a punch and
-/// moves to the direct path; a streamed call running across the switch and
+/// reconfigured router does). A's relayed connection keeps trying a punch
+/// (with port prediction, A's NAT being still symmetric) and moves to the
+/// direct path; a streamed call running across the switch and
 /// the calls made meanwhile all succeed. Library nodes, run inside the
 /// namespaces, so the test sees `connection_info` and the calls themselves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -209,7 +212,7 @@ async fn relayed_connection_moves_to_direct_when_the_nat_allows() {
     if let Ok(filter) = std::env::var("NETLAB_LOG") {
         let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
     }
-    let world = lab.nat_world(&[Nat::Cone, Nat::Symmetric], 1);
+    let world = lab.nat_world(&[Nat::Symmetric, Nat::Symmetric], 1);
     let intro = lab.introducer(&world.public, &[]).await;
     let intro: NodeAddr = intro.addr.parse().unwrap();
     let settings = butter::NatSettings {
@@ -324,7 +327,11 @@ async fn relayed_connection_moves_to_direct_when_the_nat_allows() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let took = switched.elapsed();
-    assert_eq!(info.path, PathKind::Punched, "{info:?}");
+    // A's NAT is still symmetric: a punch with port prediction.
+    assert!(
+        matches!(info.path, PathKind::Punched | PathKind::Predicted),
+        "{info:?}"
+    );
     // B, which accepted the direct connection, uses it too.
     let a_id = a.id();
     loop {

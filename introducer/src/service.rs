@@ -242,8 +242,10 @@ impl Introducer {
                     .get(&req.target, Instant::now())
                     .map(|r| r.candidates(req.target))
                     .ok_or_else(|| Error::handler(format!("{} is not registered here", req.target.short())))?;
+                // Observed first, then the caller's own (which may repeat it: the
+                // target tells from that whether the caller's NAT keeps ports).
                 let mut theirs = vec![remote];
-                theirs.extend(req.addrs.into_iter().filter(|a| *a != remote));
+                theirs.extend(req.addrs);
                 theirs.truncate(MAX_ADDRS);
                 s.counters.punches_tried.fetch_add(1, Ordering::Relaxed);
                 let punch = Punch { peer: NodeAddr::new(peer, theirs) };

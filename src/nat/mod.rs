@@ -3,12 +3,14 @@
 //! UPnP port mapping on the LAN's gateway. The introducer protocol itself is in
 //! [`protocol`].
 
+pub mod predict;
 pub mod protocol;
 pub mod punch;
 pub mod relay;
 pub mod stun;
 pub mod upnp;
 
+pub use predict::PredictSettings;
 pub use upnp::{UpnpSettings, UpnpStatus};
 
 use std::collections::HashMap;
@@ -43,6 +45,8 @@ pub struct NatSettings {
     pub upgrade_interval: Duration,
     /// Port mapping on the LAN's UPnP gateway.
     pub upnp: UpnpSettings,
+    /// Port prediction when one side's NAT maps per destination.
+    pub predict: PredictSettings,
 }
 
 impl Default for NatSettings {
@@ -55,6 +59,7 @@ impl Default for NatSettings {
             punch_interval: Duration::from_millis(100),
             upgrade_interval: Duration::from_secs(30),
             upnp: UpnpSettings::default(),
+            predict: PredictSettings::default(),
         }
     }
 }
@@ -66,6 +71,9 @@ pub enum PathKind {
     Direct,
     /// Direct, through NATs opened by a hole punch an introducer coordinated.
     Punched,
+    /// Direct, through a strict (per-destination) NAT whose port was found by
+    /// prediction: many sockets on the strict side, random probes from the other.
+    Predicted,
     /// Through an introducer's relay (end-to-end encrypted all the same).
     Relayed,
 }
@@ -75,6 +83,7 @@ impl std::fmt::Display for PathKind {
         f.write_str(match self {
             PathKind::Direct => "direct",
             PathKind::Punched => "punched",
+            PathKind::Predicted => "predicted",
             PathKind::Relayed => "relay",
         })
     }

@@ -43,26 +43,30 @@ pub fn sender(data: &[u8]) -> Option<NodeId> {
 /// peer's NAT maps each destination anew.
 #[derive(Default)]
 pub(crate) struct PunchWatch {
-    waiting: Mutex<HashMap<NodeId, mpsc::Sender<SocketAddr>>>,
+    waiting: Mutex<HashMap<NodeId, Vec<mpsc::Sender<SocketAddr>>>>,
 }
 
 /// At most this many peer-reflexive addresses are queued per punch.
 const MAX_REFLEXIVE: usize = 4;
 
 impl PunchWatch {
-    /// Starts listening for `peer`'s punch packets (replacing an older watch).
+    /// Starts listening for `peer`'s punch packets; dropping the receiver
+    /// ends the watch.
     pub(crate) fn watch(&self, peer: NodeId) -> mpsc::Receiver<SocketAddr> {
         let (tx, rx) = mpsc::channel(MAX_REFLEXIVE);
         let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
-        waiting.retain(|_, tx| !tx.is_closed());
-        waiting.insert(peer, tx);
+        waiting.retain(|_, txs| {
+            txs.retain(|tx| !tx.is_closed());
+            !txs.is_empty()
+        });
+        waiting.entry(peer).or_default().push(tx);
         rx
     }
 
     /// A punch packet from `peer` arrived from `from`.
     pub(crate) fn seen(&self, peer: NodeId, from: SocketAddr) {
         let waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(tx) = waiting.get(&peer) {
+        for tx in waiting.get(&peer).into_iter().flatten() {
             let _ = tx.try_send(from);
         }
     }

@@ -117,6 +117,12 @@ impl Observed {
         seen.push((intro, addr));
     }
 
+    /// The reflexive address `intro` reported.
+    pub(crate) fn of(&self, intro: &crate::NodeId) -> Option<SocketAddr> {
+        let seen = self.by_introducer.lock().unwrap_or_else(|p| p.into_inner());
+        seen.iter().find(|(i, _)| i == intro).map(|(_, a)| *a)
+    }
+
     /// Distinct reflexive addresses, oldest report first.
     pub(crate) fn addrs(&self) -> Vec<SocketAddr> {
         let seen = self.by_introducer.lock().unwrap_or_else(|p| p.into_inner());

@@ -72,10 +72,8 @@ impl Node {
         let remote = conn.remote_address();
         let path = if net::is_virtual(remote) {
             PathKind::Relayed
-        } else if endpoint.was_punched(&conn) {
-            PathKind::Punched
         } else {
-            PathKind::Direct
+            endpoint.mark_of(&conn).unwrap_or(PathKind::Direct)
         };
         Some(ConnectionInfo {
             path,
@@ -178,7 +176,12 @@ impl Node {
         let mut candidates = rendezvous.peer.addrs;
         candidates.truncate(MAX_ADDRS);
         // The observed address comes first; the rest are the peer's own.
+        let peer_observed = candidates[0];
         let own: Vec<SocketAddr> = candidates[1..].to_vec();
+        let role = match self.my_mapping(intro).await {
+            Some(mine) => prediction_role(mine, self.local_addr().port(), peer_observed, &own),
+            None => None,
+        };
         let mut seen = std::collections::HashSet::new();
         candidates.retain(|c| seen.insert(*c));
         // A peer on one of our own subnets is dialed there first: no hairpin
@@ -192,15 +195,38 @@ impl Node {
             rendezvous.start_in_ms.min(2000) as u64
         ))
         .await;
-        let outcome = shared
-            .endpoint
-            .dial_learning(
-                id,
-                &candidates,
-                shared.nat.punch_timeout,
-                Some(&mut reflexive),
-            )
-            .await;
+        let dial = async {
+            let (conn, addr) = shared
+                .endpoint
+                .dial_learning(
+                    id,
+                    &candidates,
+                    shared.nat.punch_timeout,
+                    Some(&mut reflexive),
+                )
+                .await?;
+            // Reaching the address the introducer observed, or one the peer's
+            // punch packets came from, went through the peer's NAT, unless the
+            // peer advertises it as its own (public, or mapped).
+            let kind = if own.contains(&addr) {
+                PathKind::Direct
+            } else {
+                PathKind::Punched
+            };
+            Ok::<_, Error>((conn, addr, kind))
+        };
+        let outcome = match role {
+            None => dial.await,
+            Some(role) => {
+                tracing::debug!(peer = %id.short(), ?role, "punching with port prediction");
+                let predicted = async {
+                    let conn = predict(shared, id, role, peer_observed).await?;
+                    let addr = conn.remote_address();
+                    Ok::<_, Error>((conn, addr, PathKind::Predicted))
+                };
+                first_ok(dial, predicted).await
+            }
+        };
         let report = PunchReport {
             target: id,
             succeeded: outcome.is_ok(),
@@ -211,21 +237,23 @@ impl Node {
             self.call_typed::<_, ()>(intro.id, REPORT_ROUTE, &report),
         )
         .await;
-        let (conn, addr) = outcome?;
-        // Reaching the address the introducer observed, or one the peer's punch
-        // packets came from, went through the peer's NAT, unless the peer
-        // advertises it as its own (public, or mapped).
-        let punched = !own.contains(&addr);
-        if punched {
+        let (conn, addr, kind) = outcome?;
+        if kind != PathKind::Direct {
             self.counters()
                 .punches_succeeded
                 .fetch_add(1, Ordering::Relaxed);
         }
         // Installed before the address is learned: a concurrent caller that
-        // sees the address would otherwise dial again.
-        let replaced = shared.endpoint.install(id, conn.clone(), punched);
-        shared.endpoint.learn(&NodeAddr::new(id, [addr]));
-        tracing::info!(peer = %id.short(), %addr, punched, "connected via introducer");
+        // sees the address would otherwise dial again. A predicted path
+        // belongs to its socket pair: nothing to learn for later dials.
+        let replaced =
+            shared
+                .endpoint
+                .install(id, conn.clone(), (kind != PathKind::Direct).then_some(kind));
+        if kind != PathKind::Predicted {
+            shared.endpoint.learn(&NodeAddr::new(id, [addr]));
+        }
+        tracing::info!(peer = %id.short(), %addr, path = %kind, "connected via introducer");
         if let Some(relayed) = replaced.filter(|c| net::is_virtual(c.remote_address())) {
             tracing::info!(peer = %id.short(), "relayed connection upgraded to direct");
             self.counters().upgrades.fetch_add(1, Ordering::Relaxed);
@@ -237,6 +265,16 @@ impl Node {
             });
         }
         Ok(conn)
+    }
+
+    /// How our NAT showed us to `intro`: from its registration, or asked now
+    /// by STUN when the registration has not come back yet.
+    async fn my_mapping(&self, intro: &NodeAddr) -> Option<SocketAddr> {
+        if let Some(seen) = self.shared().observed.of(&intro.id) {
+            return Some(seen);
+        }
+        let server = *intro.addrs.first()?;
+        self.stun(server).await.ok()
     }
 
     /// Opens a relay tunnel to `id` through `intro` and connects over it.
@@ -263,7 +301,7 @@ impl Node {
             Ok(conn) => {
                 path.addr = None;
                 shared.stats.handshakes_out.fetch_add(1, Ordering::Relaxed);
-                shared.endpoint.install(id, conn.clone(), false);
+                shared.endpoint.install(id, conn.clone(), None);
                 let socket = shared.endpoint.socket.clone();
                 let watched = conn.clone();
                 tokio::spawn(async move {
@@ -309,8 +347,35 @@ pub(super) fn punch_route(weak: Arc<OnceLock<Weak<Shared>>>) -> Handler {
             from_introducer(&shared, &peer)?;
             let mut targets = req.peer.addrs;
             targets.truncate(MAX_ADDRS);
-            targets.retain(|a| !net::is_virtual(*a) && a.port() != 0);
+            let role = match (targets.first(), shared.observed.of(&peer)) {
+                (Some(theirs), Some(mine)) => prediction_role(
+                    mine,
+                    shared.endpoint.local_addr()?.port(),
+                    *theirs,
+                    &targets[1..],
+                ),
+                _ => None,
+            };
+            let their_observed = targets.first().copied();
+            let mut seen = std::collections::HashSet::new();
+            targets.retain(|a| !net::is_virtual(*a) && a.port() != 0 && seen.insert(*a));
             let them = req.peer.id;
+            if let (Some(role), Some(observed)) = (role, their_observed) {
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    tracing::debug!(peer = %them.short(), ?role, "port prediction asked for");
+                    match predict(&shared, them, role, observed).await {
+                        Ok(conn) => {
+                            shared
+                                .endpoint
+                                .install(them, conn, Some(PathKind::Predicted));
+                        }
+                        Err(e) => {
+                            tracing::debug!(peer = %them.short(), error = %e, "port prediction failed")
+                        }
+                    }
+                });
+            }
             tokio::spawn(async move {
                 let me = shared.identity.id();
                 let sent = punch::spray(
@@ -357,6 +422,129 @@ pub(super) fn relay_in_route(weak: Arc<OnceLock<Weak<Shared>>>) -> Handler {
             Ok::<Body, Error>(outgoing)
         }
     })
+}
+
+/// A node's part in a port prediction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// Our NAT maps per destination, the peer's keeps ports: we open many
+    /// sockets and dial from the one the peer's probe reaches.
+    Strict,
+    /// The other way round: we probe random ports of the peer's address and
+    /// accept its connection.
+    Moderate,
+}
+
+/// Whether a prediction is called for between us (seen at `mine`, bound to
+/// `port`) and a peer seen at `theirs` that advertises `their_own`.
+fn prediction_role(
+    mine: SocketAddr,
+    port: u16,
+    theirs: SocketAddr,
+    their_own: &[SocketAddr],
+) -> Option<Role> {
+    use crate::nat::predict::maps_per_destination;
+    let own_ports: Vec<u16> = their_own.iter().map(|a| a.port()).collect();
+    match (
+        maps_per_destination(mine, &[port]),
+        maps_per_destination(theirs, &own_ports),
+    ) {
+        (true, false) => Some(Role::Strict),
+        (false, true) => Some(Role::Moderate),
+        _ => None,
+    }
+}
+
+/// Our part of a port prediction with `id`, seen by the introducer at
+/// `theirs`. Bounded by the prediction settings; the connection it yields is
+/// direct and authenticated like any other.
+async fn predict(
+    shared: &Shared,
+    id: NodeId,
+    role: Role,
+    theirs: SocketAddr,
+) -> Result<quinn::Connection> {
+    let settings = &shared.nat.predict;
+    let me = shared.identity.id();
+    let limit = settings.duration + shared.endpoint.connect_timeout();
+    match role {
+        Role::Strict => {
+            let (socket, sent) = crate::nat::predict::open_many(&me, theirs, settings).await;
+            shared
+                .stats
+                .punch_packets_sent
+                .fetch_add(sent, Ordering::Relaxed);
+            let socket = socket.ok_or_else(|| {
+                Error::Unreachable(format!(
+                    "no probe from {} reached any of our sockets",
+                    id.short()
+                ))
+            })?;
+            shared
+                .endpoint
+                .connect_from(socket, id, theirs, shared.endpoint.connect_timeout())
+                .await
+        }
+        Role::Moderate => {
+            let learned = shared.punch_watch.watch(id);
+            let direct = || {
+                shared
+                    .endpoint
+                    .cached(&id)
+                    .is_some_and(|c| !net::is_virtual(c.remote_address()))
+            };
+            let probes = crate::nat::predict::spray_random(
+                &shared.endpoint.socket,
+                &me,
+                theirs.ip(),
+                settings,
+                learned,
+                direct,
+            );
+            let accepted = tokio::time::timeout(limit, shared.endpoint.wait_direct(id));
+            tokio::pin!(accepted);
+            let sent = tokio::select! {
+                conn = &mut accepted => {
+                    return conn.map_err(|_| Error::Unreachable(format!("{} never connected from a predicted port", id.short())));
+                }
+                sent = probes => sent,
+            };
+            shared
+                .stats
+                .punch_packets_sent
+                .fetch_add(sent, Ordering::Relaxed);
+            // The probes are spent; a hit may still be on its way.
+            accepted.await.map_err(|_| {
+                Error::Unreachable(format!(
+                    "{} never connected from a predicted port",
+                    id.short()
+                ))
+            })
+        }
+    }
+}
+
+/// The first of two fallible futures to succeed, or the last error.
+async fn first_ok<T>(
+    a: impl Future<Output = Result<T>>,
+    b: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    tokio::pin!(a, b);
+    let (mut a_over, mut b_over) = (false, false);
+    let mut last = None;
+    while !(a_over && b_over) {
+        tokio::select! {
+            r = &mut a, if !a_over => match r {
+                Ok(v) => return Ok(v),
+                Err(e) => { a_over = true; last = Some(e); }
+            },
+            r = &mut b, if !b_over => match r {
+                Ok(v) => return Ok(v),
+                Err(e) => { b_over = true; last = Some(e); }
+            },
+        }
+    }
+    Err(last.unwrap_or(Error::Unreachable("no path".into())))
 }
 
 /// Same IPv4 /24 (or IPv6 /64): a guess at "the same LAN" without netmasks.

@@ -313,7 +313,10 @@ impl Lab {
         let mut cmd = tokio::process::Command::new("ip");
         cmd.args(["netns", "exec", &host.ns, program])
             .args(args)
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("NETLAB_NODE_LOG").unwrap_or("warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
