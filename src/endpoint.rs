@@ -109,6 +109,9 @@ pub(crate) struct Endpoint {
     /// How connections made by traversal came about (by stable id), for
     /// path reports: punched or predicted.
     marks: Arc<Mutex<HashMap<usize, PathKind>>>,
+    /// Endpoints on sockets of their own (predicted paths), by local address:
+    /// closed with the node.
+    extra: Arc<Mutex<HashMap<SocketAddr, quinn::Endpoint>>>,
 }
 
 impl Endpoint {
@@ -151,7 +154,17 @@ impl Endpoint {
             stats,
             on_connection,
             marks: Default::default(),
+            extra: Default::default(),
         })
+    }
+
+    /// Closes every connection: the node's endpoint and those on sockets of
+    /// their own.
+    pub(crate) fn close_all(&self) {
+        self.quinn.close(0u32.into(), b"shutdown");
+        for endpoint in lock(&self.extra).values() {
+            endpoint.close(0u32.into(), b"shutdown");
+        }
     }
 
     pub(crate) fn connect_timeout(&self) -> std::time::Duration {
@@ -471,18 +484,32 @@ impl Endpoint {
         let mut config = quinn::EndpointConfig::default();
         config.grease_quic_bit(false);
         let endpoint = quinn::Endpoint::new(config, None, socket, runtime)?;
+        let local = endpoint.local_addr()?;
+        lock(&self.extra).insert(local, endpoint.clone());
+        let extra = self.extra.clone();
+        // Dropped from the list however the attempt ends.
+        let forget = move || {
+            lock(&extra).remove(&local);
+        };
         let connecting = endpoint
             .connect_with(self.client_config.clone(), addr, &tls::server_name(&id))
             .map_err(|e| Error::Unreachable(format!("cannot start connection: {e}")))?;
         let conn = match tokio::time::timeout(timeout, connecting).await {
             Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => return Err(connection_error(e)),
-            Err(_) => return Err(Error::Unreachable("handshake timed out".into())),
+            Ok(Err(e)) => {
+                forget();
+                return Err(connection_error(e));
+            }
+            Err(_) => {
+                forget();
+                return Err(Error::Unreachable("handshake timed out".into()));
+            }
         };
         self.stats.handshakes_out.fetch_add(1, Ordering::Relaxed);
         let watched = conn.clone();
         tokio::spawn(async move {
             watched.closed().await;
+            forget();
             endpoint.wait_idle().await;
             drop(endpoint);
         });

@@ -50,7 +50,7 @@ pub use discovery::DiscoverySettings;
 pub use endpoint::transport_config;
 pub use error::{Error, Result};
 pub use identity::{Identity, NodeId};
-pub use nat::{ConnectionInfo, NatSettings, PathKind, UpnpSettings, UpnpStatus};
+pub use nat::{ConnectionInfo, NatSettings, PathKind, PredictSettings, UpnpSettings, UpnpStatus};
 pub use node::{Node, NodeBuilder, Ping, PingReply};
 pub use peers::{HostInfo, MembershipSettings, PeerEvent, Quality};
 pub use router::{Body, RecvBody, Request, StreamRequest};

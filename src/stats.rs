@@ -86,6 +86,14 @@ counters! {
     introducer_registrations,
     /// Failed registration attempts.
     introducer_failures,
+    /// Port predictions this node took part in (either side).
+    predictions_tried,
+    /// ... that gave a connection.
+    predictions_succeeded,
+    /// ... that ran out of probes or time.
+    predictions_failed,
+    /// Random-port probes sent as the moderate side of predictions.
+    prediction_probes_sent,
     /// Port mappings a UPnP gateway granted.
     upnp_mapped,
     /// Renewals of a UPnP mapping's lease.

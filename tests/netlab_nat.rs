@@ -364,7 +364,14 @@ async fn relayed_connection_moves_to_direct_when_the_nat_allows() {
         failed.len(),
         results.len()
     );
-    assert_eq!(a.stats().upgrades, 1);
+    // Counted by whichever side's traversal made the direct connection (B's
+    // own liveness checks may get there first; A then accepts it).
+    assert!(
+        a.stats().upgrades + b.stats().upgrades >= 1,
+        "{:?} {:?}",
+        a.stats(),
+        b.stats()
+    );
     println!(
         "relayed → {} {} {took:?} after the switch; {} calls and a {total}-byte stream across it, all ok",
         info.path,

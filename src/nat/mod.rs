@@ -33,6 +33,9 @@ pub struct NatSettings {
     /// How often registrations are refreshed (also keeps the NAT mapping and the
     /// introducer's connection alive; keep it under both timeouts).
     pub register_interval: Duration,
+    /// Head start of a dial to a peer's known addresses before traversal
+    /// (punch, prediction, relay) races it.
+    pub traverse_after: Duration,
     /// How long a coordinated punch may take.
     pub punch_timeout: Duration,
     /// The punch's head start: the relay is tried in parallel after this.
@@ -54,6 +57,7 @@ impl Default for NatSettings {
         NatSettings {
             introducers: Vec::new(),
             register_interval: Duration::from_secs(10),
+            traverse_after: Duration::from_millis(500),
             punch_timeout: Duration::from_secs(3),
             relay_after: Duration::from_secs(1),
             punch_interval: Duration::from_millis(100),

@@ -100,8 +100,8 @@ pub(crate) async fn open_many(
 /// The moderate side: punch packets from the node's own socket to random
 /// ports of `ip`, paced evenly over the settings' duration, at most
 /// `settings.probes`; every address the peer's packets are seen coming from
-/// (`learned`) gets a packet back at once. Stops when `done` says so. Returns
-/// the number of probes sent.
+/// (`learned`) gets a packet back at once. Stops when `done` says so. Counts
+/// the probes in `sent` as they go.
 pub(crate) async fn spray_random(
     socket: &DemuxSocket,
     me: &NodeId,
@@ -109,7 +109,8 @@ pub(crate) async fn spray_random(
     settings: &PredictSettings,
     mut learned: mpsc::Receiver<SocketAddr>,
     done: impl Fn() -> bool,
-) -> u64 {
+    sent: &std::sync::atomic::AtomicU64,
+) {
     let packet = punch::packet(me);
     let mut ports: Vec<u16> = (1024..=u16::MAX).collect();
     ports.shuffle(&mut rand::rng());
@@ -118,7 +119,6 @@ pub(crate) async fn spray_random(
     let tick = Duration::from_millis(10);
     let batches = (settings.duration.as_millis() / tick.as_millis()).max(1) as usize;
     let per_batch = ports.len().div_ceil(batches).max(1);
-    let mut sent = 0u64;
     let mut timer = tokio::time::interval(tick);
     let mut chunks = ports.chunks(per_batch);
     let mut learning = true;
@@ -131,7 +131,7 @@ pub(crate) async fn spray_random(
                 let Some(batch) = chunks.next() else { break };
                 for port in batch {
                     if socket.send_raw(SocketAddr::new(ip, *port), &packet).is_ok() {
-                        sent += 1;
+                        sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
                 }
             }
@@ -143,5 +143,4 @@ pub(crate) async fn spray_random(
             },
         }
     }
-    sent
 }

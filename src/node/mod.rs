@@ -569,7 +569,7 @@ struct NodeInner {
 
 impl Drop for NodeInner {
     fn drop(&mut self) {
-        self.shared.endpoint.quinn.close(0u32.into(), b"shutdown");
+        self.shared.endpoint.close_all();
     }
 }
 
@@ -997,8 +997,8 @@ impl Node {
     pub async fn shutdown(&self) {
         // Stops the background tasks (they watch this channel).
         self.inner.closed.send_replace(());
+        self.shared().endpoint.close_all();
         let endpoint = &self.shared().endpoint.quinn;
-        endpoint.close(0u32.into(), b"shutdown");
         let upnp = self
             .inner
             .upnp_task

@@ -49,17 +49,27 @@ impl Node {
         target: &'a Target,
     ) -> Pin<Box<dyn Future<Output = Result<quinn::Connection>> + Send + 'a>> {
         Box::pin(async move {
-            let direct = self.shared().endpoint.connection(target).await;
-            match direct {
-                Err(Error::Unreachable(why)) if !self.shared().nat.introducers.is_empty() => {
-                    let id = target.id();
-                    if self.shared().nat.introducers.iter().any(|i| i.id == id) {
-                        return Err(Error::Unreachable(why));
+            let nat = &self.shared().nat;
+            let id = target.id();
+            let direct = self.shared().endpoint.connection(target);
+            if nat.introducers.is_empty() || nat.introducers.iter().any(|i| i.id == id) {
+                return direct.await;
+            }
+            tokio::pin!(direct);
+            // Known addresses get a head start; then traversal races them
+            // (addresses behind a NAT would otherwise cost a whole dial timeout).
+            tokio::select! {
+                r = &mut direct => match r {
+                    Err(Error::Unreachable(why)) => {
+                        tracing::debug!(peer = %id.short(), %why, "no direct path; asking introducers");
+                        self.traverse(id).await
                     }
-                    tracing::debug!(peer = %id.short(), %why, "no direct path; asking introducers");
-                    self.traverse(id).await
+                    other => other,
+                },
+                _ = tokio::time::sleep(nat.traverse_after) => {
+                    tracing::debug!(peer = %id.short(), "no direct path yet; asking introducers too");
+                    first_ok(direct, self.traverse(id)).await
                 }
-                other => other,
             }
         })
     }
@@ -246,24 +256,11 @@ impl Node {
         // Installed before the address is learned: a concurrent caller that
         // sees the address would otherwise dial again. A predicted path
         // belongs to its socket pair: nothing to learn for later dials.
-        let replaced =
-            shared
-                .endpoint
-                .install(id, conn.clone(), (kind != PathKind::Direct).then_some(kind));
+        install_direct(shared, id, conn.clone(), kind);
         if kind != PathKind::Predicted {
             shared.endpoint.learn(&NodeAddr::new(id, [addr]));
         }
         tracing::info!(peer = %id.short(), %addr, path = %kind, "connected via introducer");
-        if let Some(relayed) = replaced.filter(|c| net::is_virtual(c.remote_address())) {
-            tracing::info!(peer = %id.short(), "relayed connection upgraded to direct");
-            self.counters().upgrades.fetch_add(1, Ordering::Relaxed);
-            // Calls already on the relayed connection finish there.
-            let grace = shared.limits.call_timeout;
-            tokio::spawn(async move {
-                tokio::time::sleep(grace).await;
-                relayed.close(0u32.into(), b"upgraded to direct");
-            });
-        }
         Ok(conn)
     }
 
@@ -365,11 +362,7 @@ pub(super) fn punch_route(weak: Arc<OnceLock<Weak<Shared>>>) -> Handler {
                 tokio::spawn(async move {
                     tracing::debug!(peer = %them.short(), ?role, "port prediction asked for");
                     match predict(&shared, them, role, observed).await {
-                        Ok(conn) => {
-                            shared
-                                .endpoint
-                                .install(them, conn, Some(PathKind::Predicted));
-                        }
+                        Ok(conn) => install_direct(&shared, them, conn, PathKind::Predicted),
                         Err(e) => {
                             tracing::debug!(peer = %them.short(), error = %e, "port prediction failed")
                         }
@@ -424,6 +417,23 @@ pub(super) fn relay_in_route(weak: Arc<OnceLock<Weak<Shared>>>) -> Handler {
     })
 }
 
+/// Makes a direct connection found by traversal the one calls to `id` use;
+/// when it replaces a relayed one, that is an upgrade: the relayed connection
+/// closes once the calls in flight on it had their time.
+fn install_direct(shared: &Shared, id: NodeId, conn: quinn::Connection, kind: PathKind) {
+    let mark = (kind != PathKind::Direct).then_some(kind);
+    let replaced = shared.endpoint.install(id, conn, mark);
+    if let Some(relayed) = replaced.filter(|c| net::is_virtual(c.remote_address())) {
+        tracing::info!(peer = %id.short(), path = %kind, "relayed connection upgraded to direct");
+        shared.stats.upgrades.fetch_add(1, Ordering::Relaxed);
+        let grace = shared.limits.call_timeout;
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            relayed.close(0u32.into(), b"upgraded to direct");
+        });
+    }
+}
+
 /// A node's part in a port prediction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Role {
@@ -459,6 +469,25 @@ fn prediction_role(
 /// `theirs`. Bounded by the prediction settings; the connection it yields is
 /// direct and authenticated like any other.
 async fn predict(
+    shared: &Shared,
+    id: NodeId,
+    role: Role,
+    theirs: SocketAddr,
+) -> Result<quinn::Connection> {
+    shared
+        .stats
+        .predictions_tried
+        .fetch_add(1, Ordering::Relaxed);
+    let outcome = predict_once(shared, id, role, theirs).await;
+    let counter = match outcome {
+        Ok(_) => &shared.stats.predictions_succeeded,
+        Err(_) => &shared.stats.predictions_failed,
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+    outcome
+}
+
+async fn predict_once(
     shared: &Shared,
     id: NodeId,
     role: Role,
@@ -500,19 +529,16 @@ async fn predict(
                 settings,
                 learned,
                 direct,
+                &shared.stats.prediction_probes_sent,
             );
             let accepted = tokio::time::timeout(limit, shared.endpoint.wait_direct(id));
             tokio::pin!(accepted);
-            let sent = tokio::select! {
+            tokio::select! {
                 conn = &mut accepted => {
                     return conn.map_err(|_| Error::Unreachable(format!("{} never connected from a predicted port", id.short())));
                 }
-                sent = probes => sent,
-            };
-            shared
-                .stats
-                .punch_packets_sent
-                .fetch_add(sent, Ordering::Relaxed);
+                () = probes => {}
+            }
             // The probes are spent; a hit may still be on its way.
             accepted.await.map_err(|_| {
                 Error::Unreachable(format!(

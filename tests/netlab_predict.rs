@@ -1,0 +1,182 @@
+//! Port prediction between a moderate NAT (`masquerade` + input filter) and a
+//! strict one (`masquerade random`), both orders, 20 runs each with the
+//! default settings: how often it connects, the probes it took, the time to
+//! the first reply; then what a failed prediction costs, and that no socket
+//! outlives its run. Library nodes inside the namespaces (the test counts its
+//! own file descriptors), so this file holds one test. Needs root: see
+//! tests/netlab/mod.rs.
+
+mod netlab;
+
+use std::time::{Duration, Instant};
+
+use butter::{NatSettings, Node, NodeAddr, PathKind, Request, UpnpSettings};
+use netlab::{Nat, NsRuntime};
+
+const RUNS: usize = 20;
+
+fn settings(intro: &NodeAddr) -> NatSettings {
+    NatSettings {
+        introducers: vec![intro.clone()],
+        register_interval: Duration::from_millis(500),
+        // The relay would win the race after 1 s and hide the prediction's
+        // own figures; here it waits.
+        relay_after: Duration::from_secs(10),
+        upnp: UpnpSettings {
+            enabled: false,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+async fn node(ns: &NsRuntime, port: u16, settings: NatSettings) -> Node {
+    let node = ns
+        .run(async move {
+            Node::builder()
+                .listen(format!("0.0.0.0:{port}").parse().unwrap())
+                .lan_discovery(false)
+                // No introductions: only the call under test traverses.
+                .want_hosts(0)
+                .nat(settings)
+                .route(
+                    "echo",
+                    |req: Request| async move { Ok(req.body().to_vec()) },
+                )
+                .spawn()
+                .await
+        })
+        .await
+        .expect("node starts");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node.stats().introducer_registrations == 0 {
+        assert!(Instant::now() < deadline, "{node:?} never registered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    node
+}
+
+/// Sockets this process has open.
+fn sockets() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|dir| {
+            dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .filter(|l| l.to_string_lossy().starts_with("socket:"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+fn spread(mut v: Vec<f64>) -> String {
+    if v.is_empty() {
+        return "-".into();
+    }
+    v.sort_by(f64::total_cmp);
+    format!(
+        "min {:.0} / median {:.0} / max {:.0}",
+        v[0],
+        v[v.len() / 2],
+        v[v.len() - 1]
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prediction_connects_moderate_and_strict_both_ways_and_cleans_up() {
+    let test = "prediction_connects_moderate_and_strict_both_ways_and_cleans_up";
+    for (a_nat, b_nat, order) in [
+        (Nat::Cone, Nat::Symmetric, "moderate → strict"),
+        (Nat::Symmetric, Nat::Cone, "strict → moderate"),
+    ] {
+        let Some(mut lab) = netlab::lab(test) else {
+            return;
+        };
+        let world = lab.nat_world(&[a_nat, b_nat], 2);
+        let intro = lab.introducer(&world.public, &[]).await;
+        let intro: NodeAddr = intro.addr.parse().unwrap();
+        let a_ns = NsRuntime::new(&world.lans[0][0]);
+        let b_ns = NsRuntime::new(&world.lans[1][0]);
+        let b = node(&b_ns, 7400, settings(&intro)).await;
+        let baseline = sockets();
+
+        let (mut ok, mut probes, mut times) = (0, Vec::new(), Vec::new());
+        for run in 0..RUNS {
+            // A fresh node (new port, new identity): new mappings on both NATs.
+            let a = node(&a_ns, 0, settings(&intro)).await;
+            let moderate = if a_nat == Nat::Cone { &a } else { &b };
+            let probes_before = moderate.stats().prediction_probes_sent;
+            let (caller, id) = (a.clone(), b.id());
+            let started = Instant::now();
+            let reply = a_ns
+                .run(async move { caller.call(id, "echo", "hello").await })
+                .await;
+            let took = started.elapsed();
+            assert_eq!(&reply.expect("A reaches B")[..], b"hello", "run {run}");
+            let path = a.connection_info(&b.id()).map(|i| i.path);
+            if path == Some(PathKind::Predicted) {
+                ok += 1;
+                times.push(took.as_secs_f64() * 1e3);
+                probes.push((moderate.stats().prediction_probes_sent - probes_before) as f64);
+            } else {
+                println!("{order}, run {run}: {path:?} after {took:?}");
+            }
+            a_ns.run(async move { a.shutdown().await }).await;
+        }
+        println!(
+            "{order}: predicted {ok}/{RUNS}; probes {}; first reply ms {}",
+            spread(probes),
+            spread(times)
+        );
+        assert!(
+            ok >= RUNS - 1,
+            "{order}: prediction connected {ok} of {RUNS}"
+        );
+        // Every socket a run opened (the strict side's 256, its endpoint, the
+        // callers' own) is closed once the run's node and connections are gone.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while sockets() > baseline {
+            assert!(
+                Instant::now() < deadline,
+                "{order}: {} sockets open, {baseline} before the runs",
+                sockets()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+
+        if a_nat == Nat::Cone {
+            // A failed prediction: the strict peer takes no part (no sockets),
+            // so the moderate side's probes find nothing. The call still goes
+            // through (relay), the probes stop at their limit, the attempt ends.
+            let mut shy = settings(&intro);
+            shy.predict.sockets = 0;
+            let b2_ns = NsRuntime::new(&world.lans[1][1]);
+            let b2 = node(&b2_ns, 7400, shy).await;
+            let mut quick = settings(&intro);
+            quick.relay_after = Duration::from_secs(1);
+            let a = node(&a_ns, 0, quick).await;
+            let (caller, id) = (a.clone(), b2.id());
+            let reply = a_ns
+                .run(async move { caller.call(id, "echo", "anyway").await })
+                .await;
+            assert_eq!(&reply.expect("the relay connects")[..], b"anyway");
+            assert_eq!(a.connection_info(&b2.id()).unwrap().path, PathKind::Relayed);
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while a.stats().predictions_failed == 0 {
+                assert!(Instant::now() < deadline, "the prediction never ended");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let s = a.stats();
+            let limit = butter::PredictSettings::default().probes as u64;
+            assert!(
+                s.prediction_probes_sent <= limit && s.prediction_probes_sent > limit / 2,
+                "{s:?}"
+            );
+            println!(
+                "failed prediction: {} probes (limit {limit}), then the relay",
+                s.prediction_probes_sent
+            );
+            a_ns.run(async move { a.shutdown().await }).await;
+            b2_ns.run(async move { b2.shutdown().await }).await;
+        }
+        b_ns.run(async move { b.shutdown().await }).await;
+    }
+}
