@@ -60,18 +60,6 @@ async fn ping_by_id(lab: &Lab, from: &Host, id: &str, intro: &str) -> (String, D
     (out.trim().to_string(), took)
 }
 
-async fn bench_by_id(lab: &Lab, from: &Host, id: &str, intro: &str) -> String {
-    let (ok, out, err) = lab
-        .butter(
-            from,
-            &["bench", id, "--bytes", "64M", "--introducer", intro],
-        )
-        .await;
-    assert!(ok, "bench {id} from {}: {err}", from.ns);
-    assert!(out.contains("hash ok"), "{out}");
-    out.trim().to_string()
-}
-
 /// Introducer + A on LAN 1 + B on LAN 2; B registered. Returns the processes.
 async fn two_lans(lab: &mut Lab, nats: [Nat; 2]) -> (netlab::World, NodeProc, NodeProc, NodeProc) {
     let world = lab.nat_world(&nats, 1);
@@ -97,7 +85,7 @@ async fn cone_nats_on_both_sides_punch_a_direct_path() {
         line.contains(&format!("via punched {}:", world.router(1).ip)),
         "{line}"
     );
-    let bench = bench_by_id(&lab, a_host, &b.id, &intro.addr).await;
+    let bench = lab.bench(a_host, &b.id, "64M", &intro.addr).await;
     println!("cone x cone: {bench}");
     assert!(bench.contains("via punched"), "{bench}");
     let (_, out, _) = lab.butter(&world.public, &["stats", &intro.addr]).await;
@@ -132,7 +120,7 @@ async fn symmetric_nats_on_both_sides_fall_back_to_the_relay() {
     let (line, took) = ping_by_id(&lab, a_host, &b.id, &intro.addr).await;
     println!("symmetric x symmetric: {line} (command took {took:?})");
     assert!(line.ends_with(")") && line.contains("via relay"), "{line}");
-    let bench = bench_by_id(&lab, a_host, &b.id, &intro.addr).await;
+    let bench = lab.bench(a_host, &b.id, "64M", &intro.addr).await;
     println!("symmetric x symmetric: {bench}");
     assert!(bench.contains("via relay"), "{bench}");
     let (_, out, _) = lab.butter(&world.public, &["stats", &intro.addr]).await;
@@ -236,15 +224,7 @@ async fn relayed_connection_moves_to_direct_when_the_nat_allows() {
             )
             // Counts what arrives until the caller finishes its stream.
             .stream_route("drip", |mut req: StreamRequest| async move {
-                let mut buf = vec![0u8; 4096];
-                let mut total = 0u64;
-                loop {
-                    let n = req.body.read(&mut buf).await?;
-                    if n == 0 {
-                        break;
-                    }
-                    total += n as u64;
-                }
+                let total = tokio::io::copy(&mut req.body, &mut tokio::io::sink()).await?;
                 Ok(total.to_le_bytes().to_vec())
             })
             .spawn()

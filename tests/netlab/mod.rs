@@ -374,6 +374,21 @@ impl Lab {
         )
     }
 
+    /// `butter bench ID --bytes N --introducer I` from `from`: streams N bytes
+    /// to the node's `bench/sink` (reached by NodeId alone) and checks they
+    /// arrived intact; returns the output line (throughput and path).
+    pub async fn bench(&self, from: &Host, id: &str, bytes: &str, intro: &str) -> String {
+        let (ok, out, err) = self
+            .butter(
+                from,
+                &["bench", id, "--bytes", bytes, "--introducer", intro],
+            )
+            .await;
+        assert!(ok, "bench {id} from {}: {err}", from.ns);
+        assert!(out.contains("hash ok"), "{out}");
+        out.trim().to_string()
+    }
+
     /// A node's counters, fetched with `butter stats` from `from`.
     pub async fn stats(
         &self,
