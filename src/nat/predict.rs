@@ -86,7 +86,11 @@ pub(crate) async fn open_many(
         });
     }
     drop(won_tx);
-    let winner = tokio::time::timeout(settings.duration, won.recv())
+    // The other side starts probing a little later (its answer from the
+    // introducer, its start delay) and hits near the end still count: wait a
+    // moment past its probing window.
+    let window = settings.duration + settings.duration / 4;
+    let winner = tokio::time::timeout(window, won.recv())
         .await
         .ok()
         .flatten();
