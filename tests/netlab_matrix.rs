@@ -76,15 +76,15 @@ async fn pair(
     let (ok, out, err) = lab
         .butter(
             a_host,
-            &["ping", &b_node.id, "-c", "3", "--introducer", &intro.addr],
+            &["ping", &b_node.id, "-c", "5", "--introducer", &intro.addr],
         )
         .await;
     if std::env::var("NETLAB_CLI_LOG").is_ok() {
         eprintln!("{err}");
     }
     assert!(ok, "{a_name} → {b_name}: no reply: {err}");
-    // Three pings a second apart: the path of the first reply, and the one
-    // the connection settled on (a late punch or prediction replaces a relay).
+    // Five pings a second apart: the path of the first reply, and the one the
+    // connection settled on (a late punch or prediction replaces a relay).
     let lines: Vec<&str> = out.lines().collect();
     let line = lines.first().copied().unwrap_or("").to_string();
     let path_of = |l: &str| {

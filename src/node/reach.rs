@@ -105,6 +105,10 @@ impl Node {
             // connection wins. A punch that completes after the relay won
             // still replaces the relayed connection (it runs on its own task).
             let mut punch = super::upgrade::punch(self.clone(), intro.clone(), id);
+            // A punch (or prediction: it is probabilistic) that fails while the
+            // relay is still far off gets one more try.
+            let relay_due = tokio::time::Instant::now() + head_start;
+            let mut retried = false;
             let relay = async {
                 tokio::time::sleep(head_start).await;
                 self.relay_via(&intro, id).await
@@ -114,11 +118,18 @@ impl Node {
             while !(punch_over && relay_over) {
                 tokio::select! {
                     r = &mut punch, if !punch_over => {
-                        punch_over = true;
-                        match r {
+                        let e = match r {
                             Ok(Ok(conn)) => return Ok(conn),
-                            Ok(Err(e)) => errors.push(format!("punch via {}: {e}", intro.id.short())),
-                            Err(e) => errors.push(format!("punch via {}: {e}", intro.id.short())),
+                            Ok(Err(e)) => e.to_string(),
+                            Err(e) => e.to_string(),
+                        };
+                        errors.push(format!("punch via {}: {e}", intro.id.short()));
+                        let time_left = relay_due.saturating_duration_since(tokio::time::Instant::now());
+                        if !retried && time_left > Duration::from_secs(1) {
+                            retried = true;
+                            punch = super::upgrade::punch(self.clone(), intro.clone(), id);
+                        } else {
+                            punch_over = true;
                         }
                     }
                     r = &mut relay, if !relay_over => {
@@ -539,13 +550,17 @@ async fn predict_once(
                 }
                 () = probes => {}
             }
-            // The probes are spent; a hit may still be on its way.
-            accepted.await.map_err(|_| {
-                Error::Unreachable(format!(
-                    "{} never connected from a predicted port",
-                    id.short()
-                ))
-            })
+            // The probes are spent; a hit among the last may still be on its
+            // way (the strict side's handshake), but not for long.
+            tokio::time::timeout(settings.duration / 2, accepted)
+                .await
+                .map_err(|_| Error::Timeout("a connection from a predicted port"))?
+                .map_err(|_| {
+                    Error::Unreachable(format!(
+                        "{} never connected from a predicted port",
+                        id.short()
+                    ))
+                })
         }
     }
 }

@@ -25,15 +25,20 @@ pub(super) fn start(node: Weak<NodeInner>, intro: NodeAddr, id: NodeId) {
     tokio::spawn(upgrade(node, intro, id));
 }
 
-/// While the relayed connection to `id` lives, retries a punch every
-/// `upgrade_interval`; a direct connection that comes up replaces it for new
-/// calls, and the relayed one closes once idle.
+/// While the relayed connection to `id` lives, retries a punch (with port
+/// prediction where it applies): after about a second first — a prediction
+/// fails now and then by bad luck alone — then backing off to every
+/// `upgrade_interval`. A direct connection that comes up replaces the relayed
+/// one for new calls, and the relayed one closes once idle.
 async fn upgrade(node: Weak<NodeInner>, intro: NodeAddr, id: NodeId) {
+    let mut wait = std::time::Duration::from_secs(1);
     loop {
         let Some(interval) = node.upgrade().map(|n| n.shared.nat.upgrade_interval) else {
             return;
         };
-        tokio::time::sleep(super::membership::jitter(interval)).await;
+        wait = wait.min(interval);
+        tokio::time::sleep(super::membership::jitter(wait)).await;
+        wait *= 2;
         let Some(node) = node.upgrade().map(|inner| Node { inner }) else {
             return;
         };
