@@ -312,11 +312,12 @@ async fn relayed_connection_moves_to_direct_when_the_nat_allows() {
         matches!(info.path, PathKind::Punched | PathKind::Predicted),
         "{info:?}"
     );
-    // B, which accepted the direct connection, uses it too.
+    // B, which accepted the direct connection, uses it too, and names how it
+    // came about.
     let a_id = a.id();
     loop {
         let seen = b.connection_info(&a_id);
-        if seen.is_some_and(|i| i.path != PathKind::Relayed) {
+        if seen.is_some_and(|i| matches!(i.path, PathKind::Punched | PathKind::Predicted)) {
             break;
         }
         assert!(Instant::now() < deadline, "B still uses {seen:?}");

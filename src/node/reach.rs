@@ -365,6 +365,7 @@ pub(super) fn punch_route(weak: Arc<OnceLock<Weak<Shared>>>) -> Handler {
                 _ => None,
             };
             let their_observed = targets.first().copied();
+            let their_own: Vec<SocketAddr> = targets.iter().skip(1).copied().collect();
             let mut seen = std::collections::HashSet::new();
             targets.retain(|a| !net::is_virtual(*a) && a.port() != 0 && seen.insert(*a));
             let them = req.peer.id;
@@ -380,6 +381,7 @@ pub(super) fn punch_route(weak: Arc<OnceLock<Weak<Shared>>>) -> Handler {
                     }
                 });
             }
+            tokio::spawn(label_accepted(shared.clone(), them, their_own));
             tokio::spawn(async move {
                 let me = shared.identity.id();
                 let sent = punch::spray(
@@ -406,6 +408,20 @@ pub(super) fn punch_route(weak: Arc<OnceLock<Weak<Shared>>>) -> Handler {
             Ok(())
         }
     })
+}
+
+/// The accepting side of a punch names the path too: a connection the peer
+/// opens while the punch runs, from an address it does not advertise as its
+/// own, came through its NAT's mapping (the dialing side labels its end the
+/// same way).
+async fn label_accepted(shared: Arc<Shared>, them: NodeId, their_own: Vec<SocketAddr>) {
+    let limit = shared.nat.punch_timeout * 2;
+    let Ok(conn) = tokio::time::timeout(limit, shared.endpoint.wait_direct(them)).await else {
+        return;
+    };
+    if shared.endpoint.mark_of(&conn).is_none() && !their_own.contains(&conn.remote_address()) {
+        shared.endpoint.mark(&conn, PathKind::Punched);
+    }
 }
 
 /// `butter/relay-in`: an introducer opens a tunnel from a peer to us.
