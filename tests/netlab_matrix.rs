@@ -147,13 +147,15 @@ async fn every_nat_pair_connects_and_the_table_is_printed() {
             rows.push(pair(&mut lab, a, b).await);
         }
     }
-    println!("\n| A \\ B | path | first reply | attempts | 16 MiB |");
-    println!("| --- | --- | --- | --- | --- |");
+    let mut table = String::from("| A \\ B | path | first reply | attempts | 16 MiB |\n");
+    table.push_str("| --- | --- | --- | --- | --- |\n");
     for r in &rows {
-        println!(
-            "| {} → {} | {} | {} | {} | {} |",
+        table.push_str(&format!(
+            "| {} → {} | {} | {} | {} | {} |\n",
             r.a, r.b, r.path, r.first_reply, r.attempts, r.transfer
-        );
+        ));
     }
-    println!("matrix took {:?}", started.elapsed());
+    table.push_str(&format!("\nmatrix took {:?}\n", started.elapsed()));
+    println!("\n{table}");
+    netlab::keep_figures("nat-matrix", &table);
 }

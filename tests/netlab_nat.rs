@@ -87,6 +87,10 @@ async fn cone_nats_on_both_sides_punch_a_direct_path() {
     );
     let bench = lab.bench(a_host, &b.id, "64M", &intro.addr).await;
     println!("cone x cone: {bench}");
+    netlab::keep_figures(
+        "nat-punched",
+        &format!("cone x cone: {line}\ncone x cone: {bench}\n"),
+    );
     assert!(bench.contains("via punched"), "{bench}");
     let (_, out, _) = lab.butter(&world.public, &["stats", &intro.addr]).await;
     let f = stats(&out);
@@ -122,6 +126,10 @@ async fn symmetric_nats_on_both_sides_fall_back_to_the_relay() {
     assert!(line.ends_with(")") && line.contains("via relay"), "{line}");
     let bench = lab.bench(a_host, &b.id, "64M", &intro.addr).await;
     println!("symmetric x symmetric: {bench}");
+    netlab::keep_figures(
+        "nat-relayed",
+        &format!("symmetric x symmetric: {line}\nsymmetric x symmetric: {bench}\n"),
+    );
     assert!(bench.contains("via relay"), "{bench}");
     let (_, out, _) = lab.butter(&world.public, &["stats", &intro.addr]).await;
     let f = stats(&out);

@@ -83,6 +83,7 @@ fn spread(mut v: Vec<f64>) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prediction_connects_moderate_and_strict_both_ways_and_cleans_up() {
     let test = "prediction_connects_moderate_and_strict_both_ways_and_cleans_up";
+    let mut report = String::new();
     for (a_nat, b_nat, order) in [
         (Nat::Cone, Nat::Symmetric, "moderate → strict"),
         (Nat::Symmetric, Nat::Cone, "strict → moderate"),
@@ -130,11 +131,14 @@ async fn prediction_connects_moderate_and_strict_both_ways_and_cleans_up() {
             }
             a_ns.run(async move { a.shutdown().await }).await;
         }
-        println!(
+        let line = format!(
             "{order}: direct {ok}/{RUNS} ({predicted} predicted, the rest punched); single attempts {attempts_ok}/{attempts}; probes {}; first reply ms {}",
             spread(probes),
             spread(times)
         );
+        println!("{line}");
+        report.push_str(&line);
+        report.push('\n');
         assert!(
             ok >= RUNS - 1,
             "{order}: a direct path in only {ok} of {RUNS} runs"
@@ -189,13 +193,17 @@ async fn prediction_connects_moderate_and_strict_both_ways_and_cleans_up() {
                     && s.prediction_probes_sent > limit / 2,
                 "{s:?}"
             );
-            println!(
+            let line = format!(
                 "failed prediction: {} probes in {} attempts (limit {limit} each), then the relay",
                 s.prediction_probes_sent, s.predictions_tried
             );
+            println!("{line}");
+            report.push_str(&line);
+            report.push('\n');
             a_ns.run(async move { a.shutdown().await }).await;
             b2_ns.run(async move { b2.shutdown().await }).await;
         }
         b_ns.run(async move { b.shutdown().await }).await;
     }
+    netlab::keep_figures("port-prediction", &report);
 }

@@ -49,6 +49,20 @@ fn cannot_run_because(test: &str, reason: &str) {
     eprintln!("SKIPPED {test}: {reason} (set BUTTER_NETLAB_REQUIRED=1 to make this a failure)");
 }
 
+/// Keeps a test's figures in `target/tmp/figures/<name>.md`, where CI shows
+/// them after the run (the test harness captures what passing tests print).
+pub fn keep_figures(name: &str, text: &str) {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("figures");
+    let written = std::fs::create_dir_all(&dir)
+        .and_then(|()| std::fs::write(dir.join(format!("{name}.md")), text));
+    if let Err(e) = written {
+        eprintln!(
+            "cannot keep the figures of {name} in {}: {e}",
+            dir.display()
+        );
+    }
+}
+
 /// Returns a lab, or None (after saying why) when it cannot run here.
 pub fn lab(test: &str) -> Option<Lab> {
     if let Some(reason) = cannot_run() {
