@@ -96,7 +96,6 @@ async fn prediction_connects_moderate_and_strict_both_ways_and_cleans_up() {
         let intro: NodeAddr = intro.addr.parse().unwrap();
         let a_ns = NsRuntime::new(&world.lans[0][0]);
         let b_ns = NsRuntime::new(&world.lans[1][0]);
-        let b = node(&b_ns, 7400, settings(&intro)).await;
         let baseline = sockets();
 
         let (mut ok, mut predicted, mut probes, mut times) = (0, 0, Vec::new(), Vec::new());
@@ -104,7 +103,11 @@ async fn prediction_connects_moderate_and_strict_both_ways_and_cleans_up() {
         // fails its first attempt retries once before the relay is due).
         let (mut attempts, mut attempts_ok) = (0, 0);
         for run in 0..RUNS {
-            // A fresh node (new port, new identity): new mappings on both NATs.
+            // Fresh nodes (new ports, new identities): new mappings on both
+            // NATs. (A long-lived moderate peer would keep, for 30 s, the
+            // conntrack entries its earlier probes left on its router; a new
+            // strict mapping often lands on one, which flatters the figures.)
+            let b = node(&b_ns, 0, settings(&intro)).await;
             let a = node(&a_ns, 0, settings(&intro)).await;
             let moderate = if a_nat == Nat::Cone { &a } else { &b };
             let probes_before = moderate.stats().prediction_probes_sent;
@@ -130,6 +133,7 @@ async fn prediction_connects_moderate_and_strict_both_ways_and_cleans_up() {
                 println!("{order}, run {run}: {path:?} after {took:?}");
             }
             a_ns.run(async move { a.shutdown().await }).await;
+            b_ns.run(async move { b.shutdown().await }).await;
         }
         let line = format!(
             "{order}: direct {ok}/{RUNS} ({predicted} predicted, the rest punched); single attempts {attempts_ok}/{attempts}; probes {}; first reply ms {}",
@@ -149,8 +153,18 @@ async fn prediction_connects_moderate_and_strict_both_ways_and_cleans_up() {
         while sockets() > baseline {
             assert!(
                 Instant::now() < deadline,
-                "{order}: {} sockets open, {baseline} before the runs",
-                sockets()
+                "{order}: {} sockets open, {baseline} before the runs; the hosts' UDP sockets:\n{}",
+                sockets(),
+                world
+                    .lans
+                    .iter()
+                    .flatten()
+                    .map(|h| {
+                        let out = lab.exec(h, "ss", &["-uanp"]).stdout;
+                        format!("{}:\n{}", h.ns, String::from_utf8_lossy(&out))
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -203,7 +217,6 @@ async fn prediction_connects_moderate_and_strict_both_ways_and_cleans_up() {
             a_ns.run(async move { a.shutdown().await }).await;
             b2_ns.run(async move { b2.shutdown().await }).await;
         }
-        b_ns.run(async move { b.shutdown().await }).await;
     }
     netlab::keep_figures("port-prediction", &report);
 }
