@@ -110,8 +110,8 @@ pub(crate) struct Endpoint {
     /// path reports: punched or predicted.
     marks: Arc<Mutex<HashMap<usize, PathKind>>>,
     /// Endpoints on sockets of their own (predicted paths), by local address:
-    /// closed with the node.
-    extra: Arc<Mutex<HashMap<SocketAddr, quinn::Endpoint>>>,
+    /// closed with the node; `None` once it closed (no new ones then).
+    extra: Arc<Mutex<Option<HashMap<SocketAddr, quinn::Endpoint>>>>,
 }
 
 impl Endpoint {
@@ -154,7 +154,7 @@ impl Endpoint {
             stats,
             on_connection,
             marks: Default::default(),
-            extra: Default::default(),
+            extra: Arc::new(Mutex::new(Some(HashMap::new()))),
         })
     }
 
@@ -162,7 +162,11 @@ impl Endpoint {
     /// their own.
     pub(crate) fn close_all(&self) {
         self.quinn.close(0u32.into(), b"shutdown");
-        for endpoint in lock(&self.extra).values() {
+        for endpoint in lock(&self.extra)
+            .take()
+            .into_iter()
+            .flat_map(|m| m.into_values())
+        {
             endpoint.close(0u32.into(), b"shutdown");
         }
     }
@@ -485,31 +489,29 @@ impl Endpoint {
         config.grease_quic_bit(false);
         let endpoint = quinn::Endpoint::new(config, None, socket, runtime)?;
         let local = endpoint.local_addr()?;
-        lock(&self.extra).insert(local, endpoint.clone());
-        let extra = self.extra.clone();
-        // Dropped from the list however the attempt ends.
-        let forget = move || {
-            lock(&extra).remove(&local);
+        match lock(&self.extra).as_mut() {
+            Some(extra) => extra.insert(local, endpoint.clone()),
+            None => return Err(Error::Shutdown),
+        };
+        // Out of the list however the attempt ends, also when this future is
+        // dropped (another path won the race): the socket closes with it.
+        let listed = Listed {
+            extra: self.extra.clone(),
+            local,
         };
         let connecting = endpoint
             .connect_with(self.client_config.clone(), addr, &tls::server_name(&id))
             .map_err(|e| Error::Unreachable(format!("cannot start connection: {e}")))?;
         let conn = match tokio::time::timeout(timeout, connecting).await {
             Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => {
-                forget();
-                return Err(connection_error(e));
-            }
-            Err(_) => {
-                forget();
-                return Err(Error::Unreachable("handshake timed out".into()));
-            }
+            Ok(Err(e)) => return Err(connection_error(e)),
+            Err(_) => return Err(Error::Unreachable("handshake timed out".into())),
         };
         self.stats.handshakes_out.fetch_add(1, Ordering::Relaxed);
         let watched = conn.clone();
         tokio::spawn(async move {
             watched.closed().await;
-            forget();
+            drop(listed);
             endpoint.wait_idle().await;
             drop(endpoint);
         });
@@ -546,6 +548,89 @@ impl Endpoint {
     }
 }
 
+/// An endpoint's place in [`Endpoint::extra`], given up on drop.
+struct Listed {
+    extra: Arc<Mutex<Option<HashMap<SocketAddr, quinn::Endpoint>>>>,
+    local: SocketAddr,
+}
+
+impl Drop for Listed {
+    fn drop(&mut self) {
+        if let Some(extra) = lock(&self.extra).as_mut() {
+            extra.remove(&self.local);
+        }
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn endpoint() -> Endpoint {
+        Endpoint::bind(
+            &Identity::generate(),
+            "127.0.0.1:0".parse().unwrap(),
+            &Limits::default(),
+            TransportSettings::default(),
+            Arc::new(Stats::default()),
+            Box::new(|_, _| {}),
+        )
+        .unwrap()
+    }
+
+    /// A silent UDP socket: handshakes to it never complete.
+    fn sink() -> (std::net::UdpSocket, SocketAddr) {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let a = s.local_addr().unwrap();
+        (s, a)
+    }
+
+    fn listed(e: &Endpoint) -> usize {
+        lock(&e.extra).as_ref().map_or(0, HashMap::len)
+    }
+
+    #[tokio::test]
+    async fn a_dropped_predicted_dial_gives_up_its_socket() {
+        let e = endpoint();
+        let (_sink, target) = sink();
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let local = socket.local_addr().unwrap();
+        let id = Identity::generate().id();
+        // Another path wins the race: this dial's future is dropped mid-handshake.
+        let raced = tokio::time::timeout(
+            Duration::from_millis(100),
+            e.connect_from(socket, id, target, Duration::from_secs(10)),
+        )
+        .await;
+        assert!(raced.is_err(), "the handshake cannot complete");
+        assert_eq!(listed(&e), 0, "the endpoint stayed listed");
+        // Its port is free again once quinn's driver let go of the socket.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while std::net::UdpSocket::bind(local).is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{local} still bound"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn no_predicted_dial_after_close() {
+        let e = endpoint();
+        e.close_all();
+        let (_sink, target) = sink();
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let id = Identity::generate().id();
+        let r = e
+            .connect_from(socket, id, target, Duration::from_secs(1))
+            .await;
+        assert!(matches!(r, Err(Error::Shutdown)), "{r:?}");
+        assert_eq!(listed(&e), 0);
+    }
 }
