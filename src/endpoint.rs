@@ -50,10 +50,13 @@ type OnConnection = Box<dyn Fn(NodeId, quinn::Connection) + Send + Sync>;
 const MAX_LEARNED: usize = 8;
 
 /// TLS alerts that mean "the peer's identity could not be verified".
-const IDENTITY_ALERTS: [u8; 6] = [
-    42,  // bad_certificate
+const IDENTITY_ALERTS: [u8; 9] = [
+    40,  // handshake_failure: no Ed25519 signature scheme in common
+    42,  // bad_certificate: not ed25519, a chain, a malformed certificate
     43,  // unsupported_certificate
+    45,  // certificate_expired (or not valid yet)
     46,  // certificate_unknown
+    48,  // unknown_ca
     49,  // access_denied: our verifier's "not the expected NodeId"
     51,  // decrypt_error: CertificateVerify signature not made by the certificate key
     116, // certificate_required
