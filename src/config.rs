@@ -23,6 +23,28 @@ pub struct Limits {
     pub handler_timeout: Duration,
     /// Time a caller has to send its request header once it opened a stream.
     pub header_timeout: Duration,
+    /// Time a caller has to send a buffered route's whole body, from its header on.
+    pub body_timeout: Duration,
+    /// Longest a stream may make no progress (a peer that stops reading a reply
+    /// or stops sending a streamed body) before it is given up.
+    pub stall_timeout: Duration,
+    /// Bytes of buffered request bodies held at once, over all peers (a
+    /// semaphore: readers wait for room until their body deadline).
+    pub max_buffered_bytes: usize,
+    /// ... of which one source address may hold (refused beyond: [`Status::Busy`](crate::wire::Status::Busy)).
+    pub buffered_per_addr: usize,
+    /// ... and one source prefix (IPv4 /24, IPv6 /64).
+    pub buffered_per_prefix: usize,
+    /// Incoming connections (and handshakes in progress) at once, in all.
+    pub max_connections: usize,
+    /// ... from one source address (an IPv6 /64 counts as one address).
+    pub max_connections_per_addr: usize,
+    /// ... from one source prefix (IPv4 /24, IPv6 /64... the same for IPv6).
+    pub max_connections_per_prefix: usize,
+    /// Incoming handshakes in progress at once; beyond this, a client whose
+    /// address is not validated yet is asked to retry (a stateless QUIC Retry
+    /// proves it owns its address), one that is validated is refused.
+    pub max_handshakes: usize,
 }
 
 impl Default for Limits {
@@ -34,6 +56,15 @@ impl Default for Limits {
             call_timeout: Duration::from_secs(30),
             handler_timeout: Duration::from_secs(60),
             header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            stall_timeout: Duration::from_secs(30),
+            max_buffered_bytes: 128 * 1024 * 1024,
+            buffered_per_addr: 32 * 1024 * 1024,
+            buffered_per_prefix: 64 * 1024 * 1024,
+            max_connections: 1024,
+            max_connections_per_addr: 16,
+            max_connections_per_prefix: 64,
+            max_handshakes: 128,
         }
     }
 }
@@ -52,6 +83,13 @@ pub struct TransportSettings {
     pub dial_stagger: Duration,
     /// Time limit of one connection attempt.
     pub connect_timeout: Duration,
+    /// Bytes a peer may send on one stream ahead of what the node has read
+    /// (QUIC stream flow-control window).
+    pub stream_receive_window: u32,
+    /// Bytes a peer may send on one connection, over all its streams, ahead of
+    /// what the node has read (QUIC connection flow-control window). With the
+    /// connection limits this bounds what peers can make the node buffer.
+    pub receive_window: u32,
 }
 
 impl Default for TransportSettings {
@@ -61,6 +99,8 @@ impl Default for TransportSettings {
             keep_alive: None,
             dial_stagger: Duration::from_millis(250),
             connect_timeout: Duration::from_secs(10),
+            stream_receive_window: 1_250_000,
+            receive_window: 4 * 1024 * 1024,
         }
     }
 }

@@ -93,7 +93,14 @@ pub fn transport_config(
     let mut t = quinn::TransportConfig::default();
     t.max_concurrent_bidi_streams(limits.max_concurrent_streams.into())
         .max_concurrent_uni_streams(0u32.into())
-        .keep_alive_interval(settings.keep_alive);
+        .keep_alive_interval(settings.keep_alive)
+        .stream_receive_window(settings.stream_receive_window.into())
+        .receive_window(
+            settings
+                .receive_window
+                .max(settings.stream_receive_window)
+                .into(),
+        );
     let idle = quinn::IdleTimeout::try_from(settings.idle_timeout)
         .unwrap_or_else(|_| quinn::IdleTimeout::from(quinn::VarInt::MAX));
     t.max_idle_timeout(Some(idle));
@@ -130,6 +137,13 @@ impl Endpoint {
         let transport = transport_config(limits, &settings);
         let mut server_config = quinn::ServerConfig::with_crypto(tls::server_crypto(identity)?);
         server_config.transport_config(transport.clone());
+        // Quinn's own queue of attempts the accept loop has not looked at yet,
+        // and what it buffers for them, stay small: admission decides quickly.
+        let queued = (limits.max_handshakes.max(1) * 2) as u64;
+        server_config
+            .max_incoming(queued as usize)
+            .incoming_buffer_size(64 * 1024)
+            .incoming_buffer_size_total(queued * 64 * 1024);
         let mut client_config = quinn::ClientConfig::new(tls::client_crypto(identity)?);
         client_config.transport_config(transport);
 

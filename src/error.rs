@@ -56,6 +56,10 @@ pub enum Error {
     /// Invalid configuration or argument (address syntax, TLS setup).
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// The peer (or this node) is at capacity for now: a budget shared with
+    /// other callers is in use. Retrying later may succeed.
+    #[error("busy: {0}")]
+    Busy(&'static str),
     /// The node has been shut down.
     #[error("node is shut down")]
     Shutdown,

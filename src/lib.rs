@@ -26,6 +26,8 @@
 #![warn(missing_docs)]
 
 mod addr;
+mod admission;
+mod budget;
 pub mod config;
 pub mod discovery;
 mod endpoint;
@@ -36,6 +38,7 @@ pub mod net;
 pub mod node;
 pub mod peers;
 mod router;
+pub mod source;
 mod stats;
 pub mod wire;
 

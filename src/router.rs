@@ -97,17 +97,33 @@ impl Body {
         self.len() == Some(0)
     }
 
-    /// Writes the body to a QUIC stream and finishes it.
-    pub(crate) async fn write_to(self, send: &mut quinn::SendStream) -> Result<()> {
+    /// Writes the body to a QUIC stream and finishes it. A peer that accepts
+    /// nothing for `stall` (it stopped reading, flow control holds the writes)
+    /// ends it with a timeout.
+    pub(crate) async fn write_to(
+        self,
+        send: &mut quinn::SendStream,
+        stall: std::time::Duration,
+    ) -> Result<()> {
+        async fn write(
+            send: &mut quinn::SendStream,
+            chunk: Bytes,
+            stall: std::time::Duration,
+        ) -> Result<()> {
+            match tokio::time::timeout(stall, send.write_chunk(chunk)).await {
+                Ok(r) => r.map_err(write_error),
+                Err(_) => Err(Error::Timeout("the peer stopped reading")),
+            }
+        }
         match self.0 {
             BodyKind::Bytes(b) => {
                 if !b.is_empty() {
-                    send.write_chunk(b).await.map_err(write_error)?;
+                    write(send, b, stall).await?;
                 }
             }
             BodyKind::Chunks(mut chunks) => {
                 while let Some(chunk) = chunks.next().await {
-                    send.write_chunk(chunk?).await.map_err(write_error)?;
+                    write(send, chunk?, stall).await?;
                 }
             }
             BodyKind::Reader(mut r) => {
@@ -121,9 +137,7 @@ impl Body {
                     if r.read_buf(&mut buf).await? == 0 {
                         break;
                     }
-                    send.write_chunk(buf.split().freeze())
-                        .await
-                        .map_err(write_error)?;
+                    write(send, buf.split().freeze(), stall).await?;
                 }
             }
         }
@@ -173,21 +187,71 @@ impl From<RecvBody> for Body {
     }
 }
 
-/// A body arriving from a peer, read as a stream.
-#[derive(Debug)]
+/// A body arriving from a peer, read as a stream. A peer that sends nothing
+/// for the node's stall timeout ([`Limits::stall_timeout`]) ends it with a
+/// timed-out error.
 pub struct RecvBody {
     stream: quinn::RecvStream,
+    stall: Option<Stall>,
+}
+
+struct Stall {
+    limit: std::time::Duration,
+    last_progress: tokio::time::Instant,
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl std::fmt::Debug for RecvBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecvBody")
+            .field("stream", &self.stream.id())
+            .finish()
+    }
 }
 
 impl RecvBody {
-    pub(crate) fn new(stream: quinn::RecvStream) -> Self {
-        RecvBody { stream }
+    pub(crate) fn new(stream: quinn::RecvStream, stall: Option<std::time::Duration>) -> Self {
+        let now = tokio::time::Instant::now();
+        RecvBody {
+            stream,
+            stall: stall.map(|limit| Stall {
+                limit,
+                last_progress: now,
+                timer: Box::pin(tokio::time::sleep_until(now + limit)),
+            }),
+        }
+    }
+
+    /// Without the stall timeout: for streams whose silence is legitimate
+    /// (a relay tunnel carrying an idle connection's packets).
+    pub fn without_stall_timeout(mut self) -> Self {
+        self.stall = None;
+        self
     }
 
     /// Reads the whole rest of the body, failing with [`Error::TooLarge`] past
     /// `limit` bytes.
     pub async fn bytes(mut self, limit: usize) -> Result<Bytes> {
-        read_to_end(&mut self.stream, limit, "body").await
+        use tokio::io::AsyncReadExt;
+        let mut out = Vec::new();
+        let n = (&mut self)
+            .take(limit as u64 + 1)
+            .read_to_end(&mut out)
+            .await
+            .map_err(|e| {
+                if e.kind() == std::io::ErrorKind::TimedOut {
+                    Error::Timeout("the peer stopped sending")
+                } else {
+                    Error::Unreachable(e.to_string())
+                }
+            })?;
+        if n > limit {
+            return Err(Error::TooLarge {
+                what: "body",
+                limit: limit as u64,
+            });
+        }
+        Ok(out.into())
     }
 }
 
@@ -197,7 +261,32 @@ impl AsyncRead for RecvBody {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        let this = &mut *self;
+        match Pin::new(&mut this.stream).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                if let Some(stall) = &mut this.stall {
+                    stall.last_progress = tokio::time::Instant::now();
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                let Some(stall) = &mut this.stall else {
+                    return Poll::Pending;
+                };
+                // The timer moves only when the stream waits, not on every read.
+                let due = stall.last_progress + stall.limit;
+                if stall.timer.deadline() != due {
+                    stall.timer.as_mut().reset(due);
+                }
+                match stall.timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the peer sent nothing for the stall timeout",
+                    ))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
     }
 }
 
@@ -353,15 +442,58 @@ impl Handler {
     }
 }
 
+/// A check run on a request once its header is read and before any of its
+/// body is: a rate limit, an allow list. An error refuses the request.
+pub(crate) type GuardFn = dyn Fn(&NodeId, std::net::SocketAddr) -> Result<()> + Send + Sync;
+
+/// A route: its handler, its own body limit, its guard.
+#[derive(Clone)]
+pub(crate) struct Route {
+    handler: Handler,
+    /// Largest buffered body; `None`: the node's [`Limits::max_body`].
+    max_body: Option<usize>,
+    guard: Option<Arc<GuardFn>>,
+}
+
 /// The table of routes of a node.
 #[derive(Clone, Default)]
 pub(crate) struct Router {
-    routes: HashMap<String, Handler>,
+    routes: HashMap<String, Route>,
+}
+
+/// What serving a request needs from the node.
+pub(crate) struct Serving<'a> {
+    pub(crate) limits: &'a Limits,
+    pub(crate) stats: &'a Stats,
+    pub(crate) budget: &'a Arc<crate::budget::BodyBudget>,
 }
 
 impl Router {
     pub(crate) fn insert(&mut self, name: &str, handler: Handler) {
-        self.routes.insert(name.to_string(), handler);
+        self.routes.insert(
+            name.to_string(),
+            Route {
+                handler,
+                max_body: None,
+                guard: None,
+            },
+        );
+    }
+
+    /// Sets a route's own body limit; false if there is no such route.
+    pub(crate) fn set_limit(&mut self, name: &str, max_body: usize) -> bool {
+        self.routes
+            .get_mut(name)
+            .map(|r| r.max_body = Some(max_body))
+            .is_some()
+    }
+
+    /// Sets a route's guard; false if there is no such route.
+    pub(crate) fn set_guard(&mut self, name: &str, guard: Arc<GuardFn>) -> bool {
+        self.routes
+            .get_mut(name)
+            .map(|r| r.guard = Some(guard))
+            .is_some()
     }
 
     /// Serves one request stream to its end. Never fails: every problem becomes a
@@ -372,9 +504,9 @@ impl Router {
         remote: std::net::SocketAddr,
         mut send: quinn::SendStream,
         mut recv: quinn::RecvStream,
-        limits: &Limits,
-        stats: &Stats,
+        ctx: &Serving<'_>,
     ) {
+        let (limits, stats) = (ctx.limits, ctx.stats);
         let header = tokio::time::timeout(
             limits.header_timeout,
             wire::read_frame::<RequestHeader, _>(&mut recv, limits.max_header),
@@ -395,51 +527,70 @@ impl Router {
                 return;
             }
         };
-        let Some(handler) = self.routes.get(&header.route) else {
+        let Some(route) = self.routes.get(&header.route) else {
             stats.no_route.fetch_add(1, Ordering::Relaxed);
             let _ = recv.stop(0u32.into());
             reply_status(&mut send, Status::NoSuchRoute, limits).await;
             return;
         };
-        let route = header.route;
-        let outcome = match handler {
+        if let Some(guard) = &route.guard {
+            if let Err(e) = guard(&peer, remote) {
+                stats.requests_refused.fetch_add(1, Ordering::Relaxed);
+                let _ = recv.stop(0u32.into());
+                reply_error(&mut send, &e, limits).await;
+                return;
+            }
+        }
+        let name = header.route;
+        let outcome = match &route.handler {
             Handler::Buffered(h) => {
-                if header.body_len.is_some_and(|n| n > limits.max_body as u64) {
+                let max_body = route.max_body.unwrap_or(limits.max_body);
+                if header.body_len.is_some_and(|n| n > max_body as u64) {
                     stats.too_large.fetch_add(1, Ordering::Relaxed);
                     let _ = recv.stop(0u32.into());
                     reply_status(
                         &mut send,
                         Status::TooLarge {
-                            limit: limits.max_body as u64,
+                            limit: max_body as u64,
                         },
                         limits,
                     )
                     .await;
                     return;
                 }
-                let body = match read_to_end(&mut recv, limits.max_body, "request body").await {
-                    Ok(b) => b,
-                    Err(e) => {
-                        if matches!(e, Error::TooLarge { .. }) {
-                            stats.too_large.fetch_add(1, Ordering::Relaxed);
+                let deadline = tokio::time::Instant::now() + limits.body_timeout;
+                let mut reservation = ctx.budget.reservation(remote.ip());
+                let body =
+                    match read_buffered(&mut recv, max_body, &mut reservation, deadline).await {
+                        Ok(b) => b,
+                        Err(e) => {
                             let _ = recv.stop(0u32.into());
+                            match e {
+                                Error::TooLarge { .. } => {
+                                    stats.too_large.fetch_add(1, Ordering::Relaxed)
+                                }
+                                Error::Busy(_) | Error::Timeout(_) => {
+                                    stats.requests_refused.fetch_add(1, Ordering::Relaxed)
+                                }
+                                _ => 0,
+                            };
+                            reply_error(&mut send, &e, limits).await;
+                            return;
                         }
-                        reply_error(&mut send, &e, limits).await;
-                        return;
-                    }
-                };
+                    };
                 let fut = h(Request {
                     peer,
                     remote,
-                    route,
+                    route: name,
                     body,
                 });
-                match tokio::time::timeout(
+                let outcome = tokio::time::timeout(
                     limits.handler_timeout,
                     AssertUnwindSafe(fut).catch_unwind(),
                 )
-                .await
-                {
+                .await;
+                drop(reservation);
+                match outcome {
                     Ok(outcome) => outcome,
                     Err(_) => {
                         reply_status(&mut send, Status::Timeout, limits).await;
@@ -451,8 +602,8 @@ impl Router {
                 let fut = h(StreamRequest {
                     peer,
                     remote,
-                    route,
-                    body: RecvBody::new(recv),
+                    route: name,
+                    body: RecvBody::new(recv, Some(limits.stall_timeout)),
                 });
                 AssertUnwindSafe(fut).catch_unwind().await
             }
@@ -461,7 +612,7 @@ impl Router {
             Ok(Ok(body)) => {
                 stats.calls_served.fetch_add(1, Ordering::Relaxed);
                 if write_status(&mut send, Status::Ok, limits).await.is_ok() {
-                    if let Err(e) = body.write_to(&mut send).await {
+                    if let Err(e) = body.write_to(&mut send, limits.stall_timeout).await {
                         tracing::debug!(peer = %peer.short(), error = %e, "reply body not delivered");
                         let _ = send.reset(1u32.into());
                     }
@@ -485,11 +636,51 @@ impl Router {
     }
 }
 
+/// Reads a buffered route's body: at most `limit` bytes, each reserved in the
+/// node's budget before it is kept, all of it before `deadline`.
+async fn read_buffered(
+    recv: &mut quinn::RecvStream,
+    limit: usize,
+    reservation: &mut crate::budget::Reservation,
+    deadline: tokio::time::Instant,
+) -> Result<Bytes> {
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut len = 0usize;
+    loop {
+        let chunk = tokio::time::timeout_at(deadline, recv.read_chunk(64 * 1024, true))
+            .await
+            .map_err(|_| Error::Timeout("request body"))?
+            .map_err(read_error)?;
+        let Some(chunk) = chunk else { break };
+        len += chunk.bytes.len();
+        if len > limit {
+            return Err(Error::TooLarge {
+                what: "request body",
+                limit: limit as u64,
+            });
+        }
+        reservation.grow(chunk.bytes.len(), deadline).await?;
+        chunks.push(chunk.bytes);
+    }
+    Ok(match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.pop().unwrap_or_default(),
+        _ => {
+            let mut all = BytesMut::with_capacity(len);
+            for c in chunks {
+                all.extend_from_slice(&c);
+            }
+            all.freeze()
+        }
+    })
+}
+
 fn status_of(e: &Error) -> Status {
     match e {
         Error::TooLarge { limit, .. } => Status::TooLarge { limit: *limit },
         Error::Malformed(m) => Status::Malformed(m.clone()),
         Error::Timeout(_) => Status::Timeout,
+        Error::Busy(_) => Status::Busy,
         Error::Handler(m) => Status::HandlerError(m.clone()),
         other => Status::HandlerError(other.to_string()),
     }
@@ -497,7 +688,10 @@ fn status_of(e: &Error) -> Status {
 
 async fn write_status(send: &mut quinn::SendStream, status: Status, limits: &Limits) -> Result<()> {
     let frame = wire::encode_frame(&ResponseHeader { status }, limits.max_header)?;
-    send.write_all(&frame).await.map_err(write_error)
+    tokio::time::timeout(limits.stall_timeout, send.write_all(&frame))
+        .await
+        .map_err(|_| Error::Timeout("the peer stopped reading"))?
+        .map_err(write_error)
 }
 
 async fn reply_status(send: &mut quinn::SendStream, status: Status, limits: &Limits) {

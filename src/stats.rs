@@ -45,6 +45,15 @@ counters! {
     no_route,
     /// Requests refused for their size.
     too_large,
+    /// Requests refused by a route's guard (rate limit) or for want of room in
+    /// the budget of buffered bodies, or whose body did not arrive in time.
+    requests_refused,
+    /// Incoming connections open now (a gauge, not a counter).
+    connections_in,
+    /// Incoming connections refused (over a per-source or total limit).
+    connections_refused,
+    /// Incoming handshakes asked to prove their address first (QUIC Retry).
+    handshakes_retried,
     /// Handlers that returned an error.
     handler_errors,
     /// Handlers that panicked (the node kept serving).

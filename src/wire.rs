@@ -53,6 +53,9 @@ pub enum Status {
     HandlerError(String),
     /// The callee gave up waiting (for the header, or for the handler).
     Timeout,
+    /// The callee is at capacity (its budget of buffered bodies is in use);
+    /// retrying later may succeed.
+    Busy,
 }
 
 /// First frame of every reply.
@@ -75,6 +78,7 @@ impl Status {
             Status::Malformed(m) => Error::Malformed(format!("remote says: {m}")),
             Status::HandlerError(m) => Error::Remote(m),
             Status::Timeout => Error::Timeout("remote handler"),
+            Status::Busy => Error::Busy("the peer is at capacity"),
         })
     }
 }

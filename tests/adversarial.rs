@@ -191,3 +191,92 @@ async fn assert_refused(server: &Node, key: Arc<rustls::sign::CertifiedKey>) {
     assert!(matches!(err, Error::IdentityMismatch(_)), "{err}");
     assert_eq!(server.stats().handshakes_in, 0);
 }
+
+/// A caller that sends a buffered route's header and then too little body (or
+/// none) is answered with a timeout once the body deadline passes: nothing it
+/// opened is held for ever.
+#[tokio::test]
+async fn a_body_that_never_arrives_times_out() {
+    let server = Node::builder()
+        .listen(loopback())
+        .limits(butter::Limits {
+            body_timeout: Duration::from_millis(300),
+            ..Default::default()
+        })
+        .route("sink", |req: butter::Request| async move {
+            Ok(req.body().len().to_string())
+        })
+        .spawn()
+        .await
+        .unwrap();
+    let conn = within(
+        10,
+        "connect",
+        raw_connect(&server, tls::client_crypto(&Identity::generate()).unwrap()),
+    )
+    .await
+    .unwrap();
+    for sent in [0usize, 100] {
+        let header = RequestHeader {
+            route: "sink".into(),
+            flags: 0,
+            body_len: Some(1000),
+        };
+        let mut bytes = wire::encode_frame(&header, MAX_HEADER).unwrap();
+        bytes.extend(std::iter::repeat_n(1u8, sent));
+        let status = send_raw(&conn, &bytes, false).await;
+        assert_eq!(status, Status::Timeout, "after {sent} body bytes");
+    }
+    assert!(server.stats().requests_refused >= 2, "{:?}", server.stats());
+}
+
+/// A caller that never reads its reply does not hold the server's reply (and
+/// the handler's buffer) for ever: after the stall timeout the stream is reset.
+#[tokio::test]
+async fn a_reply_nobody_reads_is_given_up() {
+    let server = Node::builder()
+        .listen(loopback())
+        .limits(butter::Limits {
+            stall_timeout: Duration::from_millis(300),
+            ..Default::default()
+        })
+        .route("big", |_req: butter::Request| async move {
+            Ok(vec![9u8; 8 * 1024 * 1024])
+        })
+        .spawn()
+        .await
+        .unwrap();
+    let conn = within(
+        10,
+        "connect",
+        raw_connect(&server, tls::client_crypto(&Identity::generate()).unwrap()),
+    )
+    .await
+    .unwrap();
+    let header = RequestHeader {
+        route: "big".into(),
+        flags: 0,
+        body_len: Some(0),
+    };
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&wire::encode_frame(&header, MAX_HEADER).unwrap())
+        .await
+        .unwrap();
+    send.finish().unwrap();
+    // Not reading: the server's writes stall on flow control.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let read = within(
+        10,
+        "read after the stall",
+        recv.read_to_end(16 * 1024 * 1024),
+    )
+    .await;
+    assert!(
+        matches!(
+            read,
+            Err(quinn::ReadToEndError::Read(quinn::ReadError::Reset(_)))
+        ),
+        "the stalled reply was not reset: {:?}",
+        read.map(|v| v.len())
+    );
+}

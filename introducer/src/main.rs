@@ -57,6 +57,34 @@ struct Args {
     /// Relay tunnels open at once per peer.
     #[arg(long, env = "BUTTER_INTRODUCER_RELAY_PER_PEER", default_value_t = 8)]
     relay_per_peer: usize,
+    /// Relay tunnels open at once per source address (twice that per /24 or /64).
+    #[arg(long, env = "BUTTER_INTRODUCER_RELAY_PER_SOURCE", default_value_t = 32)]
+    relay_per_source: usize,
+    /// Seconds a tunnel direction may carry nothing before the tunnel ends.
+    #[arg(long, env = "BUTTER_INTRODUCER_RELAY_IDLE_SECS", default_value_t = 60)]
+    relay_idle_secs: u64,
+    /// Seconds a tunnel lives at most.
+    #[arg(
+        long,
+        env = "BUTTER_INTRODUCER_RELAY_LIFETIME_SECS",
+        default_value_t = 3600
+    )]
+    relay_lifetime_secs: u64,
+    /// Incoming connections at once, in all.
+    #[arg(
+        long,
+        env = "BUTTER_INTRODUCER_MAX_CONNECTIONS",
+        default_value_t = 16384
+    )]
+    max_connections: usize,
+    /// Incoming connections at once from one address (many nodes may share
+    /// one behind a carrier-grade NAT); four times that per /24 or /64.
+    #[arg(
+        long,
+        env = "BUTTER_INTRODUCER_MAX_CONNECTIONS_PER_ADDR",
+        default_value_t = 64
+    )]
+    max_connections_per_addr: usize,
     /// Relay bandwidth per tunnel and direction, KiB/s.
     #[arg(long, env = "BUTTER_INTRODUCER_RELAY_KIB_S", default_value_t = 32 * 1024)]
     relay_kib_s: u64,
@@ -83,7 +111,16 @@ async fn main() -> anyhow::Result<()> {
         relay_max: args.relay_max,
         relay_per_peer: args.relay_per_peer,
         relay_rate: args.relay_kib_s.saturating_mul(1024),
+        relay_per_source: args.relay_per_source,
+        relay_idle: Duration::from_secs(args.relay_idle_secs.max(1)),
+        relay_lifetime: Duration::from_secs(args.relay_lifetime_secs.max(1)),
     });
+    let limits = butter::Limits {
+        max_connections: args.max_connections,
+        max_connections_per_addr: args.max_connections_per_addr,
+        max_connections_per_prefix: args.max_connections_per_addr.saturating_mul(4),
+        ..Default::default()
+    };
     let membership = MembershipSettings {
         introducer: true,
         ..Default::default()
@@ -92,6 +129,7 @@ async fn main() -> anyhow::Result<()> {
         .listen(args.listen)
         .data_dir(&args.data_dir)
         .lan_discovery(false)
+        .limits(limits)
         // A public service: nothing to map, and no business with the LAN's gateway.
         .nat(butter::NatSettings {
             upnp: butter::UpnpSettings {

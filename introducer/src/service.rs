@@ -35,8 +35,23 @@ pub struct Config {
     pub relay_max: usize,
     /// Relay tunnels open at once per peer.
     pub relay_per_peer: usize,
+    /// Relay tunnels open at once per source address (and twice that per
+    /// source prefix, /24 or /64): identities are free, addresses are not.
+    pub relay_per_source: usize,
+    /// A tunnel direction that carries nothing for this long ends the tunnel.
+    pub relay_idle: Duration,
+    /// A tunnel ends after this long whatever it carries (the peers then open
+    /// another, or have found a direct path long before).
+    pub relay_lifetime: Duration,
     /// Bytes per second per tunnel and direction.
     pub relay_rate: u64,
+}
+
+/// Open tunnels, counted per peer and per source.
+struct Relays {
+    per_peer: std::collections::HashMap<NodeId, usize>,
+    per_source: butter::source::SourceCounts,
+    total: usize,
 }
 
 #[derive(Default)]
@@ -53,8 +68,8 @@ struct Counters {
 struct State {
     config: Config,
     registry: Mutex<Registry>,
-    limiter: Mutex<RateLimiter>,
-    relays: Mutex<std::collections::HashMap<NodeId, usize>>,
+    limiter: RateLimiter,
+    relays: Mutex<Relays>,
     counters: Counters,
     node: OnceLock<Node>,
 }
@@ -75,7 +90,7 @@ impl State {
     }
 
     fn admit(&self, source: IpAddr) -> Result<(), Error> {
-        if lock(&self.limiter).allow(source, Instant::now()) {
+        if self.limiter.allow(source) {
             Ok(())
         } else {
             self.counters.rejected.fetch_add(1, Ordering::Relaxed);
@@ -93,7 +108,7 @@ impl State {
             punches_tried: c.punches_tried.load(Ordering::Relaxed),
             punches_succeeded: c.punches_succeeded.load(Ordering::Relaxed),
             relays_opened: c.relays_opened.load(Ordering::Relaxed),
-            relays_active: lock(&self.relays).values().sum::<usize>() as u64,
+            relays_active: lock(&self.relays).total as u64,
             relayed_bytes: c.relayed_bytes.load(Ordering::Relaxed),
             rejected: c.rejected.load(Ordering::Relaxed),
             udp_garbage: node.udp_garbage,
@@ -106,22 +121,36 @@ impl State {
 struct TunnelSlot {
     state: Arc<State>,
     peer: NodeId,
+    source: IpAddr,
+    /// The tunnel ends at this instant whatever it carries.
+    ends: tokio::time::Instant,
 }
 
 impl TunnelSlot {
-    fn take(state: &Arc<State>, peer: NodeId) -> Result<Arc<Self>, Error> {
+    fn take(state: &Arc<State>, peer: NodeId, source: IpAddr) -> Result<Arc<Self>, Error> {
         let mut relays = lock(&state.relays);
-        let total: usize = relays.values().sum();
-        let mine = relays.get(&peer).copied().unwrap_or(0);
-        if total >= state.config.relay_max || mine >= state.config.relay_per_peer {
+        let mine = relays.per_peer.get(&peer).copied().unwrap_or(0);
+        let refused = if relays.total >= state.config.relay_max {
+            Some("relay capacity reached")
+        } else if mine >= state.config.relay_per_peer {
+            Some("relay capacity for this peer reached")
+        } else if !relays.per_source.try_add(source, 1) {
+            Some("relay capacity for this address reached")
+        } else {
+            None
+        };
+        if let Some(why) = refused {
             state.counters.rejected.fetch_add(1, Ordering::Relaxed);
-            return Err(Error::handler("relay capacity reached"));
+            return Err(Error::handler(why));
         }
-        *relays.entry(peer).or_default() += 1;
+        *relays.per_peer.entry(peer).or_default() += 1;
+        relays.total += 1;
         state.counters.relays_opened.fetch_add(1, Ordering::Relaxed);
         Ok(Arc::new(TunnelSlot {
             state: state.clone(),
             peer,
+            source,
+            ends: tokio::time::Instant::now() + state.config.relay_lifetime,
         }))
     }
 }
@@ -129,29 +158,44 @@ impl TunnelSlot {
 impl Drop for TunnelSlot {
     fn drop(&mut self) {
         let mut relays = lock(&self.state.relays);
-        if let Some(n) = relays.get_mut(&self.peer) {
+        relays.total -= 1;
+        relays.per_source.remove(self.source, 1);
+        if let Some(n) = relays.per_peer.get_mut(&self.peer) {
             *n -= 1;
             if *n == 0 {
-                relays.remove(&self.peer);
+                relays.per_peer.remove(&self.peer);
             }
         }
     }
 }
 
+/// Buffer space one tunnel direction reads into; a read takes what arrived
+/// (a QUIC packet is ~1.2 KiB), so one block serves many packets.
+const PIPE_BLOCK: usize = 64 * 1024;
+
 /// Moves one direction of a tunnel: opaque bytes, counted and paced. The relay
-/// does not parse them; they are QUIC packets encrypted end to end.
+/// does not parse them; they are QUIC packets encrypted end to end. Ends when
+/// the reader ends, after the idle limit without bytes, or at the tunnel's end
+/// of life.
 fn pipe(
     reader: impl AsyncRead + Send + Unpin + 'static,
     slot: Arc<TunnelSlot>,
 ) -> impl Stream<Item = std::io::Result<Bytes>> + Send + 'static {
     let pacer = Pacer::new(slot.state.config.relay_rate);
+    let buf = BytesMut::with_capacity(PIPE_BLOCK);
     futures_util::stream::unfold(
-        (reader, pacer, slot),
-        |(mut r, mut pacer, slot)| async move {
-            let mut buf = BytesMut::with_capacity(64 * 1024);
-            match r.read_buf(&mut buf).await {
-                Ok(0) => None,
-                Ok(n) => {
+        (reader, pacer, slot, buf),
+        |(mut r, mut pacer, slot, mut buf)| async move {
+            // Reuses the block's free space; a new block only once the old
+            // one is used up (its pieces go as quinn sends them).
+            if buf.capacity() - buf.len() < 2048 {
+                buf = BytesMut::with_capacity(PIPE_BLOCK);
+            }
+            let idle = tokio::time::Instant::now() + slot.state.config.relay_idle;
+            let read = tokio::time::timeout_at(idle.min(slot.ends), r.read_buf(&mut buf)).await;
+            match read {
+                Ok(Ok(0)) | Err(_) => None,
+                Ok(Ok(n)) => {
                     slot.state
                         .counters
                         .relayed_bytes
@@ -160,9 +204,10 @@ fn pipe(
                     if !wait.is_zero() {
                         tokio::time::sleep(wait).await;
                     }
-                    Some((Ok(buf.freeze()), (r, pacer, slot)))
+                    let chunk = buf.split().freeze();
+                    Some((Ok(chunk), (r, pacer, slot, buf)))
                 }
-                Err(e) => Some((Err(e), (r, pacer, slot))),
+                Ok(Err(e)) => Some((Err(e), (r, pacer, slot, buf))),
             }
         },
     )
@@ -176,18 +221,30 @@ fn pipe(
     })
 }
 
+/// The routes' body limits: every request is small (addresses, an id).
+const SMALL_BODY: usize = 4096;
+
 impl Introducer {
     /// Adds the introducer's routes to a node builder; start the node, then
     /// call [`Introducer::attach`].
     pub fn new(config: Config) -> Self {
         let registry = Registry::new(config.max_registrations, config.max_per_source, config.ttl);
         let limiter = RateLimiter::new(config.rate, config.burst, 100_000);
+        let relays = Relays {
+            per_peer: Default::default(),
+            per_source: butter::source::SourceCounts::new(
+                config.relay_per_source as u64,
+                config.relay_per_source as u64 * 2,
+                config.relay_max.max(1),
+            ),
+            total: 0,
+        };
         Introducer {
             state: Arc::new(State {
                 config,
                 registry: Mutex::new(registry),
-                limiter: Mutex::new(limiter),
-                relays: Default::default(),
+                limiter,
+                relays: Mutex::new(relays),
                 counters: Default::default(),
                 node: OnceLock::new(),
             }),
@@ -202,7 +259,6 @@ impl Introducer {
             move |peer, remote: SocketAddr, req: Register| {
                 let s = s.clone();
                 async move {
-                    s.admit(remote.ip())?;
                     let mut registry = lock(&s.registry);
                     registry
                         .register(peer, remote, req.addrs, Instant::now())
@@ -225,7 +281,6 @@ impl Introducer {
             move |peer, remote: SocketAddr, req: Introduce| {
                 let s = s.clone();
                 async move {
-                    s.admit(remote.ip())?;
                     let max = req.max.min(MAX_INTRODUCTIONS) as usize;
                     let peers = lock(&s.registry).sample(&peer, remote.ip(), max, Instant::now());
                     s.counters.introductions.fetch_add(1, Ordering::Relaxed);
@@ -237,7 +292,6 @@ impl Introducer {
         let builder = builder.platform_route(CONNECT_ROUTE, move |peer, remote: SocketAddr, req: Connect| {
             let s = s.clone();
             async move {
-                s.admit(remote.ip())?;
                 let target = lock(&s.registry)
                     .get(&req.target, Instant::now())
                     .map(|r| r.candidates(req.target))
@@ -264,10 +318,9 @@ impl Introducer {
         let s = self.state.clone();
         let builder = builder.platform_route(
             REPORT_ROUTE,
-            move |_peer, remote: SocketAddr, req: PunchReport| {
+            move |_peer, _remote: SocketAddr, req: PunchReport| {
                 let s = s.clone();
                 async move {
-                    s.admit(remote.ip())?;
                     if req.succeeded {
                         s.counters.punches_succeeded.fetch_add(1, Ordering::Relaxed);
                     }
@@ -284,10 +337,27 @@ impl Introducer {
             },
         );
         let s = self.state.clone();
-        builder.platform_stream_route(RELAY_ROUTE, move |req: StreamRequest| {
+        let mut builder = builder.platform_stream_route(RELAY_ROUTE, move |req: StreamRequest| {
             let s = s.clone();
             async move { relay(s, req).await }
-        })
+        });
+        // Every request is rate limited per source before any of its body is
+        // read; buffered ones are small.
+        for route in [
+            REGISTER_ROUTE,
+            INTRODUCE_ROUTE,
+            CONNECT_ROUTE,
+            REPORT_ROUTE,
+            INTRO_STATS_ROUTE,
+            RELAY_ROUTE,
+        ] {
+            let s = self.state.clone();
+            builder = builder.platform_guard(route, move |_peer, remote| s.admit(remote.ip()));
+            if route != RELAY_ROUTE {
+                builder = builder.body_limit(route, SMALL_BODY);
+            }
+        }
+        builder
     }
 
     /// Gives the service its running node (needed to call registered nodes).
@@ -306,10 +376,17 @@ impl Introducer {
     }
 }
 
-async fn relay(s: Arc<State>, mut req: StreamRequest) -> Result<Body, Error> {
-    s.admit(req.remote_addr().ip())?;
+async fn relay(s: Arc<State>, req: StreamRequest) -> Result<Body, Error> {
     let from = req.peer();
-    let open: RelayOpen = wire::read_frame(&mut req.body, MAX_HEADER).await?;
+    let source = req.remote_addr().ip();
+    // The tunnel's silence is bounded by its own idle limit, not the node's.
+    let mut body = req.body.without_stall_timeout();
+    let open: RelayOpen = tokio::time::timeout(
+        Duration::from_secs(5),
+        wire::read_frame(&mut body, MAX_HEADER),
+    )
+    .await
+    .map_err(|_| Error::Timeout("relay open"))??;
     if open.target == from
         || lock(&s.registry)
             .get(&open.target, Instant::now())
@@ -320,13 +397,17 @@ async fn relay(s: Arc<State>, mut req: StreamRequest) -> Result<Body, Error> {
             open.target.short()
         )));
     }
-    let slot = TunnelSlot::take(&s, from)?;
+    let slot = TunnelSlot::take(&s, from, source)?;
     let hello = Bytes::from(wire::encode_frame(&RelayIn { from }, MAX_HEADER)?);
-    let up = futures_util::stream::iter([Ok(hello)]).chain(pipe(req.body, slot.clone()));
-    let down = s
-        .node()?
-        .call_stream(open.target, RELAY_IN_ROUTE, Body::from_stream(up))
-        .await?;
+    let up = futures_util::stream::iter([Ok(hello)]).chain(pipe(body, slot.clone()));
+    let down = tokio::time::timeout(
+        Duration::from_secs(5),
+        s.node()?
+            .call_stream(open.target, RELAY_IN_ROUTE, Body::from_stream(up)),
+    )
+    .await
+    .map_err(|_| Error::Timeout("the relay target did not answer"))??
+    .without_stall_timeout();
     tracing::info!(from = %from.short(), to = %open.target.short(), "relay tunnel open");
     Ok(Body::from_stream(pipe(down, slot)))
 }

@@ -20,6 +20,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::addr::{NodeAddr, Target};
+use crate::admission::Verdict;
 use crate::config::{Limits, TransportSettings};
 use crate::discovery::DiscoverySettings;
 use crate::endpoint::{connection_error, Endpoint};
@@ -229,6 +230,46 @@ impl NodeBuilder {
         self
     }
 
+    /// Sets the largest body a buffered (or typed) route already registered
+    /// takes, instead of [`Limits::max_body`]: a route that expects a small
+    /// request says so, and larger ones are refused before they are read.
+    ///
+    /// ```
+    /// # async fn run() -> butter::Result<()> {
+    /// let node = butter::Node::builder()
+    ///     .listen("127.0.0.1:0".parse().unwrap())
+    ///     .typed_route("add", |_peer, (a, b): (u32, u32)| async move { Ok(a + b) })
+    ///     .body_limit("add", 64)
+    ///     .spawn()
+    ///     .await?;
+    /// let too_big = node.call(node.addr(), "add", vec![0u8; 65]).await;
+    /// assert!(matches!(too_big, Err(butter::Error::TooLarge { limit: 64, .. })));
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+    /// ```
+    pub fn body_limit(mut self, route: &str, max_body: usize) -> Self {
+        if !self.router.set_limit(route, max_body) {
+            self.error
+                .get_or_insert(Error::Config(format!("body_limit: no route {route:?}")));
+        }
+        self
+    }
+
+    /// Runs `guard` on every request to `route` once its header is read and
+    /// before its body is: an error refuses the request (the caller gets it as
+    /// a remote error). For Butter's own services (rate limits per source).
+    #[doc(hidden)]
+    pub fn platform_guard<G>(mut self, route: &str, guard: G) -> Self
+    where
+        G: Fn(&NodeId, SocketAddr) -> Result<()> + Send + Sync + 'static,
+    {
+        if !self.router.set_guard(route, Arc::new(guard)) {
+            self.error
+                .get_or_insert(Error::Config(format!("guard: no route {route:?}")));
+        }
+        self
+    }
+
     /// Replaces all limits at once.
     pub fn limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
@@ -409,6 +450,7 @@ impl NodeBuilder {
                 }
             }),
         );
+        router.set_limit(PING_ROUTE, 1024);
         let m = members.clone();
         router.insert(
             PEERS_ROUTE,
@@ -417,6 +459,7 @@ impl NodeBuilder {
                 async move { Ok(m.sample(req.max as usize, &peer)) }
             }),
         );
+        router.set_limit(PEERS_ROUTE, 64);
         let st = stats.clone();
         router.insert(
             STATS_ROUTE,
@@ -427,11 +470,13 @@ impl NodeBuilder {
         );
         // Connections (dialed or accepted) are served by tasks that need the node's
         // shared state, which does not exist yet while the endpoint is built.
+        router.set_limit(STATS_ROUTE, 64);
         let weak_shared: Arc<OnceLock<Weak<Shared>>> = Arc::default();
         router.insert(
             crate::nat::protocol::PUNCH_ROUTE,
             reach::punch_route(weak_shared.clone()),
         );
+        router.set_limit(crate::nat::protocol::PUNCH_ROUTE, 4096);
         router.insert(
             crate::nat::protocol::RELAY_IN_ROUTE,
             reach::relay_in_route(weak_shared.clone()),
@@ -466,9 +511,17 @@ impl NodeBuilder {
         } else {
             None
         };
+        let budget = crate::budget::BodyBudget::new(
+            self.limits.max_buffered_bytes,
+            self.limits.buffered_per_addr,
+            self.limits.buffered_per_prefix,
+        );
+        let admission = crate::admission::Admission::new(&self.limits);
         let shared = Arc::new(Shared {
             endpoint,
             router,
+            budget,
+            admission,
             limits: self.limits,
             stats,
             identity,
@@ -534,6 +587,8 @@ impl NodeBuilder {
 struct Shared {
     endpoint: Endpoint,
     router: Router,
+    budget: Arc<crate::budget::BodyBudget>,
+    admission: Arc<crate::admission::Admission>,
     limits: Limits,
     stats: Arc<Stats>,
     identity: Identity,
@@ -578,14 +633,57 @@ async fn accept_loop(endpoint: quinn::Endpoint, shared: Weak<Shared>) {
         let Some(shared) = shared.upgrade() else {
             break;
         };
+        let remote = incoming.remote_address();
+        // Relay tunnels come only from this node's introducers (bounded there);
+        // every other source is counted before any cryptography is spent.
+        let slot = if crate::net::is_virtual(remote) {
+            None
+        } else {
+            match shared
+                .admission
+                .consider(remote.ip(), incoming.remote_address_validated())
+            {
+                Verdict::Accept(slot) => Some(slot),
+                Verdict::Retry => {
+                    shared
+                        .stats
+                        .handshakes_retried
+                        .fetch_add(1, Ordering::Relaxed);
+                    if let Err(e) = incoming.retry() {
+                        e.into_incoming().refuse();
+                    }
+                    continue;
+                }
+                Verdict::Refuse => {
+                    shared
+                        .stats
+                        .connections_refused
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%remote, "incoming connection refused: over a limit");
+                    incoming.refuse();
+                    continue;
+                }
+            }
+        };
         tokio::spawn(async move {
-            let remote = incoming.remote_address();
-            match incoming.await {
+            let mut slot = slot;
+            let outcome = incoming.await;
+            if let Some(s) = &mut slot {
+                s.handshake_done();
+            }
+            match outcome {
                 Ok(conn) => match tls::peer_id(&conn) {
                     Some(peer) => {
                         shared.stats.handshakes_in.fetch_add(1, Ordering::Relaxed);
                         tracing::debug!(peer = %peer.short(), %remote, "accepted connection");
-                        shared.endpoint.register_incoming(peer, conn);
+                        shared.endpoint.register_incoming(peer, conn.clone());
+                        let stats = shared.stats.clone();
+                        drop(shared);
+                        // The slot is held as long as the connection lives.
+                        stats.connections_in.fetch_add(1, Ordering::Relaxed);
+                        conn.closed().await;
+                        stats.connections_in.fetch_sub(1, Ordering::Relaxed);
+                        drop(slot);
                     }
                     None => conn.close(1u32.into(), b"no peer identity"),
                 },
@@ -609,10 +707,12 @@ async fn serve_connection(shared: Arc<Shared>, peer: NodeId, conn: quinn::Connec
                 let shared = shared.clone();
                 let remote = conn.remote_address();
                 tokio::spawn(async move {
-                    shared
-                        .router
-                        .serve(peer, remote, send, recv, &shared.limits, &shared.stats)
-                        .await
+                    let ctx = router::Serving {
+                        limits: &shared.limits,
+                        stats: &shared.stats,
+                        budget: &shared.budget,
+                    };
+                    shared.router.serve(peer, remote, send, recv, &ctx).await
                 });
             }
             Err(e) => {
@@ -838,13 +938,14 @@ impl Node {
         send.write_all(&frame).await.map_err(router::write_error)?;
         if body.len().is_some() {
             // A refusal (the callee stopped reading) is reported by the reply status.
-            match body.write_to(&mut send).await {
+            match body.write_to(&mut send, limits.stall_timeout).await {
                 Ok(()) | Err(Error::Remote(_)) => Ok((recv, None)),
                 Err(e) => Err(e),
             }
         } else {
             // Streams upload while the caller waits for (and reads) the reply.
-            let writer = tokio::spawn(async move { body.write_to(&mut send).await });
+            let stall = limits.stall_timeout;
+            let writer = tokio::spawn(async move { body.write_to(&mut send, stall).await });
             Ok((recv, Some(writer)))
         }
     }
@@ -912,11 +1013,22 @@ impl Node {
         body: impl Into<Body>,
     ) -> Result<RecvBody> {
         let target = target.into();
-        let (mut recv, writer) = self.send_request(&target, route, body.into()).await?;
-        // The upload may legitimately take long; only the wait for a stalled peer
-        // is bounded, by the connection's idle timeout.
-        match Self::read_status(&mut recv, route).await {
-            Ok(()) => Ok(RecvBody::new(recv)),
+        let limits = &self.shared().limits;
+        let call = async {
+            let (mut recv, writer) = self.send_request(&target, route, body.into()).await?;
+            // The upload may legitimately take long (the handler may answer
+            // only once it read everything); a peer that stops reading it is
+            // caught by the stall timeout, one that never answers by the
+            // call timeout.
+            let status =
+                tokio::time::timeout(limits.call_timeout, Self::read_status(&mut recv, route))
+                    .await
+                    .unwrap_or(Err(Error::Timeout("reply header")));
+            Ok::<_, Error>((recv, writer, status))
+        };
+        let (recv, writer, status) = call.await?;
+        match status {
+            Ok(()) => Ok(RecvBody::new(recv, Some(limits.stall_timeout))),
             Err(e) => {
                 if let Some(w) = writer {
                     w.abort();

@@ -300,7 +300,12 @@ impl Node {
             .call_stream(intro.clone(), RELAY_ROUTE, outgoing)
             .await?;
         let socket = shared.endpoint.socket.clone();
-        tokio::spawn(relay::pump_in(socket, addr, incoming));
+        // The tunnel is as quiet as the connection it carries.
+        tokio::spawn(relay::pump_in(
+            socket,
+            addr,
+            incoming.without_stall_timeout(),
+        ));
         match shared
             .endpoint
             .connect_once(id, addr, shared.endpoint.connect_timeout())
@@ -431,13 +436,18 @@ pub(super) fn relay_in_route(weak: Arc<OnceLock<Weak<Shared>>>) -> Handler {
         async move {
             let shared = shared.ok_or(Error::Shutdown)?;
             from_introducer(&shared, &req.peer())?;
-            let hello: RelayIn = wire::read_frame(&mut req.body, MAX_HEADER).await?;
+            let hello: RelayIn = tokio::time::timeout(
+                shared.limits.header_timeout,
+                wire::read_frame(&mut req.body, MAX_HEADER),
+            )
+            .await
+            .map_err(|_| Error::Timeout("relay hello"))??;
             tracing::debug!(from = %hello.from.short(), via = %req.peer().short(), "relay tunnel in");
             let (addr, outgoing) = relay::attach(&shared.endpoint.socket, None);
             tokio::spawn(relay::pump_in(
                 shared.endpoint.socket.clone(),
                 addr,
-                req.body,
+                req.body.without_stall_timeout(),
             ));
             Ok::<Body, Error>(outgoing)
         }
