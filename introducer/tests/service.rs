@@ -274,3 +274,70 @@ async fn garbage_and_a_registration_flood_do_not_stop_the_service() {
     println!("introducer RSS {before} KiB before the flood, {after} KiB after; {f:?}");
     assert!(after < 200 * 1024, "introducer RSS grew to {after} KiB");
 }
+
+/// Opens a relay tunnel to `target` through the introducer and holds it open
+/// (the upload never ends); `Ok` once the introducer connected it.
+async fn hold_tunnel(
+    node: &Node,
+    intro: &Intro,
+    target: butter::NodeId,
+) -> butter::Result<butter::RecvBody> {
+    let open = butter::wire::encode_frame(&RelayOpen { target }, butter::wire::MAX_HEADER)?;
+    use futures_util::StreamExt as _;
+    let upload = futures_util::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(open))])
+        .chain(futures_util::stream::pending());
+    node.call_stream(
+        intro.addr.clone(),
+        RELAY_ROUTE,
+        butter::Body::from_stream(upload),
+    )
+    .await
+}
+
+/// Identities are free: dozens of them from one address (paced under the
+/// rate limit, here lifted) hold only that address's share of the relay, and a
+/// peer from elsewhere still gets a tunnel.
+#[tokio::test]
+async fn relay_slots_are_shared_per_source_address() {
+    let intro = introducer(&["--rate", "10000", "--burst", "10000"]).await;
+    let target = Node::builder()
+        .listen("127.0.0.1:0".parse().unwrap())
+        .introducer(intro.addr.clone())
+        .spawn()
+        .await
+        .unwrap();
+    within(10, "target registers", async {
+        while target.reflexive_addrs().is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let mut held = Vec::new();
+    let mut refused = 0;
+    let mut attackers = Vec::new();
+    for _ in 0..40 {
+        let n = node_at("127.0.0.1").await;
+        for _ in 0..8 {
+            match within(10, "tunnel", hold_tunnel(&n, &intro, target.id())).await {
+                Ok(t) => held.push(t),
+                Err(_) => refused += 1,
+            }
+        }
+        attackers.push(n);
+    }
+    let f = figures(&attackers[0], &intro).await;
+    println!(
+        "relay: 40 identities from one address held {} tunnels, {} refused; {} active in all",
+        held.len(),
+        refused,
+        f.relays_active
+    );
+    assert!(held.len() <= 32, "one address holds {} tunnels", held.len());
+    assert_eq!(held.len() + refused, 320);
+    // Another address (its own share) still gets one.
+    let newcomer = node_at("127.0.0.2").await;
+    let tunnel = within(10, "newcomer's tunnel", hold_tunnel(&newcomer, &intro, target.id()))
+        .await
+        .expect("a peer from another address gets a tunnel");
+    drop((tunnel, held));
+}
