@@ -45,6 +45,11 @@ pub struct Limits {
     /// address is not validated yet is asked to retry (a stateless QUIC Retry
     /// proves it owns its address), one that is validated is refused.
     pub max_handshakes: usize,
+    /// STUN binding requests answered per second per source address (twice
+    /// that at once): a node is no reflector for spoofed requests.
+    pub stun_per_source: f64,
+    /// ... and in all.
+    pub stun_total: f64,
 }
 
 impl Default for Limits {
@@ -65,6 +70,8 @@ impl Default for Limits {
             max_connections_per_addr: 16,
             max_connections_per_prefix: 64,
             max_handshakes: 128,
+            stun_per_source: 10.0,
+            stun_total: 1000.0,
         }
     }
 }

@@ -46,6 +46,12 @@ impl SlotInner {
 type Slot = Arc<SlotInner>;
 type OnConnection = Box<dyn Fn(NodeId, quinn::Connection) + Send + Sync>;
 
+/// Nodes whose addresses the address book keeps.
+const ADDRESS_BOOK: usize = 4096;
+
+/// Addresses kept per node.
+const ADDRS_PER_NODE: usize = 8;
+
 /// Peer-reflexive addresses one dial may add.
 const MAX_LEARNED: usize = 8;
 
@@ -112,7 +118,9 @@ pub(crate) struct Endpoint {
     pub(crate) socket: Arc<DemuxSocket>,
     client_config: quinn::ClientConfig,
     conns: Arc<Mutex<HashMap<NodeId, Slot>>>,
-    addrs: Mutex<HashMap<NodeId, Vec<SocketAddr>>>,
+    /// Where nodes were reached (a handshake proved the key there) or where
+    /// the application said they are; bounded, least recently used goes.
+    addrs: Mutex<lru::LruCache<NodeId, Vec<SocketAddr>>>,
     settings: TransportSettings,
     stats: Arc<Stats>,
     on_connection: OnConnection,
@@ -166,7 +174,9 @@ impl Endpoint {
             socket,
             client_config,
             conns: Default::default(),
-            addrs: Default::default(),
+            addrs: Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(ADDRESS_BOOK).unwrap_or(std::num::NonZeroUsize::MIN),
+            )),
             settings,
             stats,
             on_connection,
@@ -201,15 +211,17 @@ impl Endpoint {
     }
 
     /// Remembers where a node can be reached (most recently confirmed first).
+    /// Only for addresses a handshake proved, or that the application gave:
+    /// what a peer merely claims (a beacon, an exchange) is dialed, never kept.
     pub(crate) fn learn(&self, addr: &NodeAddr) {
         let mut book = lock(&self.addrs);
-        let known = book.entry(addr.id).or_default();
+        let known = book.get_or_insert_mut(addr.id, Vec::new);
         // Relay paths are per connection, never an address to dial later.
         for a in addr.addrs.iter().rev().filter(|a| !net::is_virtual(**a)) {
             known.retain(|k| k != a);
             known.insert(0, *a);
         }
-        known.truncate(8);
+        known.truncate(ADDRS_PER_NODE);
     }
 
     /// The addresses known for a node.
@@ -217,12 +229,29 @@ impl Endpoint {
         lock(&self.addrs).get(id).cloned().unwrap_or_default()
     }
 
+    /// Nodes in the address book.
+    #[cfg(test)]
+    pub(crate) fn book_len(&self) -> usize {
+        lock(&self.addrs).len()
+    }
+
+    /// Forgets the slot of a node nobody is connected or dialing to.
+    fn release_slot(&self, id: &NodeId, slot: &Slot) {
+        let mut map = lock(&self.conns);
+        // Ours and the map's: nobody else waits on it.
+        if slot.live().is_none()
+            && lock(&slot.accepted).is_none()
+            && map
+                .get(id)
+                .is_some_and(|s| Arc::ptr_eq(s, slot) && Arc::strong_count(s) <= 2)
+        {
+            map.remove(id);
+        }
+    }
+
     /// The live connection to `target`'s node, dialing if there is none. Concurrent
     /// callers share one dial.
     pub(crate) async fn connection(&self, target: &Target) -> Result<quinn::Connection> {
-        if let Target::Addr(a) = target {
-            self.learn(a);
-        }
         let id = target.id();
         let slot = self.slot(id);
         let _dialing = loop {
@@ -243,14 +272,40 @@ impl Endpoint {
                 _ = &mut installed => {}
             }
         };
-        let addrs = self.addrs_of(&id);
+        // The caller's addresses first (what it was told), then those a
+        // handshake proved before; only the one that works is remembered.
+        let mut addrs: Vec<SocketAddr> = match target {
+            Target::Addr(a) => a
+                .addrs
+                .iter()
+                .copied()
+                .filter(|a| !net::is_virtual(*a))
+                .collect(),
+            Target::Id(_) => Vec::new(),
+        };
+        addrs.truncate(ADDRS_PER_NODE);
+        for known in self.addrs_of(&id) {
+            if !addrs.contains(&known) {
+                addrs.push(known);
+            }
+        }
         if addrs.is_empty() {
+            drop(_dialing);
+            self.release_slot(&id, &slot);
             return Err(Error::Unreachable(format!(
                 "no known address for {}",
                 id.short()
             )));
         }
-        let (conn, addr) = self.dial(id, &addrs, self.settings.connect_timeout).await?;
+        let dialed = self.dial(id, &addrs, self.settings.connect_timeout).await;
+        let (conn, addr) = match dialed {
+            Ok(c) => c,
+            Err(e) => {
+                drop(_dialing);
+                self.release_slot(&id, &slot);
+                return Err(e);
+            }
+        };
         self.learn(&NodeAddr::new(id, [addr]));
         slot.set(&conn);
         self.adopt(id, conn.clone(), slot.clone());
@@ -589,11 +644,15 @@ mod tests {
     use std::time::Duration;
 
     fn endpoint() -> Endpoint {
+        endpoint_with(TransportSettings::default())
+    }
+
+    fn endpoint_with(settings: TransportSettings) -> Endpoint {
         Endpoint::bind(
             &Identity::generate(),
             "127.0.0.1:0".parse().unwrap(),
             &Limits::default(),
-            TransportSettings::default(),
+            settings,
             Arc::new(Stats::default()),
             Box::new(|_, _| {}),
         )
@@ -649,5 +708,43 @@ mod tests {
             .await;
         assert!(matches!(r, Err(Error::Shutdown)), "{r:?}");
         assert_eq!(listed(&e), 0);
+    }
+
+    #[tokio::test]
+    async fn a_failed_dial_learns_nothing_and_leaves_no_slot() {
+        let e = endpoint_with(TransportSettings {
+            connect_timeout: Duration::from_millis(200),
+            ..Default::default()
+        });
+        let (_sink, forged) = sink();
+        let id = Identity::generate().id();
+        let r = e
+            .connection(&Target::Addr(NodeAddr::new(id, [forged])))
+            .await;
+        assert!(matches!(r, Err(Error::Unreachable(_))), "{r:?}");
+        assert!(e.addrs_of(&id).is_empty(), "an unproven address was kept");
+        assert!(lock(&e.conns).is_empty(), "a slot stayed behind");
+        // Many such ids (a flood of forged candidates) leave nothing either.
+        for _ in 0..50 {
+            let id = Identity::generate().id();
+            let _ = e.connection(&Target::Id(id)).await;
+        }
+        assert!(lock(&e.conns).is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_address_book_is_bounded() {
+        let e = endpoint();
+        for i in 0..(ADDRESS_BOOK + 500) {
+            let addr = SocketAddr::from(([10, 0, (i / 256) as u8, (i % 256) as u8], 7400));
+            e.learn(&NodeAddr::new(Identity::generate().id(), [addr]));
+        }
+        assert_eq!(e.book_len(), ADDRESS_BOOK);
+        let id = Identity::generate().id();
+        let many: Vec<SocketAddr> = (0..20)
+            .map(|p| SocketAddr::from(([10, 1, 0, 1], 7000 + p)))
+            .collect();
+        e.learn(&NodeAddr::new(id, many));
+        assert_eq!(e.addrs_of(&id).len(), ADDRS_PER_NODE);
     }
 }

@@ -37,6 +37,7 @@ pub mod nat;
 pub mod net;
 pub mod node;
 pub mod peers;
+pub mod ratelimit;
 mod router;
 pub mod source;
 mod stats;

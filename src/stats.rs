@@ -72,8 +72,15 @@ counters! {
     candidates_spoofed,
     /// Candidates that did not answer.
     candidates_unreachable,
+    /// Candidates dropped unverified: every verification slot was busy.
+    candidates_dropped,
+    /// Multicast beacons ignored: over the rate for their source.
+    mcast_limited,
     /// STUN binding requests answered.
     stun_answered,
+    /// STUN binding requests left unanswered: over the rate for their source
+    /// or in all.
+    stun_refused,
     /// STUN responses that completed one of our requests.
     stun_completed,
     /// Datagrams on the node's port that were neither QUIC nor valid STUN, or
@@ -101,6 +108,8 @@ counters! {
     predictions_succeeded,
     /// ... that ran out of probes or time.
     predictions_failed,
+    /// Predictions not started: enough were running, or the peer had one just before.
+    predictions_refused,
     /// Random-port probes sent as the moderate side of predictions.
     prediction_probes_sent,
     /// Port mappings a UPnP gateway granted.

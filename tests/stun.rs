@@ -171,3 +171,47 @@ async fn a_node_learns_its_address_from_coturns_server() {
     let _ = server.kill().await;
     assert_eq!(mapped, Some(node.local_addr()), "no answer from turnserver");
 }
+
+/// A node is no reflector: a flood of binding requests from one source (as a
+/// spoofer would send with its victim's address) gets a bounded number of
+/// answers, and another source is still answered.
+#[tokio::test]
+async fn stun_answers_to_one_source_are_rate_limited() {
+    let node = reverse_node().await;
+    let port = node.addr().addrs[0];
+    let flooder = UdpSocket::bind("127.0.0.1:0").unwrap();
+    flooder
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    for _ in 0..2000 {
+        let (_, request) = butter::nat::stun::binding_request().unwrap();
+        flooder.send_to(&request, port).unwrap();
+    }
+    let limits = butter::Limits::default();
+    eventually(10, "the flood is counted", || {
+        let s = node.stats();
+        s.stun_answered + s.stun_refused >= 2000
+    })
+    .await;
+    let mut answers = 0;
+    let mut buf = [0u8; 1500];
+    while flooder.recv_from(&mut buf).is_ok() {
+        answers += 1;
+    }
+    let s = node.stats();
+    println!(
+        "STUN flood: 2000 requests from one source, {answers} answers received, {} refused",
+        s.stun_refused
+    );
+    // The burst, and whatever the rate refilled while the flood lasted.
+    assert!(
+        answers as f64 <= limits.stun_per_source * 2.0 + limits.stun_per_source * 2.0,
+        "{answers} answers"
+    );
+    assert!(s.stun_refused >= 1900, "{s:?}");
+    // Another source is answered.
+    let client = reverse_node().await;
+    within(10, "another source", client.stun(port))
+        .await
+        .unwrap();
+}

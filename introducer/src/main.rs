@@ -119,6 +119,9 @@ async fn main() -> anyhow::Result<()> {
         max_connections: args.max_connections,
         max_connections_per_addr: args.max_connections_per_addr,
         max_connections_per_prefix: args.max_connections_per_addr.saturating_mul(4),
+        // A STUN server for everyone: more answers in all than a plain node.
+        stun_per_source: 20.0,
+        stun_total: 20_000.0,
         ..Default::default()
     };
     let membership = MembershipSettings {

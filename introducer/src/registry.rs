@@ -84,7 +84,11 @@ impl Registry {
         now: Instant,
     ) -> Result<(), Refused> {
         addrs.truncate(MAX_ADDRS);
-        addrs.retain(|a| a.port() != 0 && !a.ip().is_unspecified() && !a.ip().is_multicast());
+        // Never unusable addresses; loopback only from a node on loopback.
+        addrs.retain(|a| {
+            !butter::nat::scope::is_unusable(*a)
+                && (!a.ip().is_loopback() || observed.ip().is_loopback())
+        });
         let source = observed.ip();
         let previous = self.regs.get(&id).map(|r| r.observed.ip());
         if previous != Some(source) {

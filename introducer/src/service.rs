@@ -15,8 +15,9 @@ use butter::nat::protocol::*;
 use butter::wire::{self, MAX_HEADER};
 use butter::{Body, Error, Node, NodeAddr, NodeBuilder, NodeId, StreamRequest};
 
-use crate::limits::{Pacer, RateLimiter};
+use crate::limits::Pacer;
 use crate::registry::Registry;
+use butter::ratelimit::RateLimiter;
 
 /// What an operator can tune.
 #[derive(Debug, Clone)]
@@ -221,6 +222,19 @@ fn pipe(
     })
 }
 
+/// Keeps, of a peer's candidates (observed address first, then its own),
+/// those worth packets from a node seen at `asker_seen`: no third parties, no
+/// private or loopback addresses of another network.
+fn in_scope(candidates: &mut Vec<SocketAddr>, asker_seen: IpAddr) {
+    if candidates.is_empty() {
+        return;
+    }
+    let seen = candidates[0];
+    let mut own = candidates.split_off(1);
+    butter::nat::scope::filter(&mut own, seen.ip(), asker_seen);
+    candidates.extend(own);
+}
+
 /// The routes' body limits: every request is small (addresses, an id).
 const SMALL_BODY: usize = 4096;
 
@@ -282,7 +296,11 @@ impl Introducer {
                 let s = s.clone();
                 async move {
                     let max = req.max.min(MAX_INTRODUCTIONS) as usize;
-                    let peers = lock(&s.registry).sample(&peer, remote.ip(), max, Instant::now());
+                    let mut peers =
+                        lock(&s.registry).sample(&peer, remote.ip(), max, Instant::now());
+                    for p in &mut peers {
+                        in_scope(&mut p.addrs, remote.ip());
+                    }
                     s.counters.introductions.fetch_add(1, Ordering::Relaxed);
                     Ok(peers)
                 }
@@ -298,8 +316,11 @@ impl Introducer {
                     .ok_or_else(|| Error::handler(format!("{} is not registered here", req.target.short())))?;
                 // Observed first, then the caller's own (which may repeat it: the
                 // target tells from that whether the caller's NAT keeps ports).
+                // All of them: their ports tell each side how its peer's NAT
+                // maps; each side sends packets only to those in scope for it
+                // (`butter::nat::scope`).
                 let mut theirs = vec![remote];
-                theirs.extend(req.addrs);
+                theirs.extend(req.addrs.into_iter().take(MAX_ADDRS));
                 theirs.truncate(MAX_ADDRS);
                 s.counters.punches_tried.fetch_add(1, Ordering::Relaxed);
                 let punch = Punch { peer: NodeAddr::new(peer, theirs) };

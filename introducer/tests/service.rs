@@ -336,8 +336,12 @@ async fn relay_slots_are_shared_per_source_address() {
     assert_eq!(held.len() + refused, 320);
     // Another address (its own share) still gets one.
     let newcomer = node_at("127.0.0.2").await;
-    let tunnel = within(10, "newcomer's tunnel", hold_tunnel(&newcomer, &intro, target.id()))
-        .await
-        .expect("a peer from another address gets a tunnel");
+    let tunnel = within(
+        10,
+        "newcomer's tunnel",
+        hold_tunnel(&newcomer, &intro, target.id()),
+    )
+    .await
+    .expect("a peer from another address gets a tunnel");
     drop((tunnel, held));
 }

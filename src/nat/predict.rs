@@ -39,6 +39,102 @@ impl Default for PredictSettings {
     }
 }
 
+/// How many of `wanted` sockets a prediction may open now: a quarter of the
+/// descriptors the process has left under its soft `RLIMIT_NOFILE` (so a
+/// prediction never starves the rest of the process), at least 16.
+pub(crate) fn affordable_sockets(wanted: usize) -> usize {
+    let open = std::fs::read_dir("/proc/self/fd").map(|d| d.count()).ok();
+    let limit = nofile_limit();
+    match (open, limit) {
+        (Some(open), Some(limit)) => wanted
+            .min((limit.saturating_sub(open as u64) / 4) as usize)
+            .max(16.min(wanted)),
+        _ => wanted,
+    }
+}
+
+#[cfg(unix)]
+fn nofile_limit() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass and nothing else.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 everywhere
+    (rc == 0).then_some(lim.rlim_cur as u64)
+}
+
+#[cfg(not(unix))]
+fn nofile_limit() -> Option<u64> {
+    None
+}
+
+/// Who may start a prediction now: at most [`Predictions::AT_ONCE`] run, and
+/// one peer may start one only every [`Predictions::COOLDOWN`]. Plain data.
+#[derive(Debug, Default)]
+pub(crate) struct Predictions {
+    state: std::sync::Arc<std::sync::Mutex<PredictionState>>,
+}
+
+#[derive(Debug, Default)]
+struct PredictionState {
+    running: usize,
+    last_start: std::collections::HashMap<NodeId, tokio::time::Instant>,
+}
+
+/// A running prediction's place; given back on drop.
+#[derive(Debug)]
+pub(crate) struct PredictionSlot {
+    state: std::sync::Arc<std::sync::Mutex<PredictionState>>,
+}
+
+impl Drop for PredictionSlot {
+    fn drop(&mut self) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.running -= 1;
+    }
+}
+
+impl Predictions {
+    /// Predictions running at once.
+    pub(crate) const AT_ONCE: usize = 2;
+    /// Least time between two predictions with one peer (a failed attempt is
+    /// retried after its 2 s have run out, so that retry is never refused).
+    pub(crate) const COOLDOWN: Duration = Duration::from_secs(1);
+    /// Peers remembered for the cooldown.
+    const REMEMBERED: usize = 1024;
+
+    pub(crate) fn start(
+        &self,
+        peer: NodeId,
+        now: tokio::time::Instant,
+    ) -> Result<PredictionSlot, &'static str> {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if s.running >= Self::AT_ONCE {
+            return Err("port predictions are already running");
+        }
+        if s.last_start
+            .get(&peer)
+            .is_some_and(|t| now.saturating_duration_since(*t) < Self::COOLDOWN)
+        {
+            return Err("a port prediction with this peer has just started");
+        }
+        if s.last_start.len() >= Self::REMEMBERED {
+            s.last_start
+                .retain(|_, t| now.saturating_duration_since(*t) < Self::COOLDOWN);
+            if s.last_start.len() >= Self::REMEMBERED {
+                return Err("too many port predictions lately");
+            }
+        }
+        s.last_start.insert(peer, now);
+        s.running += 1;
+        Ok(PredictionSlot {
+            state: self.state.clone(),
+        })
+    }
+}
+
 /// Whether a NAT seems to map per destination: the port it showed the
 /// introducer is none of the node's own ports. Endpoint-independent NATs
 /// (Linux `masquerade`, most home routers) keep the port when it is free.
@@ -146,5 +242,36 @@ pub(crate) async fn spray_random(
                 None => learning = false,
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn predictions_are_few_at_once_and_cooled_down_per_peer() {
+        let p = Predictions::default();
+        let t0 = tokio::time::Instant::now();
+        let (a, b, c) = (
+            NodeId::from_bytes([1; 32]),
+            NodeId::from_bytes([2; 32]),
+            NodeId::from_bytes([3; 32]),
+        );
+        let sa = p.start(a, t0).unwrap();
+        assert!(p.start(a, t0).is_err(), "cooldown");
+        let _sb = p.start(b, t0).unwrap();
+        assert!(p.start(c, t0).is_err(), "two at once");
+        drop(sa);
+        p.start(c, t0).unwrap();
+        let later = t0 + Predictions::COOLDOWN;
+        drop(p.start(a, later));
+    }
+
+    #[test]
+    fn sockets_follow_the_descriptor_limit() {
+        let n = affordable_sockets(256);
+        assert!((16..=256).contains(&n), "{n}");
+        assert_eq!(affordable_sockets(4), 4);
     }
 }

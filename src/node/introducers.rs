@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::membership::{jitter, verify};
+use super::membership::{jitter, Reach};
 use super::{Node, NodeInner};
 use crate::addr::NodeAddr;
 use crate::error::{Error, Result};
@@ -94,10 +94,16 @@ async fn introductions(node: &Node, intro: &NodeAddr) {
         .await
     {
         Ok(peers) => {
-            for peer in peers.into_iter().take(max as usize) {
-                if peer.id != node.id() && !node.members().contains(&peer.id) {
-                    tokio::spawn(verify(node.clone(), peer));
+            // Dialed at what is in scope from here (the introducer filters
+            // too; a node does not rely on it).
+            let me_seen = node.shared().observed.of(&intro.id).map(|a| a.ip());
+            for mut peer in peers.into_iter().take(max as usize) {
+                if let (Some(&seen), Some(me)) = (peer.addrs.first(), me_seen) {
+                    let mut own = peer.addrs.split_off(1);
+                    crate::nat::scope::filter(&mut own, seen.ip(), me);
+                    peer.addrs.extend(own);
                 }
+                node.offer_candidate(peer, Reach::Traverse);
             }
         }
         Err(e) => tracing::debug!(introducer = %intro.id.short(), error = %e, "no introductions"),

@@ -10,12 +10,15 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use tokio::sync::watch;
 
-use super::membership::{jitter, verify};
+use super::membership::{jitter, Reach};
 use super::{Node, NodeInner};
 use crate::addr::NodeAddr;
 use crate::discovery::beacon::{Beacon, Kind, MAX_ADDRS, MAX_BEACON};
 use crate::discovery::multicast::MulticastSocket;
 use crate::discovery::DiscoverySettings;
+
+/// Beacons taken from one source per second (four at once).
+const BEACONS_PER_SOURCE: f64 = 2.0;
 
 /// At most one pong per this interval, whatever the ping rate around.
 const PONG_SPACING: Duration = Duration::from_millis(250);
@@ -54,6 +57,8 @@ pub(super) async fn run(
     let mut next_ping = tokio::time::Instant::now();
     let mut last_pong: Option<Instant> = None;
     let mut buf = vec![0u8; MAX_BEACON + 1];
+    let per_source =
+        crate::ratelimit::RateLimiter::new(BEACONS_PER_SOURCE, BEACONS_PER_SOURCE * 4.0, 1024);
     loop {
         tokio::select! {
             _ = closed.changed() => return,
@@ -76,6 +81,11 @@ pub(super) async fn run(
                 let Ok((n, from)) = received else { continue };
                 let Some(node) = node.upgrade().map(|inner| Node { inner }) else { return };
                 node.counters().mcast_received.fetch_add(1, Ordering::Relaxed);
+                // A source that floods the group costs a few beacons' work.
+                if !per_source.allow(from.ip()) {
+                    node.counters().mcast_limited.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
                 let beacon_in = match Beacon::decode(&buf[..n]) {
                     Ok(b) => b,
                     Err(e) => {
@@ -116,5 +126,5 @@ fn consider(node: &Node, from: SocketAddr, beacon: Beacon) {
     let mut addrs = vec![seen_at];
     addrs.extend(beacon.addrs.into_iter().filter(|a| *a != seen_at));
     addrs.truncate(MAX_ADDRS);
-    tokio::spawn(verify(node.clone(), NodeAddr::new(beacon.id, addrs)));
+    node.offer_candidate(NodeAddr::new(beacon.id, addrs), Reach::Direct);
 }

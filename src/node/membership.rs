@@ -18,6 +18,48 @@ use crate::peers::HostInfo;
 /// Hosts asked for more hosts in one peer-exchange round.
 const PEX_FANOUT: usize = 3;
 
+/// Hosts one peer-exchange answer may name.
+const PEX_ANSWER: usize = 16;
+
+/// Candidates verified at once (each is a handshake, maybe a traversal).
+pub(super) const VERIFY_AT_ONCE: usize = 8;
+
+/// How a candidate may be reached for its verification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Reach {
+    /// Only at the addresses it came with: what a beacon or another host
+    /// claims is never worth a traversal (a flood of them would get this node
+    /// rate limited by its own introducers).
+    Direct,
+    /// Through an introducer if need be: it introduced the candidate.
+    Traverse,
+}
+
+impl Node {
+    /// Hands a candidate to verification if the table might take it and a
+    /// verification slot is free; otherwise it is dropped (counted).
+    pub(super) fn offer_candidate(&self, addr: NodeAddr, reach: Reach) {
+        let id = addr.id;
+        if id == self.id() || self.members().contains(&id) {
+            return;
+        }
+        let Ok(permit) = self.shared().verify_slots.clone().try_acquire_owned() else {
+            self.counters()
+                .candidates_dropped
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        if !self.members().start_verifying(id) {
+            return;
+        }
+        let node = self.clone();
+        tokio::spawn(async move {
+            verify(node, addr, reach).await;
+            drop(permit);
+        });
+    }
+}
+
 /// `interval` ± 20 %.
 pub(super) fn jitter(interval: Duration) -> Duration {
     interval.mul_f64(rand::rng().random_range(0.8..1.2))
@@ -100,14 +142,13 @@ async fn peer_exchange(node: &Node) {
     for host in asked {
         let answer = tokio::time::timeout(
             node.members().settings.liveness_timeout,
-            node.peers_of(Target::Addr(host.addr.clone()), 16),
+            node.peers_of(Target::Addr(host.addr.clone()), PEX_ANSWER as u16),
         )
         .await;
         if let Ok(Ok(records)) = answer {
-            for record in records {
-                if record.addr.id != node.id() && !node.members().contains(&record.addr.id) {
-                    tokio::spawn(verify(node.clone(), record.addr));
-                }
+            // A hostile host may answer with more than it was asked for.
+            for record in records.into_iter().take(PEX_ANSWER) {
+                node.offer_candidate(record.addr, Reach::Direct);
             }
         }
     }
@@ -116,22 +157,32 @@ async fn peer_exchange(node: &Node) {
 /// Verifies a candidate with a handshake and a ping, then offers it to the table.
 /// Nothing heard about a host (multicast beacon, peer exchange) is trusted before
 /// this: the handshake proves the claimed key.
-pub(super) async fn verify(node: Node, addr: NodeAddr) {
+async fn verify(node: Node, addr: NodeAddr, reach: Reach) {
     let id = addr.id;
-    if id == node.id() || !node.members().start_verifying(id) {
-        return;
-    }
     let timeout = node.members().settings.liveness_timeout * 2;
-    let result =
-        tokio::time::timeout(timeout, node.ping_with(Target::Addr(addr.clone()), false)).await;
+    let target = Target::Addr(addr.clone());
+    let result = tokio::time::timeout(timeout, async {
+        if reach == Reach::Direct {
+            // Connected here first, so the ping does not traverse.
+            node.shared().endpoint.connection(&target).await?;
+        }
+        node.ping_with(target, false).await
+    })
+    .await;
     let ok = match result {
         Ok(Ok(ping)) => {
             node.counters()
                 .candidates_verified
                 .fetch_add(1, Ordering::Relaxed);
+            // Only the address the handshake proved; what the candidate
+            // claimed besides is not passed on (peer exchange would spread
+            // forged addresses). A relayed candidate has no proven address:
+            // its introducer's word is kept.
             let mut addrs = vec![ping.remote];
-            addrs.extend(addr.addrs.iter().filter(|a| **a != ping.remote));
-            addrs.truncate(8);
+            if crate::net::is_virtual(ping.remote) {
+                addrs.extend(addr.addrs.iter().filter(|a| **a != ping.remote));
+                addrs.truncate(8);
+            }
             node.members().admit(HostInfo {
                 addr: NodeAddr::new(id, addrs),
                 quality: ping.reply.quality(ping.rtt),

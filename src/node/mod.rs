@@ -517,11 +517,15 @@ impl NodeBuilder {
             self.limits.buffered_per_prefix,
         );
         let admission = crate::admission::Admission::new(&self.limits);
+        let stun_limits = udp::StunLimits::new(&self.limits);
         let shared = Arc::new(Shared {
             endpoint,
             router,
             budget,
             admission,
+            stun_limits,
+            predictions: Default::default(),
+            verify_slots: Arc::new(tokio::sync::Semaphore::new(membership::VERIFY_AT_ONCE)),
             limits: self.limits,
             stats,
             identity,
@@ -589,6 +593,11 @@ struct Shared {
     router: Router,
     budget: Arc<crate::budget::BodyBudget>,
     admission: Arc<crate::admission::Admission>,
+    stun_limits: udp::StunLimits,
+    /// Port predictions running, and when each peer last had one.
+    predictions: crate::nat::predict::Predictions,
+    /// Candidates verified at once.
+    verify_slots: Arc<tokio::sync::Semaphore>,
     limits: Limits,
     stats: Arc<Stats>,
     identity: Identity,

@@ -198,11 +198,26 @@ impl Node {
         candidates.truncate(MAX_ADDRS);
         // The observed address comes first; the rest are the peer's own.
         let peer_observed = candidates[0];
-        let own: Vec<SocketAddr> = candidates[1..].to_vec();
-        let role = match self.my_mapping(intro).await {
-            Some(mine) => prediction_role(mine, self.local_addr().port(), peer_observed, &own),
+        let mapping = self.my_mapping(intro).await;
+        let me_seen = mapping.map_or_else(|| self.local_addr().ip(), |m| m.ip());
+        // Whether the peer's NAT keeps ports is judged from all the ports it
+        // claims (nothing is sent to those addresses for that); packets go
+        // only to the addresses worth them from here.
+        let claimed: Vec<SocketAddr> = candidates[1..].to_vec();
+        let role = match mapping {
+            Some(mine) => prediction_role(mine, self.local_addr().port(), peer_observed, &claimed),
             None => None,
         };
+        let mut own = claimed;
+        crate::nat::scope::filter(&mut own, peer_observed.ip(), me_seen);
+        if crate::nat::scope::is_unusable(peer_observed) {
+            return Err(Error::Malformed(
+                "rendezvous with an unusable address".into(),
+            ));
+        }
+        candidates = std::iter::once(peer_observed)
+            .chain(own.iter().copied())
+            .collect();
         let mut seen = std::collections::HashSet::new();
         candidates.retain(|c| seen.insert(*c));
         // A peer on one of our own subnets is dialed there first: no hairpin
@@ -360,17 +375,35 @@ pub(super) fn punch_route(weak: Arc<OnceLock<Weak<Shared>>>) -> Handler {
             from_introducer(&shared, &peer)?;
             let mut targets = req.peer.addrs;
             targets.truncate(MAX_ADDRS);
-            let role = match (targets.first(), shared.observed.of(&peer)) {
+            // Only where the peer was seen, and what it claims that is worth
+            // packets from here: never third parties or our own private network.
+            // Whether the peer's NAT keeps ports is judged from all the ports
+            // it claims, and labels from all its claims: no packet goes to
+            // those addresses for that.
+            let claimed = targets.clone();
+            let role = match (claimed.first(), shared.observed.of(&peer)) {
                 (Some(theirs), Some(mine)) => prediction_role(
                     mine,
                     shared.endpoint.local_addr()?.port(),
                     *theirs,
-                    &targets[1..],
+                    &claimed[1..],
                 ),
                 _ => None,
             };
-            let their_observed = targets.first().copied();
-            let their_own: Vec<SocketAddr> = targets.iter().skip(1).copied().collect();
+            if let Some(&seen) = targets.first() {
+                let me_seen = shared.observed.of(&peer).map_or_else(
+                    || shared.endpoint.local_addr().map(|a| a.ip()),
+                    |m| Ok(m.ip()),
+                )?;
+                let mut own = targets.split_off(1);
+                crate::nat::scope::filter(&mut own, seen.ip(), me_seen);
+                if crate::nat::scope::is_unusable(seen) {
+                    targets.clear();
+                }
+                targets.extend(own);
+            }
+            let their_observed = claimed.first().copied();
+            let their_own: Vec<SocketAddr> = claimed.iter().skip(1).copied().collect();
             let mut seen = std::collections::HashSet::new();
             targets.retain(|a| !net::is_virtual(*a) && a.port() != 0 && seen.insert(*a));
             let them = req.peer.id;
@@ -511,6 +544,18 @@ async fn predict(
     role: Role,
     theirs: SocketAddr,
 ) -> Result<quinn::Connection> {
+    // Each costs hundreds of sockets or ~500 packets/s: a few at a time, and
+    // one peer cannot start them back to back.
+    let _slot = shared
+        .predictions
+        .start(id, tokio::time::Instant::now())
+        .map_err(|why| {
+            shared
+                .stats
+                .predictions_refused
+                .fetch_add(1, Ordering::Relaxed);
+            Error::Busy(why)
+        })?;
     shared
         .stats
         .predictions_tried
@@ -535,6 +580,10 @@ async fn predict_once(
     let limit = settings.duration + shared.endpoint.connect_timeout();
     match role {
         Role::Strict => {
+            let settings = &crate::nat::predict::PredictSettings {
+                sockets: crate::nat::predict::affordable_sockets(settings.sockets),
+                ..settings.clone()
+            };
             let (socket, sent) = crate::nat::predict::open_many(&me, theirs, settings).await;
             shared
                 .stats

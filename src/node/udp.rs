@@ -9,6 +9,27 @@ use tokio::sync::{mpsc, watch};
 use super::{Node, NodeInner};
 use crate::nat::stun::{self, Incoming};
 use crate::net::Datagram;
+use crate::ratelimit::RateLimiter;
+
+/// How many STUN requests the node answers.
+pub(super) struct StunLimits {
+    per_source: RateLimiter,
+    /// One key: the total.
+    total: RateLimiter,
+}
+
+impl StunLimits {
+    pub(super) fn new(limits: &crate::Limits) -> Self {
+        StunLimits {
+            per_source: RateLimiter::new(
+                limits.stun_per_source,
+                limits.stun_per_source * 2.0,
+                10_000,
+            ),
+            total: RateLimiter::new(limits.stun_total, limits.stun_total, 1),
+        }
+    }
+}
 
 pub(super) async fn run(
     node: Weak<NodeInner>,
@@ -37,6 +58,13 @@ pub(super) async fn run(
         }
         match stun::handle(&datagram.data, datagram.from) {
             Ok(Incoming::Request(reply)) => {
+                let limits = &node.shared().stun_limits;
+                if !(limits.total.allow(std::net::Ipv4Addr::UNSPECIFIED.into())
+                    && limits.per_source.allow(datagram.from.ip()))
+                {
+                    counters.stun_refused.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
                 if node
                     .shared()
                     .endpoint
