@@ -10,7 +10,7 @@ use std::time::Duration;
 use butter::identity::tls;
 use butter::wire::{self, RequestHeader, ResponseHeader, Status, MAX_HEADER};
 use butter::{Error, Identity, Node};
-use common::{loopback, reverse_node, within};
+use common::{eventually, loopback, reverse_node, within};
 
 fn raw_endpoint(crypto: Arc<quinn::crypto::rustls::QuicClientConfig>) -> quinn::Endpoint {
     let mut ep = quinn::Endpoint::client(loopback()).unwrap();
@@ -279,4 +279,93 @@ async fn a_reply_nobody_reads_is_given_up() {
         "the stalled reply was not reset: {:?}",
         read.map(|v| v.len())
     );
+}
+
+/// A hostile host answers peer exchange with a thousand forged candidates (at
+/// a silent address, as if to make the node flood a third party with
+/// handshakes): the node takes only what it asked for and verifies a few at
+/// a time; the rest are dropped and counted.
+#[tokio::test]
+async fn a_forged_peer_exchange_answer_is_bounded() {
+    use butter::peers::{PeerRecord, PeersRequest};
+    use butter::{NodeAddr, PingReply, Quality};
+    // The hostile host: raw QUIC speaking the wire protocol itself.
+    let me = Identity::generate();
+    let id = me.id();
+    let mut server = quinn::ServerConfig::with_crypto(tls::server_crypto(&me).unwrap());
+    server.transport_config(Arc::new(quinn::TransportConfig::default()));
+    let ep = quinn::Endpoint::server(server, loopback()).unwrap();
+    let hostile = NodeAddr::new(id, [ep.local_addr().unwrap()]);
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let forged: Vec<PeerRecord> = (0..1000)
+        .map(|_| PeerRecord {
+            addr: NodeAddr::new(Identity::generate().id(), [silent.local_addr().unwrap()]),
+            quality: Quality::default(),
+        })
+        .collect();
+    tokio::spawn(async move {
+        while let Some(incoming) = ep.accept().await {
+            let Ok(conn) = incoming.await else { continue };
+            let forged = forged.clone();
+            tokio::spawn(async move {
+                while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                    let forged = forged.clone();
+                    tokio::spawn(async move {
+                        let header: RequestHeader =
+                            wire::read_frame(&mut recv, MAX_HEADER).await.unwrap();
+                        let body = recv.read_to_end(1024).await.unwrap();
+                        let reply = match header.route.as_str() {
+                            "butter/ping" => postcard::to_allocvec(&PingReply {
+                                id,
+                                version: "0.1.0".into(),
+                                uptime_ms: 1,
+                                known_hosts: 1,
+                                known_by: 1,
+                                storage_bytes: 0,
+                                introducer: false,
+                            })
+                            .unwrap(),
+                            "butter/peers" => {
+                                let _asked: PeersRequest = postcard::from_bytes(&body).unwrap();
+                                postcard::to_allocvec(&forged).unwrap()
+                            }
+                            _ => Vec::new(),
+                        };
+                        let status = ResponseHeader { status: Status::Ok };
+                        send.write_all(&wire::encode_frame(&status, MAX_HEADER).unwrap())
+                            .await
+                            .unwrap();
+                        send.write_all(&reply).await.unwrap();
+                        let _ = send.finish();
+                    });
+                }
+            });
+        }
+    });
+    let victim = Node::builder()
+        .listen(loopback())
+        .want_hosts(50)
+        .liveness_interval(Duration::from_secs(60))
+        .spawn()
+        .await
+        .unwrap();
+    within(10, "bootstrap", victim.add_known_host(hostile))
+        .await
+        .unwrap();
+    // The first peer-exchange round comes ~200 ms after start.
+    eventually(10, "the forged answer is handled", || {
+        victim.stats().candidates_dropped > 0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let s = victim.stats();
+    println!(
+        "forged PEX answer of 1000: {} dropped, {} verifying or failed",
+        s.candidates_dropped,
+        16 - s.candidates_dropped
+    );
+    // 16 asked for; 8 verified at once, the other 8 dropped; none of the
+    // other 984 considered.
+    assert_eq!(s.candidates_dropped, 8, "{s:?}");
+    assert!(victim.known_hosts().len() <= 1);
 }

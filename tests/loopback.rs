@@ -491,3 +491,41 @@ async fn identity_persists_across_restarts_and_corruption_is_reported() {
     assert!(matches!(err, Error::KeyFile { .. }), "{err}");
     assert!(err.to_string().contains("node.key"), "{err}");
 }
+
+/// A node that shuts down tells its known hosts, which drop it at once rather
+/// than after a failed liveness check (here a minute away); calls after the
+/// shutdown are a typed error.
+#[tokio::test]
+async fn a_departing_node_says_goodbye_to_its_known_hosts() {
+    let slow_liveness = |n: butter::NodeBuilder| {
+        n.listen("127.0.0.1:0".parse().unwrap())
+            .liveness_interval(Duration::from_secs(60))
+    };
+    let a = slow_liveness(Node::builder()).spawn().await.unwrap();
+    let b = slow_liveness(Node::builder()).spawn().await.unwrap();
+    within(10, "a knows b", a.add_known_host(b.addr()))
+        .await
+        .unwrap();
+    within(10, "b knows a", b.add_known_host(a.addr()))
+        .await
+        .unwrap();
+    assert!(b.known_hosts().iter().any(|h| h.addr.id == a.id()));
+    let mut events = b.events();
+    let started = std::time::Instant::now();
+    within(10, "shutdown", a.shutdown()).await;
+    let gone = within(5, "b hears the goodbye", async {
+        loop {
+            if let Ok(butter::PeerEvent::Removed { id, reason }) = events.recv().await {
+                if id == a.id() {
+                    return reason;
+                }
+            }
+        }
+    })
+    .await;
+    assert_eq!(gone, "said goodbye");
+    println!("goodbye heard {:?} after shutdown began", started.elapsed());
+    assert!(!b.known_hosts().iter().any(|h| h.addr.id == a.id()));
+    let after = a.ping(b.addr()).await;
+    assert!(matches!(after, Err(butter::Error::Shutdown)), "{after:?}");
+}

@@ -43,6 +43,14 @@ pub const PING_ROUTE: &str = "butter/ping";
 /// Route of a node's counters.
 pub const STATS_ROUTE: &str = "butter/stats";
 
+/// Route a departing node calls on its known hosts: they drop it at once
+/// instead of waiting for a liveness check to fail. The connection
+/// authenticates who says goodbye.
+pub const GOODBYE_ROUTE: &str = "butter/goodbye";
+
+/// How long a departing node waits for its known hosts to hear its goodbye.
+const GOODBYE_WAIT: Duration = Duration::from_millis(500);
+
 /// Request of `butter/ping` (an empty body means all defaults).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PingRequest {
@@ -471,6 +479,18 @@ impl NodeBuilder {
         // Connections (dialed or accepted) are served by tasks that need the node's
         // shared state, which does not exist yet while the endpoint is built.
         router.set_limit(STATS_ROUTE, 64);
+        let m = members.clone();
+        router.insert(
+            GOODBYE_ROUTE,
+            Handler::typed(move |peer, (): ()| {
+                let m = m.clone();
+                async move {
+                    m.remove(&peer, "said goodbye");
+                    Ok(())
+                }
+            }),
+        );
+        router.set_limit(GOODBYE_ROUTE, 16);
         let weak_shared: Arc<OnceLock<Weak<Shared>>> = Arc::default();
         router.insert(
             crate::nat::protocol::PUNCH_ROUTE,
@@ -525,6 +545,8 @@ impl NodeBuilder {
             admission,
             stun_limits,
             predictions: Default::default(),
+            shut: Default::default(),
+            closing: Default::default(),
             verify_slots: Arc::new(tokio::sync::Semaphore::new(membership::VERIFY_AT_ONCE)),
             limits: self.limits,
             stats,
@@ -594,6 +616,10 @@ struct Shared {
     budget: Arc<crate::budget::BodyBudget>,
     admission: Arc<crate::admission::Admission>,
     stun_limits: udp::StunLimits,
+    /// Set by [`Node::shutdown`]: calls then fail with [`Error::Shutdown`].
+    shut: std::sync::atomic::AtomicBool,
+    /// Set once [`Node::shutdown`] began (it runs once).
+    closing: std::sync::atomic::AtomicBool,
     /// Port predictions running, and when each peer last had one.
     predictions: crate::nat::predict::Predictions,
     /// Candidates verified at once.
@@ -881,6 +907,31 @@ impl Node {
         }
     }
 
+    /// Adds a host to the known hosts (a bootstrap peer): it is verified like
+    /// any candidate (a handshake proves its key, a ping measures it) and then
+    /// offered to the table, which may still decline it.
+    ///
+    /// ```
+    /// # async fn run() -> butter::Result<()> {
+    /// let a = butter::Node::builder().listen("127.0.0.1:0".parse().unwrap()).spawn().await?;
+    /// let b = butter::Node::builder().listen("127.0.0.1:0".parse().unwrap()).spawn().await?;
+    /// a.add_known_host(b.addr()).await?;
+    /// assert!(a.known_hosts().iter().any(|h| h.addr.id == b.id()));
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+    /// ```
+    pub async fn add_known_host(&self, addr: NodeAddr) -> Result<()> {
+        let target = Target::Addr(addr.clone());
+        self.shared().endpoint.connection(&target).await?;
+        let ping = self.ping_with(target, false).await?;
+        self.members().admit(HostInfo {
+            addr: NodeAddr::new(addr.id, [ping.remote]),
+            quality: ping.reply.quality(ping.rtt),
+            last_seen: Instant::now(),
+        });
+        Ok(())
+    }
+
     /// Remembers addresses for a node, so it can then be called by id alone.
     pub fn add_peer_addr(&self, addr: &NodeAddr) {
         self.shared().endpoint.learn(addr);
@@ -890,6 +941,9 @@ impl Node {
     /// once on a fresh connection if the cached one turns out to be dead.
     async fn open(&self, target: &Target) -> Result<(quinn::SendStream, quinn::RecvStream)> {
         let endpoint = &self.shared().endpoint;
+        if self.shared().shut.load(Ordering::SeqCst) {
+            return Err(Error::Shutdown);
+        }
         for attempt in 0..2 {
             let conn = match self.connection(target).await {
                 Ok(c) => c,
@@ -1116,6 +1170,23 @@ impl Node {
     /// Closes every connection and the socket, waiting (briefly) for peers to
     /// be told.
     pub async fn shutdown(&self) {
+        if self.shared().closing.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        // Known hosts hear it first (briefly bounded; never a traversal).
+        let hosts = self.members().hosts();
+        let goodbyes = hosts.into_iter().map(|h| async move {
+            let target = Target::Addr(h.addr);
+            self.shared().endpoint.connection(&target).await?;
+            self.call_typed::<_, ()>(target, GOODBYE_ROUTE, &()).await
+        });
+        let said =
+            tokio::time::timeout(GOODBYE_WAIT, futures_util::future::join_all(goodbyes)).await;
+        tracing::debug!(
+            told = said.map_or(0, |r| r.iter().filter(|r| r.is_ok()).count()),
+            "said goodbye"
+        );
+        self.shared().shut.store(true, Ordering::SeqCst);
         // Stops the background tasks (they watch this channel).
         self.inner.closed.send_replace(());
         self.shared().endpoint.close_all();

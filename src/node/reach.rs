@@ -49,6 +49,9 @@ impl Node {
         target: &'a Target,
     ) -> Pin<Box<dyn Future<Output = Result<quinn::Connection>> + Send + 'a>> {
         Box::pin(async move {
+            if self.shared().shut.load(Ordering::SeqCst) {
+                return Err(Error::Shutdown);
+            }
             let nat = &self.shared().nat;
             let id = target.id();
             let direct = self.shared().endpoint.connection(target);
