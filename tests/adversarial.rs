@@ -29,6 +29,17 @@ async fn raw_connect(
         .await
 }
 
+/// A raw connection from a fresh identity.
+async fn fresh_connection(server: &Node) -> quinn::Connection {
+    within(
+        10,
+        "connect",
+        raw_connect(server, tls::client_crypto(&Identity::generate()).unwrap()),
+    )
+    .await
+    .unwrap()
+}
+
 /// Sends raw bytes as a request stream and returns the status the node answers.
 async fn send_raw(conn: &quinn::Connection, bytes: &[u8], finish: bool) -> Status {
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
@@ -209,13 +220,7 @@ async fn a_body_that_never_arrives_times_out() {
         .spawn()
         .await
         .unwrap();
-    let conn = within(
-        10,
-        "connect",
-        raw_connect(&server, tls::client_crypto(&Identity::generate()).unwrap()),
-    )
-    .await
-    .unwrap();
+    let conn = fresh_connection(&server).await;
     for sent in [0usize, 100] {
         let header = RequestHeader {
             route: "sink".into(),
@@ -246,13 +251,7 @@ async fn a_reply_nobody_reads_is_given_up() {
         .spawn()
         .await
         .unwrap();
-    let conn = within(
-        10,
-        "connect",
-        raw_connect(&server, tls::client_crypto(&Identity::generate()).unwrap()),
-    )
-    .await
-    .unwrap();
+    let conn = fresh_connection(&server).await;
     let header = RequestHeader {
         route: "big".into(),
         flags: 0,
