@@ -184,14 +184,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn garbage_is_malformed_never_a_panic() {
-        for seed in 0u8..=255 {
-            let mut bytes = vec![8, 0, 0, 0];
-            bytes.extend((0..8).map(|i| seed.wrapping_mul(31).wrapping_add(i * 17)));
-            // Any outcome but a panic is fine; decoding must be typed.
-            let _ = read_frame::<RequestHeader, _>(&mut bytes.as_slice(), MAX_HEADER).await;
-            let _ = read_frame::<ResponseHeader, _>(&mut bytes.as_slice(), MAX_HEADER).await;
-        }
+    async fn garbage_is_malformed() {
+        // "Never a panic" on any input is the fuzz target's job (fuzz/wire_frames).
         let bytes = [3, 0, 0, 0, 0xff, 0xff, 0xff];
         let err = read_frame::<RequestHeader, _>(&mut bytes.as_slice(), MAX_HEADER)
             .await

@@ -118,12 +118,6 @@ mod tests {
         extra.push(0);
         assert!(Beacon::decode(&extra).is_err());
         assert!(Beacon::decode(&[0xff; 2000]).is_err());
-        for seed in 0..=255u8 {
-            let mut junk = b"BTRB\x01".to_vec();
-            junk.extend(
-                (0..40).map(|i: u8| seed.wrapping_mul(97).wrapping_add(i.wrapping_mul(31))),
-            );
-            let _ = Beacon::decode(&junk);
-        }
+        // Any other input: the fuzz target (fuzz/beacon) checks it never panics.
     }
 }

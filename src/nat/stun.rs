@@ -149,12 +149,6 @@ mod tests {
         bad[last] ^= 0xff;
         assert!(handle(&bad, "127.0.0.1:1".parse().unwrap()).is_err());
         assert!(handle(&[0u8; 64], "127.0.0.1:1".parse().unwrap()).is_err());
-        for seed in 0..=255u8 {
-            let mut junk = req.clone();
-            for (i, b) in junk.iter_mut().enumerate().skip(20) {
-                *b = seed.wrapping_mul(i as u8).wrapping_add(7);
-            }
-            let _ = handle(&junk, "127.0.0.1:1".parse().unwrap());
-        }
+        // Any other input: the fuzz target (fuzz/stun) checks it never panics.
     }
 }
