@@ -62,6 +62,8 @@ counters! {
     mcast_pings_sent,
     /// Multicast pongs sent (one per interface).
     mcast_pongs_sent,
+    /// Pongs not sent: enough other nodes answered the ping first.
+    mcast_pongs_suppressed,
     /// Multicast datagrams received (from others and our own looped back).
     mcast_received,
     /// Multicast datagrams that were not well-formed beacons.

@@ -248,3 +248,64 @@ async fn figures_first_minute_of_multicast() {
         );
     }
 }
+
+/// One multicast ping on a LAN of content nodes draws a few pongs, not one per
+/// node: each pong waits a random moment and stays unsent once enough others
+/// answered (before, every node answered every ping: an amplifier).
+#[tokio::test]
+async fn one_ping_draws_a_few_pongs_not_one_per_node() {
+    let Some(mut lab) = netlab::lab("one_ping_draws_a_few_pongs_not_one_per_node") else {
+        return;
+    };
+    let hosts = lab.lan(9);
+    let mut nodes = Vec::new();
+    for h in &hosts[..8] {
+        nodes.push(lab.node(h, &["--want", "2"]).await);
+    }
+    for n in nodes.iter_mut() {
+        n.wait_until(20, "two known hosts", |k| k.len() >= 2).await;
+    }
+    // Let the start-up traffic settle (PONG_PER_SOURCE and spacing pass).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let pongs = |s: &std::collections::HashMap<String, u64>| s["mcast_pongs_sent"];
+    let mut before = 0;
+    for n in &nodes {
+        before += pongs(&lab.stats(&hosts[8], n).await);
+    }
+    let stranger = Beacon {
+        kind: Kind::Ping,
+        id: NodeId::from_bytes([0x51; 32]),
+        port: 7400,
+        addrs: vec![],
+        known: 0,
+        known_by: 0,
+    };
+    let hex: String = stranger
+        .encode()
+        .unwrap()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let script = "import socket,sys\n\
+        s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
+        s.setsockopt(socket.IPPROTO_IP,socket.IP_MULTICAST_TTL,1)\n\
+        s.sendto(bytes.fromhex(sys.argv[1]),('239.255.42.98',7355))\n";
+    let out = lab.exec(&hosts[8], "python3", &["-c", script, &hex]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut after = 0;
+    let mut suppressed = 0;
+    for n in &nodes {
+        let s = lab.stats(&hosts[8], n).await;
+        after += pongs(&s);
+        suppressed += s["mcast_pongs_suppressed"];
+    }
+    let drawn = after - before;
+    println!("one ping on 8 content nodes drew {drawn} pongs ({suppressed} suppressed in all)");
+    assert!(drawn >= 1, "nobody answered");
+    assert!(drawn <= 5, "{drawn} pongs for one ping");
+}

@@ -20,6 +20,16 @@ use crate::discovery::DiscoverySettings;
 /// Beacons taken from one source per second (four at once).
 const BEACONS_PER_SOURCE: f64 = 2.0;
 
+/// A pong waits a random delay up to this (as mDNS answers do)...
+const PONG_DELAY_MAX: Duration = Duration::from_millis(100);
+
+/// ...and is not sent if this many others answered meanwhile: one ping on a
+/// big LAN draws a few pongs, not one per node.
+const ENOUGH_PONGS: usize = 3;
+
+/// One pinger is answered at most once per this interval.
+const PONG_PER_SOURCE: Duration = Duration::from_secs(2);
+
 /// At most one pong per this interval, whatever the ping rate around.
 const PONG_SPACING: Duration = Duration::from_millis(250);
 
@@ -56,6 +66,10 @@ pub(super) async fn run(
     let mut interval = settings.min_interval;
     let mut next_ping = tokio::time::Instant::now();
     let mut last_pong: Option<Instant> = None;
+    // A pong waiting for its delay, and the others' pongs heard meanwhile.
+    let mut pong_due: Option<tokio::time::Instant> = None;
+    let mut pongs_heard = 0usize;
+    let mut answered: std::collections::HashMap<std::net::IpAddr, Instant> = Default::default();
     let mut buf = vec![0u8; MAX_BEACON + 1];
     let per_source =
         crate::ratelimit::RateLimiter::new(BEACONS_PER_SOURCE, BEACONS_PER_SOURCE * 4.0, 1024);
@@ -75,6 +89,17 @@ pub(super) async fn run(
                     // Satisfied: stay quiet, but notice loneliness quickly.
                     interval = settings.min_interval;
                     next_ping = tokio::time::Instant::now() + settings.min_interval;
+                }
+            }
+            _ = async { tokio::time::sleep_until(pong_due.unwrap_or_else(tokio::time::Instant::now)).await }, if pong_due.is_some() => {
+                pong_due = None;
+                let Some(node) = node.upgrade().map(|inner| Node { inner }) else { return };
+                if pongs_heard >= ENOUGH_PONGS {
+                    node.counters().mcast_pongs_suppressed.fetch_add(1, Ordering::Relaxed);
+                } else if let Some(bytes) = beacon(&node, Kind::Pong) {
+                    let copies = socket.send(&bytes).await;
+                    node.counters().mcast_pongs_sent.fetch_add(copies as u64, Ordering::Relaxed);
+                    last_pong = Some(Instant::now());
                 }
             }
             received = socket.recv(&mut buf) => {
@@ -97,11 +122,26 @@ pub(super) async fn run(
                 if beacon_in.id == node.id() {
                     continue;
                 }
-                if beacon_in.kind == Kind::Ping && last_pong.is_none_or(|t| t.elapsed() >= PONG_SPACING) {
-                    if let Some(bytes) = beacon(&node, Kind::Pong) {
-                        let copies = socket.send(&bytes).await;
-                        node.counters().mcast_pongs_sent.fetch_add(copies as u64, Ordering::Relaxed);
-                        last_pong = Some(Instant::now());
+                match beacon_in.kind {
+                    Kind::Pong => pongs_heard += 1,
+                    Kind::Ping => {
+                        let recent = answered
+                            .get(&from.ip())
+                            .is_some_and(|t| t.elapsed() < PONG_PER_SOURCE);
+                        if pong_due.is_none()
+                            && !recent
+                            && last_pong.is_none_or(|t| t.elapsed() >= PONG_SPACING)
+                        {
+                            if answered.len() >= 256 {
+                                answered.retain(|_, t| t.elapsed() < PONG_PER_SOURCE);
+                            }
+                            if answered.len() < 256 {
+                                answered.insert(from.ip(), Instant::now());
+                            }
+                            pongs_heard = 0;
+                            let delay = PONG_DELAY_MAX.mul_f64(rand::rng().random_range(0.0..1.0));
+                            pong_due = Some(tokio::time::Instant::now() + delay);
+                        }
                     }
                 }
                 consider(&node, from, beacon_in);

@@ -923,7 +923,7 @@ impl Node {
     pub async fn add_known_host(&self, addr: NodeAddr) -> Result<()> {
         let target = Target::Addr(addr.clone());
         self.shared().endpoint.connection(&target).await?;
-        let ping = self.ping_with(target, false).await?;
+        let ping = self.ping_with(target, true).await?;
         self.members().admit(HostInfo {
             addr: NodeAddr::new(addr.id, [ping.remote]),
             quality: ping.reply.quality(ping.rtt),

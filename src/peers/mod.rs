@@ -101,6 +101,9 @@ pub struct PeerRecord {
     pub quality: Quality,
 }
 
+/// Hosts remembered as keeping this node in their tables.
+const MAX_KNOWN_BY: usize = 4096;
+
 /// Largest `butter/peers` answer.
 pub const MAX_PEERS_ANSWER: usize = 64;
 
@@ -199,7 +202,16 @@ impl Membership {
 
     /// Records that `peer` keeps us in its table.
     pub(crate) fn known_by_peer(&self, peer: NodeId) {
-        lock(&self.known_by).insert(peer, Instant::now());
+        let ttl = self.settings.liveness_interval * 3;
+        let mut map = lock(&self.known_by);
+        // Bounded: a flood of fresh identities saying so cannot grow it.
+        if map.len() >= MAX_KNOWN_BY && !map.contains_key(&peer) {
+            map.retain(|_, t| t.elapsed() < ttl);
+            if map.len() >= MAX_KNOWN_BY {
+                return;
+            }
+        }
+        map.insert(peer, Instant::now());
     }
 
     /// How many hosts keep us in their tables (reports within three liveness
