@@ -13,8 +13,8 @@ use crate::addr::{NodeAddr, Target};
 use crate::config::{Limits, TransportSettings};
 use crate::error::{Error, Result};
 use crate::identity::{tls, Identity, NodeId};
-use crate::nat::PathKind;
 use crate::net::{self, DemuxSocket};
+use crate::path::PathKind;
 use crate::stats::Stats;
 
 /// One peer's place in the cache: the connection calls use, and a lock held

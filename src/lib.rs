@@ -36,6 +36,7 @@ pub mod identity;
 pub mod nat;
 pub mod net;
 pub mod node;
+mod path;
 pub mod peers;
 pub mod ratelimit;
 mod router;

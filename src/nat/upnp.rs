@@ -5,12 +5,16 @@
 //! one log line says why, and STUN, punching and relays carry on as before.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+#[cfg(feature = "upnp")]
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+#[cfg(feature = "upnp")]
 use igd_next::aio::tokio::Tokio;
+#[cfg(feature = "upnp")]
 use igd_next::aio::Gateway;
+#[cfg(feature = "upnp")]
 use igd_next::{AddPortError, PortMappingProtocol, SearchOptions};
 use tokio::sync::watch;
 
@@ -91,6 +95,7 @@ impl std::fmt::Display for UpnpStatus {
     }
 }
 
+#[cfg(feature = "upnp")]
 /// One mapping held on a gateway.
 struct Mapping {
     gateway: Gateway<Tokio>,
@@ -99,6 +104,7 @@ struct Mapping {
     lease_secs: u32,
 }
 
+#[cfg(feature = "upnp")]
 /// Keeps the node's port mapped until `closed` fires, then removes it. Runs
 /// without a handle on the node, so the mapping is also removed when the node
 /// is dropped rather than shut down (as long as the runtime lives).
@@ -153,6 +159,7 @@ pub(crate) async fn run(
     }
 }
 
+#[cfg(feature = "upnp")]
 /// Finds the gateway and maps the node's port: the same external port when
 /// the gateway allows it, any free one otherwise.
 async fn map(
@@ -243,6 +250,7 @@ async fn map(
     ))
 }
 
+#[cfg(feature = "upnp")]
 /// The node's address on the gateway's network: the bound address, or, for a
 /// node bound to every interface, the one the kernel routes towards the gateway.
 fn internal_ip(local: SocketAddr, gateway: SocketAddr) -> Result<IpAddr, String> {
@@ -256,6 +264,7 @@ fn internal_ip(local: SocketAddr, gateway: SocketAddr) -> Result<IpAddr, String>
     Ok(probe.ip())
 }
 
+#[cfg(feature = "upnp")]
 /// UPnP error codes say more than igd-next's generic wrapper.
 fn describe(e: &AddPortError) -> String {
     match e {
@@ -264,6 +273,7 @@ fn describe(e: &AddPortError) -> String {
     }
 }
 
+#[cfg(feature = "upnp")]
 fn request_error(e: &igd_next::RequestError) -> String {
     match e {
         igd_next::RequestError::ErrorCode(code, text) => format!("UPnP error {code} ({text})"),
@@ -273,6 +283,7 @@ fn request_error(e: &igd_next::RequestError) -> String {
     }
 }
 
+#[cfg(feature = "upnp")]
 /// Renews the lease at half its length until `closed` fires (`None`), or the
 /// gateway stops renewing (`Some(reason)`).
 async fn hold(
@@ -313,6 +324,7 @@ async fn hold(
     }
 }
 
+#[cfg(feature = "upnp")]
 /// Removes the mapping, bounded: shutdown must not hang on a dead gateway.
 async fn release(m: &Mapping) {
     let removed = tokio::time::timeout(
@@ -331,4 +343,20 @@ async fn release(m: &Mapping) {
             "UPnP: gateway did not answer the removal"
         ),
     }
+}
+
+/// Without the `upnp` cargo feature there is no gateway client: the status
+/// says so once, and nothing else happens.
+#[cfg(not(feature = "upnp"))]
+pub(crate) async fn run(
+    _settings: UpnpSettings,
+    _local: SocketAddr,
+    _label: String,
+    status: Arc<watch::Sender<UpnpStatus>>,
+    _stats: Arc<Stats>,
+    _closed: watch::Receiver<()>,
+) {
+    status.send_replace(UpnpStatus::Unavailable {
+        reason: "built without the `upnp` feature".into(),
+    });
 }

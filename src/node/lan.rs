@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Weak;
 use std::time::{Duration, Instant};
 
-use rand::Rng;
+use rand::RngExt;
 use tokio::sync::watch;
 
 use super::membership::{jitter, Reach};

@@ -7,7 +7,7 @@ use std::sync::Weak;
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use rand::Rng;
+use rand::RngExt;
 use tokio::sync::watch;
 
 use super::{Node, NodeInner};
@@ -136,9 +136,7 @@ async fn check_liveness(node: &Node) -> usize {
 async fn peer_exchange(node: &Node) {
     use rand::seq::IndexedRandom;
     let hosts = node.members().hosts();
-    let asked: Vec<&HostInfo> = hosts
-        .choose_multiple(&mut rand::rng(), PEX_FANOUT)
-        .collect();
+    let asked: Vec<&HostInfo> = hosts.sample(&mut rand::rng(), PEX_FANOUT).collect();
     for host in asked {
         let answer = tokio::time::timeout(
             node.members().settings.liveness_timeout,

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use rand::Rng;
+use rand::{Rng, RngExt};
 
 use super::quality::{Class, Quality};
 use crate::addr::NodeAddr;
