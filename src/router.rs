@@ -198,7 +198,8 @@ pub struct RecvBody {
 struct Stall {
     limit: std::time::Duration,
     last_progress: tokio::time::Instant,
-    timer: Pin<Box<tokio::time::Sleep>>,
+    /// Made the first time the stream has to wait (many never do).
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl std::fmt::Debug for RecvBody {
@@ -217,7 +218,7 @@ impl RecvBody {
             stall: stall.map(|limit| Stall {
                 limit,
                 last_progress: now,
-                timer: Box::pin(tokio::time::sleep_until(now + limit)),
+                timer: None,
             }),
         }
     }
@@ -275,10 +276,13 @@ impl AsyncRead for RecvBody {
                 };
                 // The timer moves only when the stream waits, not on every read.
                 let due = stall.last_progress + stall.limit;
-                if stall.timer.deadline() != due {
-                    stall.timer.as_mut().reset(due);
+                let timer = stall
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+                if timer.deadline() != due {
+                    timer.as_mut().reset(due);
                 }
-                match stall.timer.as_mut().poll(cx) {
+                match timer.as_mut().poll(cx) {
                     Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
                         std::io::ErrorKind::TimedOut,
                         "the peer sent nothing for the stall timeout",

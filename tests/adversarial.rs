@@ -368,3 +368,40 @@ async fn a_forged_peer_exchange_answer_is_bounded() {
     assert_eq!(s.candidates_dropped, 8, "{s:?}");
     assert!(victim.known_hosts().len() <= 1);
 }
+
+/// A caller that stops sending a streamed body in the middle does not hold a
+/// streaming handler for ever: its reads fail after the stall timeout.
+#[tokio::test]
+async fn a_streamed_body_that_stalls_ends_the_handlers_read() {
+    use tokio::io::AsyncReadExt;
+    let server = Node::builder()
+        .listen(loopback())
+        .limits(butter::Limits {
+            stall_timeout: Duration::from_millis(300),
+            ..Default::default()
+        })
+        .stream_route("drain", |req: butter::StreamRequest| async move {
+            let mut body = req.body;
+            let mut all = Vec::new();
+            body.read_to_end(&mut all)
+                .await
+                .map_err(|e| Error::handler(format!("read: {e}")))?;
+            Ok(all.len().to_string())
+        })
+        .spawn()
+        .await
+        .unwrap();
+    let conn = fresh_connection(&server).await;
+    let header = RequestHeader {
+        route: "drain".into(),
+        flags: wire::FLAG_STREAMED,
+        body_len: None,
+    };
+    let mut bytes = wire::encode_frame(&header, MAX_HEADER).unwrap();
+    bytes.extend_from_slice(&[1u8; 10]);
+    let status = send_raw(&conn, &bytes, false).await;
+    assert!(
+        matches!(&status, Status::HandlerError(m) if m.contains("stall")),
+        "{status:?}"
+    );
+}
