@@ -123,6 +123,8 @@ pub(crate) struct Endpoint {
     addrs: Mutex<lru::LruCache<NodeId, Vec<SocketAddr>>>,
     settings: TransportSettings,
     stats: Arc<Stats>,
+    /// The node's tasks: connection watchers run there.
+    tasks: crate::tasks::Tasks,
     on_connection: OnConnection,
     /// How connections made by traversal came about (by stable id), for
     /// path reports: punched or predicted.
@@ -140,6 +142,7 @@ impl Endpoint {
         limits: &Limits,
         settings: TransportSettings,
         stats: Arc<Stats>,
+        tasks: crate::tasks::Tasks,
         on_connection: OnConnection,
     ) -> Result<Self> {
         let transport = transport_config(limits, &settings);
@@ -179,6 +182,7 @@ impl Endpoint {
             )),
             settings,
             stats,
+            tasks,
             on_connection,
             marks: Default::default(),
             extra: Arc::new(Mutex::new(Some(HashMap::new()))),
@@ -411,7 +415,7 @@ impl Endpoint {
         (self.on_connection)(id, conn.clone());
         let conns = Arc::downgrade(&self.conns);
         let marks = self.marks.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             conn.closed().await;
             lock(&marks).remove(&conn.stable_id());
             {
@@ -581,7 +585,7 @@ impl Endpoint {
         };
         self.stats.handshakes_out.fetch_add(1, Ordering::Relaxed);
         let watched = conn.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             watched.closed().await;
             drop(listed);
             endpoint.wait_idle().await;
@@ -654,6 +658,7 @@ mod tests {
             &Limits::default(),
             settings,
             Arc::new(Stats::default()),
+            crate::tasks::Tasks::new(),
             Box::new(|_, _| {}),
         )
         .unwrap()

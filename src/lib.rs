@@ -27,6 +27,7 @@
 
 mod addr;
 mod admission;
+pub mod backoff;
 mod budget;
 pub mod config;
 pub mod discovery;
@@ -42,6 +43,7 @@ pub mod ratelimit;
 mod router;
 pub mod source;
 mod stats;
+pub mod tasks;
 pub mod wire;
 
 /// The README's examples are compiled and run as doc tests.
@@ -56,7 +58,7 @@ pub use endpoint::transport_config;
 pub use error::{Error, Result};
 pub use identity::{Identity, NodeId};
 pub use nat::{ConnectionInfo, NatSettings, PathKind, PredictSettings, UpnpSettings, UpnpStatus};
-pub use node::{Node, NodeBuilder, Ping, PingReply};
+pub use node::{Node, NodeBuilder, Ping, PingReply, Service, WeakNode};
 pub use peers::{HostInfo, MembershipSettings, PeerEvent, Quality};
 pub use router::{Body, RecvBody, Request, StreamRequest};
 pub use stats::StatsSnapshot;

@@ -169,6 +169,47 @@ async fn prediction_connects_moderate_and_strict_both_ways_and_cleans_up() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
 
+        // The usual case outside tests: a long-lived callee (a service) and
+        // one-shot callers (CLI runs), each with a new port and identity.
+        // Measured, not yet held to the fresh pairs' bar: from outside, 4 of
+        // 22 such pair-runs ended relayed at the first reply (issue 15 keeps
+        // the investigation open), so the figure is reported for now.
+        let mixed_runs = RUNS / 2;
+        let b = node(&b_ns, 0, settings(&intro)).await;
+        let (mut mixed_ok, mut mixed_attempts, mut mixed_attempts_ok) = (0, 0, 0);
+        for run in 0..mixed_runs {
+            // The default head start of the relay, as a CLI run has it.
+            let mut usual = settings(&intro);
+            usual.relay_after = NatSettings::default().relay_after;
+            let a = node(&a_ns, 0, usual).await;
+            let (caller, id) = (a.clone(), b.id());
+            let started = Instant::now();
+            let reply = a_ns
+                .run(async move { caller.call(id, "echo", "hello").await })
+                .await;
+            assert_eq!(&reply.expect("A reaches B")[..], b"hello", "run {run}");
+            let path = a.connection_info(&b.id()).map(|i| i.path);
+            let st = a.stats();
+            mixed_attempts += st.predictions_tried;
+            mixed_attempts_ok += st.predictions_succeeded;
+            if matches!(path, Some(PathKind::Predicted | PathKind::Punched)) {
+                mixed_ok += 1;
+            } else {
+                println!(
+                    "{order}, long-lived callee, run {run}: {path:?} after {:?}",
+                    started.elapsed()
+                );
+            }
+            a_ns.run(async move { a.shutdown().await }).await;
+        }
+        b_ns.run(async move { b.shutdown().await }).await;
+        let line = format!(
+            "{order}, long-lived callee and one-shot callers: direct at the first reply {mixed_ok}/{mixed_runs}; single attempts {mixed_attempts_ok}/{mixed_attempts}"
+        );
+        println!("{line}");
+        report.push_str(&line);
+        report.push('\n');
+
         if a_nat == Nat::Cone {
             // A failed prediction: the strict peer takes no part (no sockets),
             // so the moderate side's probes find nothing. The call still goes

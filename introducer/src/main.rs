@@ -142,12 +142,11 @@ async fn main() -> anyhow::Result<()> {
             ..Default::default()
         })
         .membership(membership);
-    let node = service
-        .routes(builder)
+    let node = builder
+        .service(service.clone())
         .spawn()
         .await
         .with_context(|| format!("cannot start the introducer on {}", args.listen))?;
-    service.attach(node.clone());
     let addr = match args.public_addr {
         Some(public) => NodeAddr::new(node.id(), [public]),
         None => node.addr(),

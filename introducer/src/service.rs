@@ -12,8 +12,9 @@ use futures_util::{Stream, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use butter::nat::protocol::*;
+use butter::node::{Routes, Service};
 use butter::wire::{self, MAX_HEADER};
-use butter::{Body, Error, Node, NodeAddr, NodeBuilder, NodeId, StreamRequest};
+use butter::{Body, Error, Node, NodeAddr, NodeId, StreamRequest, WeakNode};
 
 use crate::limits::Pacer;
 use crate::registry::Registry;
@@ -72,7 +73,8 @@ struct State {
     limiter: RateLimiter,
     relays: Mutex<Relays>,
     counters: Counters,
-    node: OnceLock<Node>,
+    /// The node the routes run on (set when they are registered).
+    node: OnceLock<WeakNode>,
 }
 
 /// A running introducer.
@@ -86,8 +88,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl State {
-    fn node(&self) -> Result<&Node, Error> {
-        self.node.get().ok_or(Error::Shutdown)
+    fn node(&self) -> Result<Node, Error> {
+        self.node
+            .get()
+            .and_then(WeakNode::upgrade)
+            .ok_or(Error::Shutdown)
     }
 
     fn admit(&self, source: IpAddr) -> Result<(), Error> {
@@ -101,7 +106,7 @@ impl State {
 
     fn stats(&self) -> IntroducerStats {
         let c = &self.counters;
-        let node = self.node.get().map(Node::stats).unwrap_or_default();
+        let node = self.node().map(|n| n.stats()).unwrap_or_default();
         IntroducerStats {
             registrations: lock(&self.registry).len() as u64,
             registers_total: c.registers_total.load(Ordering::Relaxed),
@@ -239,8 +244,7 @@ fn in_scope(candidates: &mut Vec<SocketAddr>, asker_seen: IpAddr) {
 const SMALL_BODY: usize = 4096;
 
 impl Introducer {
-    /// Adds the introducer's routes to a node builder; start the node, then
-    /// call [`Introducer::attach`].
+    /// An introducer; add it to a node with `NodeBuilder::service`.
     pub fn new(config: Config) -> Self {
         let registry = Registry::new(config.max_registrations, config.max_per_source, config.ttl);
         let limiter = RateLimiter::new(config.rate, config.burst, 100_000);
@@ -265,11 +269,28 @@ impl Introducer {
         }
     }
 
-    /// The routes, on `builder`.
-    pub fn routes(&self, builder: NodeBuilder) -> NodeBuilder {
+    /// The figures.
+    pub fn stats(&self) -> IntroducerStats {
+        self.state.stats()
+    }
+
+    /// Drops expired registrations (also done lazily when the table fills).
+    pub fn expire(&self) {
+        lock(&self.state.registry).expire(Instant::now());
+    }
+}
+
+impl Service for Introducer {
+    fn name(&self) -> &'static str {
+        "introducer"
+    }
+
+    fn routes(&self, routes: &mut Routes<'_>) {
+        let _ = self.state.node.set(routes.node());
         let s = self.state.clone();
-        let builder = builder.platform_route(
+        routes.typed(
             REGISTER_ROUTE,
+            SMALL_BODY,
             move |peer, remote: SocketAddr, req: Register| {
                 let s = s.clone();
                 async move {
@@ -290,8 +311,9 @@ impl Introducer {
             },
         );
         let s = self.state.clone();
-        let builder = builder.platform_route(
+        routes.typed(
             INTRODUCE_ROUTE,
+            SMALL_BODY,
             move |peer, remote: SocketAddr, req: Introduce| {
                 let s = s.clone();
                 async move {
@@ -307,7 +329,7 @@ impl Introducer {
             },
         );
         let s = self.state.clone();
-        let builder = builder.platform_route(CONNECT_ROUTE, move |peer, remote: SocketAddr, req: Connect| {
+        routes.typed(CONNECT_ROUTE, SMALL_BODY, move |peer, remote: SocketAddr, req: Connect| {
             let s = s.clone();
             async move {
                 let target = lock(&s.registry)
@@ -337,8 +359,9 @@ impl Introducer {
             }
         });
         let s = self.state.clone();
-        let builder = builder.platform_route(
+        routes.typed(
             REPORT_ROUTE,
+            SMALL_BODY,
             move |_peer, _remote: SocketAddr, req: PunchReport| {
                 let s = s.clone();
                 async move {
@@ -350,15 +373,16 @@ impl Introducer {
             },
         );
         let s = self.state.clone();
-        let builder = builder.platform_route(
+        routes.typed(
             INTRO_STATS_ROUTE,
+            SMALL_BODY,
             move |_peer, _remote: SocketAddr, (): ()| {
                 let s = s.clone();
                 async move { Ok(s.stats()) }
             },
         );
         let s = self.state.clone();
-        let mut builder = builder.platform_stream_route(RELAY_ROUTE, move |req: StreamRequest| {
+        routes.streaming(RELAY_ROUTE, move |req: StreamRequest| {
             let s = s.clone();
             async move { relay(s, req).await }
         });
@@ -373,27 +397,8 @@ impl Introducer {
             RELAY_ROUTE,
         ] {
             let s = self.state.clone();
-            builder = builder.platform_guard(route, move |_peer, remote| s.admit(remote.ip()));
-            if route != RELAY_ROUTE {
-                builder = builder.body_limit(route, SMALL_BODY);
-            }
+            routes.guard(route, move |_peer, remote| s.admit(remote.ip()));
         }
-        builder
-    }
-
-    /// Gives the service its running node (needed to call registered nodes).
-    pub fn attach(&self, node: Node) {
-        let _ = self.state.node.set(node);
-    }
-
-    /// The figures.
-    pub fn stats(&self) -> IntroducerStats {
-        self.state.stats()
-    }
-
-    /// Drops expired registrations (also done lazily when the table fills).
-    pub fn expire(&self) {
-        lock(&self.state.registry).expire(Instant::now());
     }
 }
 

@@ -7,6 +7,7 @@ pub mod predict;
 pub mod protocol;
 pub mod punch;
 pub mod relay;
+pub mod schedule;
 pub mod scope;
 pub mod stun;
 pub mod upnp;

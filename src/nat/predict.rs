@@ -11,7 +11,6 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use rand::seq::SliceRandom;
 use tokio::sync::mpsc;
 
 use super::punch;
@@ -212,15 +211,8 @@ pub(crate) async fn spray_random(
     sent: &std::sync::atomic::AtomicU64,
 ) {
     let packet = punch::packet(me);
-    let mut ports: Vec<u16> = (1024..=u16::MAX).collect();
-    ports.shuffle(&mut rand::rng());
-    ports.truncate(settings.probes);
-    // Batches every 10 ms: one timer per batch, not per probe.
-    let tick = Duration::from_millis(10);
-    let batches = (settings.duration.as_millis() / tick.as_millis()).max(1) as usize;
-    let per_batch = ports.len().div_ceil(batches).max(1);
-    let mut timer = tokio::time::interval(tick);
-    let mut chunks = ports.chunks(per_batch);
+    let mut plan = super::schedule::ProbePlan::new(settings, &mut rand::rng());
+    let mut timer = tokio::time::interval(super::schedule::ProbePlan::TICK);
     let mut learning = true;
     loop {
         tokio::select! {
@@ -228,7 +220,7 @@ pub(crate) async fn spray_random(
                 if done() {
                     break;
                 }
-                let Some(batch) = chunks.next() else { break };
+                let Some(batch) = plan.next_batch() else { break };
                 for port in batch {
                     if socket.send_raw(SocketAddr::new(ip, *port), &packet).is_ok() {
                         sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

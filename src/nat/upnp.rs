@@ -17,6 +17,7 @@ use igd_next::aio::Gateway;
 #[cfg(feature = "upnp")]
 use igd_next::{AddPortError, PortMappingProtocol, SearchOptions};
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::stats::Stats;
 
@@ -105,21 +106,21 @@ struct Mapping {
 }
 
 #[cfg(feature = "upnp")]
-/// Keeps the node's port mapped until `closed` fires, then removes it. Runs
-/// without a handle on the node, so the mapping is also removed when the node
-/// is dropped rather than shut down (as long as the runtime lives).
+/// Keeps the node's port mapped until `closed` is cancelled, then removes it.
+/// Runs without a handle on the node, so the mapping is also removed when the
+/// node is dropped rather than shut down (as long as the runtime lives).
 pub(crate) async fn run(
     settings: UpnpSettings,
     local: SocketAddr,
     label: String,
     status: Arc<watch::Sender<UpnpStatus>>,
     stats: Arc<Stats>,
-    mut closed: watch::Receiver<()>,
+    closed: CancellationToken,
 ) {
     loop {
         status.send_replace(UpnpStatus::Searching);
         let outcome = tokio::select! {
-            _ = closed.changed() => return,
+            _ = closed.cancelled() => return,
             m = map(&settings, local, &label) => m,
         };
         match outcome {
@@ -131,7 +132,7 @@ pub(crate) async fn run(
                     gateway: mapping.gateway.addr,
                     lease: Duration::from_secs(mapping.lease_secs.into()),
                 });
-                let lost = hold(&settings, &mapping, &label, &stats, &mut closed).await;
+                let lost = hold(&settings, &mapping, &label, &stats, &closed).await;
                 match lost {
                     None => {
                         release(&mapping).await;
@@ -153,7 +154,7 @@ pub(crate) async fn run(
             }
         }
         tokio::select! {
-            _ = closed.changed() => return,
+            _ = closed.cancelled() => return,
             _ = tokio::time::sleep(settings.retry) => {}
         }
     }
@@ -291,7 +292,7 @@ async fn hold(
     m: &Mapping,
     label: &str,
     stats: &Stats,
-    closed: &mut watch::Receiver<()>,
+    closed: &CancellationToken,
 ) -> Option<String> {
     // A permanent mapping still gets re-asserted now and then: gateways reboot.
     let every = if m.lease_secs == 0 {
@@ -301,7 +302,7 @@ async fn hold(
     };
     loop {
         tokio::select! {
-            _ = closed.changed() => return None,
+            _ = closed.cancelled() => return None,
             _ = tokio::time::sleep(every) => {}
         }
         let renewed = m
@@ -354,7 +355,7 @@ pub(crate) async fn run(
     _label: String,
     status: Arc<watch::Sender<UpnpStatus>>,
     _stats: Arc<Stats>,
-    _closed: watch::Receiver<()>,
+    _closed: CancellationToken,
 ) {
     status.send_replace(UpnpStatus::Unavailable {
         reason: "built without the `upnp` feature".into(),

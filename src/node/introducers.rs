@@ -4,14 +4,13 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::Weak;
 use std::time::Duration;
 
-use tokio::sync::watch;
-
 use super::membership::{jitter, Reach};
-use super::{Node, NodeInner};
+use super::service::{Routes, Service, ServiceContext, WeakNode};
+use super::Node;
 use crate::addr::NodeAddr;
+use crate::backoff::Backoff;
 use crate::error::{Error, Result};
 use crate::nat::protocol::{
     Introduce, Register, Registered, INTRODUCE_ROUTE, MAX_INTRODUCTIONS, REGISTER_ROUTE,
@@ -20,21 +19,46 @@ use crate::nat::protocol::{
 /// Longest wait between attempts to reach an introducer that is down.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
+/// The introducer client: one registration task per configured introducer
+/// (no routes).
+pub(super) struct IntroducerClient;
+
+impl Service for IntroducerClient {
+    fn name(&self) -> &'static str {
+        "introducer client"
+    }
+
+    fn routes(&self, _routes: &mut Routes<'_>) {}
+
+    fn start(&self, ctx: &ServiceContext) {
+        let Some(node) = ctx.node().upgrade() else {
+            return;
+        };
+        for intro in node.shared().nat.introducers.clone() {
+            node.add_peer_addr(&intro);
+            ctx.spawn(run(ctx.node(), intro));
+        }
+    }
+}
+
 /// Runs one introducer's registration loop until the node stops.
-pub(super) async fn run(node: Weak<NodeInner>, intro: NodeAddr, mut closed: watch::Receiver<()>) {
-    let mut backoff = Duration::from_millis(500);
+async fn run(node: WeakNode, intro: NodeAddr) {
+    // Retries of an introducer that is down: from half a second, doubling,
+    // never beyond the refresh interval (nor 30 s).
+    let mut retry = Backoff::new(Duration::from_millis(500), MAX_BACKOFF);
     loop {
-        let Some(n) = node.upgrade().map(|inner| Node { inner }) else {
+        let Some(n) = node.upgrade() else {
             return;
         };
         let interval = n.shared().nat.register_interval;
+        retry.set_max(MAX_BACKOFF.min(interval));
         let wait = match register(&n, &intro).await {
             Ok(reg) => {
                 n.counters()
                     .introducer_registrations
                     .fetch_add(1, Ordering::Relaxed);
                 n.shared().observed.record(intro.id, reg.observed);
-                backoff = Duration::from_millis(500);
+                retry.reset();
                 if n.members().wants_more() {
                     introductions(&n, &intro).await;
                 }
@@ -48,16 +72,11 @@ pub(super) async fn run(node: Weak<NodeInner>, intro: NodeAddr, mut closed: watc
                 tracing::info!(introducer = %intro.id.short(), error = %e, "registration failed; retrying");
                 // The cached connection may be to an introducer that restarted.
                 n.forget_connection(&intro.id);
-                let w = backoff;
-                backoff = (backoff * 2).min(MAX_BACKOFF).min(interval.max(backoff));
-                jitter(w)
+                retry.next(&mut rand::rng())
             }
         };
         drop(n);
-        tokio::select! {
-            _ = closed.changed() => return,
-            _ = tokio::time::sleep(wait) => {}
-        }
+        tokio::time::sleep(wait).await;
     }
 }
 

@@ -4,15 +4,16 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::Weak;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rand::RngExt;
-use tokio::sync::watch;
 
-use super::membership::{jitter, Reach};
-use super::{Node, NodeInner};
+use super::membership::Reach;
+use super::service::{Routes, Service, ServiceContext, WeakNode};
+use super::Node;
 use crate::addr::NodeAddr;
+use crate::backoff::Backoff;
 use crate::discovery::beacon::{Beacon, Kind, MAX_ADDRS, MAX_BEACON};
 use crate::discovery::multicast::MulticastSocket;
 use crate::discovery::DiscoverySettings;
@@ -57,13 +58,40 @@ fn should_ping(node: &Node) -> bool {
     node.members().wants_more() || node.members().known_by_count() == 0
 }
 
-pub(super) async fn run(
-    node: Weak<NodeInner>,
-    socket: MulticastSocket,
+/// LAN discovery (no routes: multicast is not QUIC).
+pub(super) struct LanService {
+    /// Taken by the task when the node starts.
+    socket: Mutex<Option<MulticastSocket>>,
     settings: DiscoverySettings,
-    mut closed: watch::Receiver<()>,
-) {
-    let mut interval = settings.min_interval;
+}
+
+impl LanService {
+    pub(super) fn new(socket: MulticastSocket, settings: DiscoverySettings) -> Self {
+        LanService {
+            socket: Mutex::new(Some(socket)),
+            settings,
+        }
+    }
+}
+
+impl Service for LanService {
+    fn name(&self) -> &'static str {
+        "lan"
+    }
+
+    fn routes(&self, _routes: &mut Routes<'_>) {}
+
+    fn start(&self, ctx: &ServiceContext) {
+        let socket = self.socket.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(socket) = socket {
+            ctx.spawn(run(ctx.node(), socket, self.settings.clone()));
+        }
+    }
+}
+
+async fn run(node: WeakNode, socket: MulticastSocket, settings: DiscoverySettings) {
+    // Pings while wanting hosts: at once, then less and less often.
+    let mut pings = Backoff::new(settings.min_interval, settings.max_interval);
     let mut next_ping = tokio::time::Instant::now();
     let mut last_pong: Option<Instant> = None;
     // A pong waiting for its delay, and the others' pongs heard meanwhile.
@@ -75,25 +103,23 @@ pub(super) async fn run(
         crate::ratelimit::RateLimiter::new(BEACONS_PER_SOURCE, BEACONS_PER_SOURCE * 4.0, 1024);
     loop {
         tokio::select! {
-            _ = closed.changed() => return,
             _ = tokio::time::sleep_until(next_ping) => {
-                let Some(node) = node.upgrade().map(|inner| Node { inner }) else { return };
+                let Some(node) = node.upgrade() else { return };
                 if should_ping(&node) {
                     if let Some(bytes) = beacon(&node, Kind::Ping) {
                         let copies = socket.send(&bytes).await;
                         node.counters().mcast_pings_sent.fetch_add(copies as u64, Ordering::Relaxed);
                     }
-                    next_ping = tokio::time::Instant::now() + jitter(interval);
-                    interval = (interval * 2).min(settings.max_interval);
+                    next_ping = tokio::time::Instant::now() + pings.next(&mut rand::rng());
                 } else {
                     // Satisfied: stay quiet, but notice loneliness quickly.
-                    interval = settings.min_interval;
+                    pings.reset();
                     next_ping = tokio::time::Instant::now() + settings.min_interval;
                 }
             }
             _ = async { tokio::time::sleep_until(pong_due.unwrap_or_else(tokio::time::Instant::now)).await }, if pong_due.is_some() => {
                 pong_due = None;
-                let Some(node) = node.upgrade().map(|inner| Node { inner }) else { return };
+                let Some(node) = node.upgrade() else { return };
                 if pongs_heard >= ENOUGH_PONGS {
                     node.counters().mcast_pongs_suppressed.fetch_add(1, Ordering::Relaxed);
                 } else if let Some(bytes) = beacon(&node, Kind::Pong) {
@@ -104,7 +130,7 @@ pub(super) async fn run(
             }
             received = socket.recv(&mut buf) => {
                 let Ok((n, from)) = received else { continue };
-                let Some(node) = node.upgrade().map(|inner| Node { inner }) else { return };
+                let Some(node) = node.upgrade() else { return };
                 node.counters().mcast_received.fetch_add(1, Ordering::Relaxed);
                 // A source that floods the group costs a few beacons' work.
                 if !per_source.allow(from.ip()) {

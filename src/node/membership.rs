@@ -2,18 +2,18 @@
 //! wants more hosts, and the verification every candidate goes through before it
 //! may enter the table.
 
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::Weak;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use rand::RngExt;
-use tokio::sync::watch;
 
-use super::{Node, NodeInner};
+use super::service::{Routes, Service, ServiceContext, WeakNode};
+use super::Node;
 use crate::addr::{NodeAddr, Target};
-use crate::error::Error;
-use crate::peers::HostInfo;
+use crate::error::{Error, Result};
+use crate::peers::{HostInfo, Membership, PeerRecord, PeersRequest, PEERS_ROUTE};
 
 /// Hosts asked for more hosts in one peer-exchange round.
 const PEX_FANOUT: usize = 3;
@@ -35,7 +35,38 @@ pub(super) enum Reach {
     Traverse,
 }
 
+/// `butter/peers` (a sample of the known hosts) and the upkeep task.
+pub(super) struct PeersService(pub(super) Arc<Membership>);
+
+impl Service for PeersService {
+    fn name(&self) -> &'static str {
+        "peers"
+    }
+
+    fn routes(&self, routes: &mut Routes<'_>) {
+        let m = self.0.clone();
+        routes.typed(
+            PEERS_ROUTE,
+            64,
+            move |peer, _from: SocketAddr, req: PeersRequest| {
+                let m = m.clone();
+                async move { Ok(m.sample(req.max as usize, &peer)) }
+            },
+        );
+    }
+
+    fn start(&self, ctx: &ServiceContext) {
+        ctx.spawn(upkeep(ctx.node()));
+    }
+}
+
 impl Node {
+    /// Asks a node for a sample of its known hosts (`butter/peers`).
+    pub async fn peers_of(&self, target: impl Into<Target>, max: u16) -> Result<Vec<PeerRecord>> {
+        self.call_typed(target, PEERS_ROUTE, &PeersRequest { max })
+            .await
+    }
+
     /// Hands a candidate to verification if the table might take it and a
     /// verification slot is free; otherwise it is dropped (counted).
     pub(super) fn offer_candidate(&self, addr: NodeAddr, reach: Reach) {
@@ -52,8 +83,10 @@ impl Node {
         if !self.members().start_verifying(id) {
             return;
         }
+        // Bounded (a handshake and a ping, each timed out); holds the node
+        // that long at most.
         let node = self.clone();
-        tokio::spawn(async move {
+        self.shared().tasks.spawn(async move {
             verify(node, addr, reach).await;
             drop(permit);
         });
@@ -62,40 +95,32 @@ impl Node {
 
 /// `interval` ± 20 %.
 pub(super) fn jitter(interval: Duration) -> Duration {
-    interval.mul_f64(rand::rng().random_range(0.8..1.2))
+    crate::backoff::spread(interval, 0.2, &mut rand::rng())
 }
 
 /// Runs until the node is dropped or shut down.
-pub(super) async fn upkeep(node: Weak<NodeInner>, mut closed: watch::Receiver<()>) {
-    let Some(base) = upgrade(&node).map(|n| n.members().settings.liveness_interval) else {
+async fn upkeep(node: WeakNode) {
+    let Some(base) = node
+        .upgrade()
+        .map(|n| n.members().settings.liveness_interval)
+    else {
         return;
     };
-    let mut interval = base;
+    // Churn shortens the interval (down to a quarter of the base); calm
+    // stretches it back.
+    let mut interval = crate::backoff::Adaptive::new(base);
     // Ask for hosts soon after start rather than a full interval later.
     let mut wait = Duration::from_millis(200);
     loop {
-        tokio::select! {
-            _ = closed.changed() => return,
-            _ = tokio::time::sleep(jitter(wait)) => {}
-        }
-        let Some(node) = upgrade(&node) else { return };
+        tokio::time::sleep(jitter(wait)).await;
+        let Some(node) = node.upgrade() else { return };
         let deaths = check_liveness(&node).await;
-        // Churn shortens the interval (down to a quarter of the base); calm
-        // stretches it back.
-        interval = if deaths > 0 {
-            (interval / 2).max(base / 4)
-        } else {
-            interval.mul_f64(1.25).min(base)
-        };
+        let next = interval.after(deaths > 0);
         if node.members().wants_more() {
             peer_exchange(&node).await;
         }
-        wait = interval;
+        wait = next;
     }
-}
-
-fn upgrade(node: &Weak<NodeInner>) -> Option<Node> {
-    node.upgrade().map(|inner| Node { inner })
 }
 
 /// Pings every known host; those that do not answer in time leave the table.

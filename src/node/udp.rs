@@ -1,12 +1,16 @@
 //! The non-QUIC side of the node's UDP port: answers STUN binding requests,
 //! completes our own STUN transactions, counts and drops everything else.
 
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::Weak;
+use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
-use super::{Node, NodeInner};
+use super::service::{Routes, Service, ServiceContext, WeakNode};
+use super::Node;
+use crate::backoff::Backoff;
+use crate::error::{Error, Result};
 use crate::nat::stun::{self, Incoming};
 use crate::net::Datagram;
 use crate::ratelimit::RateLimiter;
@@ -31,17 +35,28 @@ impl StunLimits {
     }
 }
 
-pub(super) async fn run(
-    node: Weak<NodeInner>,
-    mut side: mpsc::Receiver<Datagram>,
-    mut closed: watch::Receiver<()>,
-) {
-    loop {
-        let datagram = tokio::select! {
-            _ = closed.changed() => return,
-            d = side.recv() => match d { Some(d) => d, None => return },
+/// Takes the socket's non-QUIC datagrams (no routes).
+pub(super) struct UdpService;
+
+impl Service for UdpService {
+    fn name(&self) -> &'static str {
+        "udp"
+    }
+
+    fn routes(&self, _routes: &mut Routes<'_>) {}
+
+    fn start(&self, ctx: &ServiceContext) {
+        let Some(node) = ctx.node().upgrade() else {
+            return;
         };
-        let Some(node) = node.upgrade().map(|inner| Node { inner }) else {
+        let side = node.shared().endpoint.socket.subscribe(1024);
+        ctx.spawn(run(ctx.node(), side));
+    }
+}
+
+async fn run(node: WeakNode, mut side: mpsc::Receiver<Datagram>) {
+    while let Some(datagram) = side.recv().await {
+        let Some(node) = node.upgrade() else {
             return;
         };
         let counters = node.counters();
@@ -87,5 +102,31 @@ pub(super) async fn run(
                 tracing::trace!(from = %datagram.from, error = %e, "dropped a bad STUN datagram");
             }
         }
+    }
+}
+
+impl Node {
+    /// Asks a STUN server (any RFC 8489 server, or another node) for this node's
+    /// reflexive address: how its UDP port looks from the server's side of the
+    /// NATs. Sent from the node's own port, so the answer is the mapping its QUIC
+    /// connections use too.
+    pub async fn stun(&self, server: SocketAddr) -> Result<SocketAddr> {
+        let (tid, request) = crate::nat::stun::binding_request()?;
+        let mut answer = self.shared().stun.start(tid);
+        // Retransmit like RFC 8489 (doubling), within a bounded total.
+        let mut rto =
+            Backoff::new(Duration::from_millis(250), Duration::from_secs(2)).without_jitter();
+        for _ in 0..4 {
+            let wait = rto.next(&mut rand::rng());
+            if let Err(e) = self.shared().endpoint.socket.send_raw(server, &request) {
+                tracing::debug!(%server, error = %e, "STUN send failed");
+            }
+            match tokio::time::timeout(wait, &mut answer).await {
+                Ok(Ok(mapped)) => return Ok(mapped),
+                Ok(Err(_)) => break,
+                Err(_) => {}
+            }
+        }
+        Err(Error::Timeout("STUN binding request"))
     }
 }

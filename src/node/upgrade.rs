@@ -3,26 +3,30 @@
 //! (Its own module: spawning it where dialing is defined would make the
 //! compiler check a cycle of futures it cannot see through.)
 
-use std::sync::Weak;
+use std::time::Duration;
 
-use super::{Node, NodeInner};
+use super::service::WeakNode;
+use super::Node;
 use crate::addr::NodeAddr;
+use crate::backoff::Backoff;
 use crate::identity::NodeId;
 use crate::net;
 
 /// A coordinated punch to `id` on its own task, so that it may finish (and
-/// install its connection) after a relay won the race against it.
+/// install its connection) after a relay won the race against it. Bounded
+/// (introducer call, punch and prediction timeouts): holds the node that long.
 pub(super) fn punch(
     node: Node,
     intro: NodeAddr,
     id: NodeId,
-) -> tokio::task::JoinHandle<crate::Result<quinn::Connection>> {
-    tokio::spawn(async move { node.punch_via(&intro, id).await })
+) -> tokio::task::JoinHandle<Option<crate::Result<quinn::Connection>>> {
+    let tasks = node.shared().tasks.clone();
+    tasks.spawn(async move { node.punch_via(&intro, id).await })
 }
 
 /// Starts the upgrade loop for the relayed connection to `id`.
-pub(super) fn start(node: Weak<NodeInner>, intro: NodeAddr, id: NodeId) {
-    tokio::spawn(upgrade(node, intro, id));
+pub(super) fn start(node: &Node, intro: NodeAddr, id: NodeId) {
+    node.shared().tasks.spawn(upgrade(node.weak(), intro, id));
 }
 
 /// While the relayed connection to `id` lives, retries a punch (with port
@@ -30,16 +34,16 @@ pub(super) fn start(node: Weak<NodeInner>, intro: NodeAddr, id: NodeId) {
 /// fails now and then by bad luck alone — then backing off to every
 /// `upgrade_interval`. A direct connection that comes up replaces the relayed
 /// one for new calls, and the relayed one closes once idle.
-async fn upgrade(node: Weak<NodeInner>, intro: NodeAddr, id: NodeId) {
-    let mut wait = std::time::Duration::from_secs(1);
+async fn upgrade(node: WeakNode, intro: NodeAddr, id: NodeId) {
+    let mut retry = Backoff::new(Duration::from_secs(1), Duration::from_secs(1));
     loop {
-        let Some(interval) = node.upgrade().map(|n| n.shared.nat.upgrade_interval) else {
+        let Some(interval) = node.upgrade().map(|n| n.shared().nat.upgrade_interval) else {
             return;
         };
-        wait = wait.min(interval);
-        tokio::time::sleep(super::membership::jitter(wait)).await;
-        wait *= 2;
-        let Some(node) = node.upgrade().map(|inner| Node { inner }) else {
+        retry.set_max(interval);
+        let wait = retry.next(&mut rand::rng());
+        tokio::time::sleep(wait).await;
+        let Some(node) = node.upgrade() else {
             return;
         };
         let Some(relayed) = node.shared().endpoint.cached(&id) else {

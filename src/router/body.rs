@@ -1,0 +1,312 @@
+//! Bodies: what a call or a reply sends ([`Body`]: bytes, a reader or a
+//! stream of chunks) and what arrives as a stream ([`RecvBody`], with its
+//! stall timeout).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::{Stream, StreamExt};
+use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
+
+use crate::error::{Error, Result};
+
+/// A body to send: bytes in memory, or a reader streamed to the peer.
+///
+/// ```
+/// let small = butter::Body::from("hello");
+/// let big = butter::Body::from_reader(tokio::io::repeat(7).take_bytes(1 << 30));
+/// # trait TakeBytes { fn take_bytes(self, n: u64) -> tokio::io::Take<Self> where Self: Sized; }
+/// # impl<R: tokio::io::AsyncRead> TakeBytes for R { fn take_bytes(self, n: u64) -> tokio::io::Take<Self> { tokio::io::AsyncReadExt::take(self, n) } }
+/// # let _ = (small, big);
+/// ```
+pub struct Body(BodyKind);
+
+enum BodyKind {
+    Bytes(Bytes),
+    Reader(Pin<Box<dyn AsyncRead + Send + 'static>>),
+    Chunks(Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send + 'static>>),
+}
+
+impl std::fmt::Debug for Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            BodyKind::Bytes(b) => write!(f, "Body({} bytes)", b.len()),
+            BodyKind::Reader(_) => f.write_str("Body(reader)"),
+            BodyKind::Chunks(_) => f.write_str("Body(chunks)"),
+        }
+    }
+}
+
+impl Body {
+    /// No bytes.
+    pub fn empty() -> Self {
+        Body(BodyKind::Bytes(Bytes::new()))
+    }
+
+    /// A body read from `reader` until its end and streamed to the peer as it is
+    /// read, so its size is not bounded by memory.
+    pub fn from_reader(reader: impl AsyncRead + Send + 'static) -> Self {
+        Body(BodyKind::Reader(Box::pin(reader)))
+    }
+
+    /// A body made of the chunks a stream yields, each handed to QUIC without
+    /// copying: the fastest way to send data that already sits in [`Bytes`].
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// let chunks = futures_util::stream::iter((0..4).map(|_| Ok(Bytes::from(vec![0u8; 1 << 20]))));
+    /// let body = butter::Body::from_stream(chunks);
+    /// # let _ = body;
+    /// ```
+    pub fn from_stream(
+        chunks: impl Stream<Item = std::io::Result<Bytes>> + Send + 'static,
+    ) -> Self {
+        Body(BodyKind::Chunks(Box::pin(chunks)))
+    }
+
+    /// The length, if the body is in memory.
+    pub fn len(&self) -> Option<usize> {
+        match &self.0 {
+            BodyKind::Bytes(b) => Some(b.len()),
+            BodyKind::Reader(_) | BodyKind::Chunks(_) => None,
+        }
+    }
+
+    /// Whether the body is known to be empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == Some(0)
+    }
+
+    /// Writes the body to a QUIC stream and finishes it. A peer that accepts
+    /// nothing for `stall` (it stopped reading, flow control holds the writes)
+    /// ends it with a timeout.
+    pub(crate) async fn write_to(
+        self,
+        send: &mut quinn::SendStream,
+        stall: std::time::Duration,
+    ) -> Result<()> {
+        async fn write(
+            send: &mut quinn::SendStream,
+            chunk: Bytes,
+            stall: std::time::Duration,
+        ) -> Result<()> {
+            match tokio::time::timeout(stall, send.write_chunk(chunk)).await {
+                Ok(r) => r.map_err(write_error),
+                Err(_) => Err(Error::Timeout("the peer stopped reading")),
+            }
+        }
+        match self.0 {
+            BodyKind::Bytes(b) => {
+                if !b.is_empty() {
+                    write(send, b, stall).await?;
+                }
+            }
+            BodyKind::Chunks(mut chunks) => {
+                while let Some(chunk) = chunks.next().await {
+                    write(send, chunk?, stall).await?;
+                }
+            }
+            BodyKind::Reader(mut r) => {
+                // Filled buffers are handed to quinn without a further copy. Kept
+                // under the allocator's mmap threshold so freed chunks are reused
+                // rather than faulted in afresh.
+                const CHUNK: usize = 64 * 1024;
+                let mut buf = BytesMut::with_capacity(CHUNK);
+                loop {
+                    buf.reserve(CHUNK);
+                    if r.read_buf(&mut buf).await? == 0 {
+                        break;
+                    }
+                    write(send, buf.split().freeze(), stall).await?;
+                }
+            }
+        }
+        let _ = send.finish();
+        Ok(())
+    }
+}
+
+impl From<Bytes> for Body {
+    fn from(b: Bytes) -> Self {
+        Body(BodyKind::Bytes(b))
+    }
+}
+impl From<Vec<u8>> for Body {
+    fn from(b: Vec<u8>) -> Self {
+        Body(BodyKind::Bytes(b.into()))
+    }
+}
+impl From<&'static [u8]> for Body {
+    fn from(b: &'static [u8]) -> Self {
+        Body(BodyKind::Bytes(Bytes::from_static(b)))
+    }
+}
+impl<const N: usize> From<&'static [u8; N]> for Body {
+    fn from(b: &'static [u8; N]) -> Self {
+        Body(BodyKind::Bytes(Bytes::from_static(b)))
+    }
+}
+impl From<&'static str> for Body {
+    fn from(s: &'static str) -> Self {
+        Body(BodyKind::Bytes(Bytes::from_static(s.as_bytes())))
+    }
+}
+impl From<String> for Body {
+    fn from(s: String) -> Self {
+        Body(BodyKind::Bytes(s.into()))
+    }
+}
+impl From<()> for Body {
+    fn from(_: ()) -> Self {
+        Body::empty()
+    }
+}
+impl From<RecvBody> for Body {
+    fn from(r: RecvBody) -> Self {
+        Body::from_reader(r)
+    }
+}
+
+/// A body arriving from a peer, read as a stream. A peer that sends nothing
+/// for the node's stall timeout ([`Limits::stall_timeout`]) ends it with a
+/// timed-out error.
+pub struct RecvBody {
+    stream: quinn::RecvStream,
+    stall: Option<Stall>,
+}
+
+struct Stall {
+    limit: std::time::Duration,
+    last_progress: tokio::time::Instant,
+    /// Made the first time the stream has to wait (many never do).
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl std::fmt::Debug for RecvBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecvBody")
+            .field("stream", &self.stream.id())
+            .finish()
+    }
+}
+
+impl RecvBody {
+    pub(crate) fn new(stream: quinn::RecvStream, stall: Option<std::time::Duration>) -> Self {
+        let now = tokio::time::Instant::now();
+        RecvBody {
+            stream,
+            stall: stall.map(|limit| Stall {
+                limit,
+                last_progress: now,
+                timer: None,
+            }),
+        }
+    }
+
+    /// Without the stall timeout: for streams whose silence is legitimate
+    /// (a relay tunnel carrying an idle connection's packets).
+    pub fn without_stall_timeout(mut self) -> Self {
+        self.stall = None;
+        self
+    }
+
+    /// Reads the whole rest of the body, failing with [`Error::TooLarge`] past
+    /// `limit` bytes.
+    pub async fn bytes(mut self, limit: usize) -> Result<Bytes> {
+        use tokio::io::AsyncReadExt;
+        let mut out = Vec::new();
+        let n = (&mut self)
+            .take(limit as u64 + 1)
+            .read_to_end(&mut out)
+            .await
+            .map_err(|e| {
+                if e.kind() == std::io::ErrorKind::TimedOut {
+                    Error::Timeout("the peer stopped sending")
+                } else {
+                    Error::Unreachable(e.to_string())
+                }
+            })?;
+        if n > limit {
+            return Err(Error::TooLarge {
+                what: "body",
+                limit: limit as u64,
+            });
+        }
+        Ok(out.into())
+    }
+}
+
+impl AsyncRead for RecvBody {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.stream).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                if let Some(stall) = &mut this.stall {
+                    stall.last_progress = tokio::time::Instant::now();
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                let Some(stall) = &mut this.stall else {
+                    return Poll::Pending;
+                };
+                // The timer moves only when the stream waits, not on every read.
+                let due = stall.last_progress + stall.limit;
+                let timer = stall
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+                if timer.deadline() != due {
+                    timer.as_mut().reset(due);
+                }
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the peer sent nothing for the stall timeout",
+                    ))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+}
+
+pub(crate) async fn read_to_end(
+    stream: &mut quinn::RecvStream,
+    limit: usize,
+    what: &'static str,
+) -> Result<Bytes> {
+    match stream.read_to_end(limit).await {
+        Ok(v) => Ok(v.into()),
+        Err(quinn::ReadToEndError::TooLong) => Err(Error::TooLarge {
+            what,
+            limit: limit as u64,
+        }),
+        Err(quinn::ReadToEndError::Read(e)) => Err(read_error(e)),
+    }
+}
+
+pub(crate) fn read_error(e: quinn::ReadError) -> Error {
+    match e {
+        quinn::ReadError::ConnectionLost(c) => crate::endpoint::connection_error(c),
+        quinn::ReadError::Reset(code) => {
+            Error::Remote(format!("stream reset by peer (code {code})"))
+        }
+        other => Error::Unreachable(other.to_string()),
+    }
+}
+
+pub(crate) fn write_error(e: quinn::WriteError) -> Error {
+    match e {
+        quinn::WriteError::ConnectionLost(c) => crate::endpoint::connection_error(c),
+        quinn::WriteError::Stopped(code) => {
+            Error::Remote(format!("peer stopped reading (code {code})"))
+        }
+        other => Error::Unreachable(other.to_string()),
+    }
+}

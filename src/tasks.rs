@@ -1,0 +1,150 @@
+//! Task ownership: every task a node starts (accept loop, connection and
+//! stream servers, upkeep, discovery, punches, relay pumps, service tasks)
+//! runs on the node's [`Tasks`], which cancels them all on shutdown (or when the
+//! last handle is dropped) and lets shutdown wait until they have ended.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let tasks = butter::tasks::Tasks::new();
+//! let forever = tasks.spawn(std::future::pending::<()>());
+//! assert_eq!(tasks.len(), 1);
+//! assert!(tasks.shut_down(std::time::Duration::from_secs(1)).await);
+//! assert_eq!(forever.await.unwrap(), None); // cancelled, not finished
+//! assert_eq!(tasks.len(), 0);
+//! # }
+//! ```
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// The owner of a set of tasks: spawn on it, cancel and await them at once.
+/// Cheap to clone (clones share the tasks).
+#[derive(Clone, Default, Debug)]
+pub struct Tasks {
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+}
+
+impl Tasks {
+    /// An owner with no tasks yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Spawns `fut`, dropped at its next await point once the owner is
+    /// cancelled (the handle then yields `None`).
+    pub fn spawn<F>(&self, fut: F) -> JoinHandle<Option<F::Output>>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let cancel = self.cancel.clone();
+        self.tracker.spawn(cancel.run_until_cancelled_owned(fut))
+    }
+
+    /// Spawns a task that watches [`Tasks::cancelled`] itself to finish
+    /// cleanly (e.g. remove a port mapping): it is awaited on shutdown, not
+    /// dropped. It must end soon after cancellation.
+    pub fn spawn_graceful<F>(&self, fut: F) -> JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.tracker.spawn(fut)
+    }
+
+    /// Completes once the owner is cancelled.
+    pub fn cancelled(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
+        self.cancel.clone().cancelled_owned()
+    }
+
+    /// The token cancelled with the owner, for code that takes one.
+    pub fn token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
+    /// Whether the owner was cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// Cancels every task and refuses new ones (they end at once). Does not wait.
+    pub fn cancel(&self) {
+        self.cancel.cancel();
+        self.tracker.close();
+    }
+
+    /// Cancels every task and waits, at most `grace`, until all have ended;
+    /// false if some were still running then.
+    pub async fn shut_down(&self, grace: Duration) -> bool {
+        self.cancel();
+        tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_ok()
+    }
+
+    /// Tasks still running.
+    pub fn len(&self) -> usize {
+        self.tracker.len()
+    }
+
+    /// Whether no task is running.
+    pub fn is_empty(&self) -> bool {
+        self.tracker.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn shut_down_cancels_and_awaits_every_task() {
+        let tasks = Tasks::new();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let waiting = tasks.spawn(async move {
+            let _keep = tx;
+            std::future::pending::<()>().await
+        });
+        let done = tasks.spawn(async { 7 });
+        assert_eq!(done.await.unwrap(), Some(7));
+        assert!(tasks.shut_down(Duration::from_secs(1)).await);
+        assert_eq!(waiting.await.unwrap(), None);
+        // The cancelled future was dropped: what it held is released.
+        assert!(rx.await.is_err());
+        assert!(tasks.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_graceful_task_finishes_its_cleanup() {
+        let tasks = Tasks::new();
+        let cancelled = tasks.cancelled();
+        let cleanup = tasks.spawn_graceful(async move {
+            cancelled.await;
+            tokio::task::yield_now().await;
+            "removed"
+        });
+        assert!(tasks.shut_down(Duration::from_secs(1)).await);
+        assert_eq!(cleanup.await.unwrap(), "removed");
+    }
+
+    #[tokio::test]
+    async fn shut_down_reports_a_task_that_does_not_end() {
+        let tasks = Tasks::new();
+        tasks.spawn_graceful(tokio::time::sleep(Duration::from_secs(30)));
+        assert!(!tasks.shut_down(Duration::from_millis(20)).await);
+        assert_eq!(tasks.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn tasks_spawned_after_cancel_end_at_once() {
+        let tasks = Tasks::new();
+        tasks.cancel();
+        let late = tasks.spawn(std::future::pending::<()>());
+        assert_eq!(late.await.unwrap(), None);
+    }
+}
