@@ -107,9 +107,9 @@ async fn a_service_serves_its_routes_with_its_limits_and_guards() {
     assert_eq!(server.stats().requests_refused, 1);
 }
 
-#[tokio::test]
-async fn shutdown_cancels_and_awaits_every_task() {
-    let (probe, alive, _) = Probe::new();
+/// A node running `probe` and a plain one, each in the other's known hosts:
+/// connections both ways (accept, serve and watcher tasks on each side).
+async fn known_to_each_other(probe: Probe) -> (Node, Node) {
     let a = Node::builder()
         .listen(loopback())
         .service(probe)
@@ -117,13 +117,19 @@ async fn shutdown_cancels_and_awaits_every_task() {
         .await
         .unwrap();
     let b = Node::builder().listen(loopback()).spawn().await.unwrap();
-    // Connections both ways: accept, serve and watcher tasks on each side.
     within(10, "a knows b", a.add_known_host(b.addr()))
         .await
         .unwrap();
     within(10, "b knows a", b.add_known_host(a.addr()))
         .await
         .unwrap();
+    (a, b)
+}
+
+#[tokio::test]
+async fn shutdown_cancels_and_awaits_every_task() {
+    let (probe, alive, _) = Probe::new();
+    let (a, _b) = known_to_each_other(probe).await;
     assert!(a.running_tasks() > 3, "{} tasks", a.running_tasks());
     within(10, "shutdown", a.shutdown()).await;
     assert_eq!(a.running_tasks(), 0);
@@ -135,19 +141,7 @@ async fn shutdown_cancels_and_awaits_every_task() {
 async fn dropping_the_last_handle_stops_the_node() {
     let (probe, alive, _) = Probe::new();
     let weak = probe.node.clone();
-    let a = Node::builder()
-        .listen(loopback())
-        .service(probe)
-        .spawn()
-        .await
-        .unwrap();
-    let b = Node::builder().listen(loopback()).spawn().await.unwrap();
-    within(10, "a knows b", a.add_known_host(b.addr()))
-        .await
-        .unwrap();
-    within(10, "b knows a", b.add_known_host(a.addr()))
-        .await
-        .unwrap();
+    let (a, b) = known_to_each_other(probe).await;
     let handle = weak.lock().unwrap().clone().unwrap();
     assert!(handle.upgrade().is_some());
     drop(a);
