@@ -159,3 +159,80 @@ async fn every_nat_pair_connects_and_the_table_is_printed() {
     println!("\n{table}");
     netlab::keep_figures("nat-matrix", &table);
 }
+
+/// The usual case from outside: a long-lived node (`butter node`, default
+/// settings) behind one NAT of a predicted pair, and one-shot CLI callers
+/// (`butter ping -c 1`: a new process, port and identity each) behind the
+/// other. Counts the runs whose first reply came over a direct path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_shot_callers_of_a_long_lived_node_in_a_predicted_pair() {
+    let test = "one_shot_callers_of_a_long_lived_node_in_a_predicted_pair";
+    const RUNS: usize = 11;
+    let mut report = String::new();
+    for (a, b) in [(TYPES[2], TYPES[3]), (TYPES[3], TYPES[2])] {
+        let Some(mut lab) = netlab::lab(test) else {
+            return;
+        };
+        let world = lab.nat_world(&[a.0, b.0], 1);
+        let intro = lab.introducer(&world.public, &[]).await;
+        let b_node = lab
+            .node(
+                &world.lans[1][0],
+                &[
+                    "--no-upnp",
+                    "--register-ms",
+                    "500",
+                    "--introducer",
+                    &intro.addr,
+                ],
+            )
+            .await;
+        let reader = world.routers[1]
+            .clone()
+            .unwrap_or_else(|| world.public.clone());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while lab.stats(&reader, &b_node).await["introducer_registrations"] == 0 {
+            assert!(Instant::now() < deadline, "B never registered");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mut direct = 0;
+        let mut paths = Vec::new();
+        for _ in 0..RUNS {
+            let (ok, out, err) = lab
+                .butter(
+                    &world.lans[0][0],
+                    &["ping", &b_node.id, "-c", "1", "--introducer", &intro.addr],
+                )
+                .await;
+            assert!(ok, "{} → {}: no reply: {err}", a.1, b.1);
+            let line = out.lines().next().unwrap_or("").to_string();
+            let path = if line.contains("via relay") {
+                "relay"
+            } else {
+                field(&line, " via ", '(')
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or("?")
+            }
+            .to_string();
+            direct += usize::from(matches!(path.as_str(), "direct" | "punched" | "predicted"));
+            paths.push(format!("{path} ({})", field(&line, "attempts: ", ')')));
+        }
+        let line = format!(
+            "{} → {} (long-lived): direct at the first reply {direct}/{RUNS}: {}",
+            a.1,
+            b.1,
+            paths.join(", ")
+        );
+        println!("{line}");
+        report.push_str(&line);
+        report.push('\n');
+        assert!(
+            direct + 2 >= RUNS,
+            "{} → {}: direct in only {direct} of {RUNS} one-shot runs",
+            a.1,
+            b.1
+        );
+    }
+    netlab::keep_figures("one-shot-callers", &report);
+}
