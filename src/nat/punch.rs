@@ -84,15 +84,18 @@ pub(crate) async fn spray(
     done: impl Fn() -> bool,
 ) -> u64 {
     let packet = packet(me);
-    let end = Instant::now() + duration;
+    let mut plan = super::schedule::SprayPlan::new(Instant::now(), interval, duration);
     let mut sent = 0;
-    while Instant::now() < end && !done() {
+    while !done() {
+        let Some(next) = plan.round(Instant::now()) else {
+            break;
+        };
         for t in targets {
             if socket.send_raw(*t, &packet).is_ok() {
                 sent += 1;
             }
         }
-        tokio::time::sleep(interval).await;
+        tokio::time::sleep_until(next.into()).await;
     }
     sent
 }

@@ -1,7 +1,7 @@
 //! The traversal's decisions as plain values driven by `now` and an rng (no
 //! socket, no timer): when a punch is retried and when the relay starts
-//! ([`Timeline`]), and which ports a port prediction probes when
-//! ([`ProbePlan`]). The async code in `node` only sleeps and sends as told.
+//! ([`Timeline`]), when punch packets go out ([`SprayPlan`]), and which ports
+//! a port prediction probes when ([`ProbePlan`]). The async code in `node` only sleeps and sends as told.
 //!
 //! ```
 //! use std::time::{Duration, Instant};
@@ -69,6 +69,39 @@ impl Timeline {
         } else {
             Next::AwaitRelay
         }
+    }
+}
+
+/// A punch spray: a round of packets to every target each `interval`, for
+/// `duration` at most (and no more than `duration / interval` rounds, however
+/// late the timer fires).
+#[derive(Debug, Clone)]
+pub struct SprayPlan {
+    interval: Duration,
+    end: Instant,
+    rounds_left: u32,
+}
+
+impl SprayPlan {
+    /// A spray starting at `now`.
+    pub fn new(now: Instant, interval: Duration, duration: Duration) -> Self {
+        let interval = interval.max(Duration::from_millis(1));
+        let rounds = (duration.as_nanos() / interval.as_nanos()).clamp(1, u32::MAX as u128) as u32;
+        SprayPlan {
+            interval,
+            end: now + duration,
+            rounds_left: rounds,
+        }
+    }
+
+    /// A round is due at `now`: returns when the next one is (the caller
+    /// sends, then sleeps until then); `None` once the spray is over.
+    pub fn round(&mut self, now: Instant) -> Option<Instant> {
+        if now >= self.end || self.rounds_left == 0 {
+            return None;
+        }
+        self.rounds_left -= 1;
+        Some(now + self.interval)
     }
 }
 
@@ -169,6 +202,29 @@ mod tests {
         // A short head start leaves no room for a retry at all.
         let mut short = Timeline::new(t0, Duration::from_millis(900));
         assert_eq!(short.punch_failed(t0), Next::AwaitRelay);
+    }
+
+    #[test]
+    fn a_spray_is_paced_and_bounded_in_rounds_and_time() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut plan = SprayPlan::new(t0, ms(100), ms(1000));
+        let mut now = t0;
+        let mut rounds = 0;
+        while let Some(next) = plan.round(now) {
+            rounds += 1;
+            assert_eq!(next, now + ms(100));
+            now = next;
+        }
+        assert_eq!(rounds, 10);
+        // A timer that fires early cannot buy more rounds...
+        let mut eager = SprayPlan::new(t0, ms(100), ms(1000));
+        assert_eq!((0..50).filter(|_| eager.round(t0).is_some()).count(), 10);
+        // ...nor a late one more time.
+        let mut late = SprayPlan::new(t0, ms(100), ms(1000));
+        assert!(late.round(t0 + ms(1000)).is_none());
+        // A duration shorter than the interval still sends once.
+        assert!(SprayPlan::new(t0, ms(100), ms(10)).round(t0).is_some());
     }
 
     #[test]
