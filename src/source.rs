@@ -39,6 +39,29 @@ pub fn prefix_of(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// Whether two addresses share their /24 or /64 ([`prefix_of`]).
+pub fn same_prefix(a: IpAddr, b: IpAddr) -> bool {
+    prefix_of(a) == prefix_of(b)
+}
+
+/// The site an address belongs to: its IPv4 /24 or IPv6 /48, the unit
+/// one operator usually holds (what diversity limits count, and what
+/// address scoping treats as "the same network").
+pub fn site_of(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => prefix_of(IpAddr::V4(v4)),
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], 0, 0, 0, 0, 0))
+        }
+    }
+}
+
+/// Whether two addresses share their /24 or /48 ([`site_of`]).
+pub fn same_site(a: IpAddr, b: IpAddr) -> bool {
+    site_of(a) == site_of(b)
+}
+
 /// The key an address is limited under: IPv4 as it is, IPv6 by its /64 (one
 /// host on IPv6 has a whole /64 to pick addresses from).
 pub fn address_key(ip: IpAddr) -> IpAddr {
@@ -130,6 +153,24 @@ impl SourceCounts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prefixes_and_sites() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(same_prefix(ip("10.1.2.3"), ip("10.1.2.200")));
+        assert!(!same_prefix(ip("10.1.2.3"), ip("10.1.3.3")));
+        assert!(same_prefix(ip("::ffff:10.1.2.3"), ip("10.1.2.9")));
+        assert!(same_prefix(
+            ip("2001:db8:1:2::1"),
+            ip("2001:db8:1:2:ffff::9")
+        ));
+        assert!(!same_prefix(ip("2001:db8:1:2::1"), ip("2001:db8:1:3::1")));
+        // A site is an IPv6 /48: one operator's allocation.
+        assert!(same_site(ip("2001:db8:1:2::1"), ip("2001:db8:1:3::1")));
+        assert!(!same_site(ip("2001:db8:1::1"), ip("2001:db8:2::1")));
+        assert!(same_site(ip("192.0.2.1"), ip("192.0.2.254")));
+        assert!(!same_site(ip("192.0.2.1"), ip("2001:db8::1")));
+    }
 
     #[test]
     fn ipv6_hosts_are_limited_by_their_64() {

@@ -170,11 +170,7 @@ impl Registry {
 }
 
 fn same_subnet(a: IpAddr, b: IpAddr) -> bool {
-    match (a.to_canonical(), b.to_canonical()) {
-        (IpAddr::V4(a), IpAddr::V4(b)) => a.octets()[..3] == b.octets()[..3],
-        (IpAddr::V6(a), IpAddr::V6(b)) => a.segments()[..3] == b.segments()[..3],
-        _ => false,
-    }
+    butter::source::same_site(a, b)
 }
 
 #[cfg(test)]

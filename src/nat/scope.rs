@@ -49,11 +49,7 @@ pub fn is_unusable(addr: SocketAddr) -> bool {
 }
 
 fn same_network(a: IpAddr, b: IpAddr) -> bool {
-    match (a.to_canonical(), b.to_canonical()) {
-        (IpAddr::V4(a), IpAddr::V4(b)) => a.octets()[..3] == b.octets()[..3],
-        (IpAddr::V6(a), IpAddr::V6(b)) => a.segments()[..3] == b.segments()[..3],
-        _ => false,
-    }
+    crate::source::same_site(a, b)
 }
 
 /// Whether `candidate`, claimed by a peer that was observed at `peer_seen`, is

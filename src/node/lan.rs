@@ -183,9 +183,14 @@ fn consider(node: &Node, from: SocketAddr, beacon: Beacon) {
         return;
     }
     let room = members.len() < members.settings.capacity();
-    let needs_us = beacon.known == 0 || beacon.known_by == 0;
-    // A full, content node still samples a few newcomers (diversity), not all.
-    if !(room || needs_us || rand::rng().random_bool(0.1)) {
+    // What the beacon claims about its sender (`known`, `known_by`) is not
+    // weighed: anyone can claim anything. What counts is what it does: a
+    // node pings only while it wants hosts or nobody knows it (and pings
+    // are rate limited per source above), so a pinger is worth a
+    // verification even to a full node.
+    let asking = beacon.kind == Kind::Ping;
+    // A full, content node still samples a few others (diversity), not all.
+    if !(room || asking || rand::rng().random_bool(0.1)) {
         return;
     }
     let seen_at = SocketAddr::new(from.ip(), beacon.port);

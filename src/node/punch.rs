@@ -299,13 +299,5 @@ pub(super) fn install_direct(shared: &Shared, id: NodeId, conn: quinn::Connectio
 
 /// Same IPv4 /24 (or IPv6 /64): a guess at "the same LAN" without netmasks.
 fn same_subnet(a: SocketAddr, b: SocketAddr) -> bool {
-    match (a.ip().to_canonical(), b.ip().to_canonical()) {
-        (std::net::IpAddr::V4(a), std::net::IpAddr::V4(b)) => {
-            !a.is_loopback() && a.octets()[..3] == b.octets()[..3]
-        }
-        (std::net::IpAddr::V6(a), std::net::IpAddr::V6(b)) => {
-            a.segments()[..4] == b.segments()[..4]
-        }
-        _ => false,
-    }
+    !a.ip().to_canonical().is_loopback() && crate::source::same_prefix(a.ip(), b.ip())
 }
