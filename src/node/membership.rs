@@ -13,7 +13,7 @@ use super::service::{Routes, Service, ServiceContext, WeakNode};
 use super::Node;
 use crate::addr::{NodeAddr, Target};
 use crate::error::{Error, Result};
-use crate::peers::{HostInfo, Membership, PeerRecord, PeersRequest, PEERS_ROUTE};
+use crate::peers::{Admission, HostInfo, Membership, PeerRecord, PeersRequest, PEERS_ROUTE};
 
 /// Hosts asked for more hosts in one peer-exchange round.
 const PEX_FANOUT: usize = 3;
@@ -85,6 +85,7 @@ impl Node {
         }
         // Bounded (a handshake and a ping, each timed out); holds the node
         // that long at most.
+        tracing::trace!(peer = %id.short(), ?reach, "verifying a candidate");
         let node = self.clone();
         self.shared().tasks.spawn(async move {
             verify(node, addr, reach).await;
@@ -189,9 +190,10 @@ async fn verify(node: Node, addr: NodeAddr, reach: Reach) {
             // Connected here first, so the ping does not traverse.
             node.shared().endpoint.connection(&target).await?;
         }
-        // "I mean to keep you": the candidate knows at once that it is known
-        // (it stops asking the LAN) instead of at our first liveness check.
-        node.ping_with(target, true).await
+        // Not yet "I keep you": the table may still turn it away, and a
+        // candidate that believed every verifier would stop asking while
+        // nobody keeps it.
+        node.ping_with(target.clone(), false).await
     })
     .await;
     let ok = match result {
@@ -208,11 +210,21 @@ async fn verify(node: Node, addr: NodeAddr, reach: Reach) {
                 addrs.extend(addr.addrs.iter().filter(|a| **a != ping.remote));
                 addrs.truncate(8);
             }
-            node.members().admit(HostInfo {
+            let admitted = node.members().admit(HostInfo {
                 addr: NodeAddr::new(id, addrs),
                 quality: ping.reply.quality(ping.rtt),
                 last_seen: Instant::now(),
             });
+            if matches!(admitted, Admission::Added | Admission::Replaced(_)) {
+                // "I keep you": the candidate knows at once that it is known
+                // (it stops asking the LAN) instead of at our first liveness
+                // check. Best effort, bounded like the verification.
+                let _ = tokio::time::timeout(
+                    node.members().settings.liveness_timeout,
+                    node.ping_with(target, true),
+                )
+                .await;
+            }
             true
         }
         Ok(Err(Error::IdentityMismatch(e))) => {

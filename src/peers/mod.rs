@@ -177,7 +177,10 @@ impl Membership {
                 });
                 let _ = self.events.send(PeerEvent::Added(addr));
             }
-            Admission::Updated | Admission::Rejected => {}
+            Admission::Rejected => {
+                tracing::trace!(peer = %addr.id.short(), "known host not taken in");
+            }
+            Admission::Updated => {}
         }
         outcome
     }
