@@ -435,7 +435,8 @@ mod tests {
             let index = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
             let tables = (0..n)
                 .map(|i| {
-                    let mut buckets: HashMap<usize, Vec<usize>> = HashMap::new();
+                    let mut buckets: std::collections::BTreeMap<usize, Vec<usize>> =
+                        Default::default();
                     for j in 0..n {
                         if j != i {
                             buckets
@@ -505,6 +506,9 @@ mod tests {
                 let queries = lookup.poll(now);
                 if queries.is_empty() {
                     // Only silent nodes are left waiting: on to their timeout.
+                    if lookup.is_finished() {
+                        break;
+                    }
                     now = lookup.next_timeout().expect("waiting on someone");
                     continue;
                 }

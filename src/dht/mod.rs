@@ -1,5 +1,9 @@
 //! The Kademlia DHT: lookups over the known-hosts table (which is the
-//! routing table), records and providers. Decisions are plain types driven
-//! by `now` ([`lookup`]); the routes and the node's side come on top.
+//! routing table), signed records and provider records. Decisions are plain
+//! types driven by `now`: [`lookup`] (the iterative lookup), [`record`]
+//! (signing and validity), [`store`] (what a node holds for others, bounded
+//! per source); the routes and the node's side come on top.
 
 pub mod lookup;
+pub mod record;
+pub mod store;
