@@ -4,6 +4,7 @@
 //! The policy lives in [`table`] as plain data; [`membership`](self) holds the
 //! shared state the node's background tasks and route handlers work on.
 
+pub mod buckets;
 pub mod quality;
 pub mod table;
 
