@@ -60,6 +60,19 @@ impl Timeline {
         self.relay_at
     }
 
+    /// When the relay is due while a port prediction runs until
+    /// `predicting_until` (if one does): not before it ended. A prediction
+    /// takes up to its whole window (2 s by default) and the relay's head
+    /// start is shorter (1 s): without this, a relay started while the
+    /// prediction was still about to succeed and won the first reply in
+    /// about one run in ten.
+    pub fn relay_due(&self, predicting_until: Option<Instant>) -> Instant {
+        match predicting_until {
+            Some(until) => self.relay_at.max(until),
+            None => self.relay_at,
+        }
+    }
+
     /// A punch failed at `now`.
     pub fn punch_failed(&mut self, now: Instant) -> Next {
         let time_left = self.relay_at.saturating_duration_since(now);
@@ -202,6 +215,17 @@ mod tests {
         // A short head start leaves no room for a retry at all.
         let mut short = Timeline::new(t0, Duration::from_millis(900));
         assert_eq!(short.punch_failed(t0), Next::AwaitRelay);
+    }
+
+    #[test]
+    fn the_relay_waits_for_a_running_prediction() {
+        let t0 = Instant::now();
+        let plan = Timeline::new(t0, Duration::from_secs(1));
+        assert_eq!(plan.relay_due(None), t0 + Duration::from_secs(1));
+        let until = t0 + Duration::from_millis(2600);
+        assert_eq!(plan.relay_due(Some(until)), until);
+        // A prediction that ends before the head start changes nothing.
+        assert_eq!(plan.relay_due(Some(t0)), t0 + Duration::from_secs(1));
     }
 
     #[test]

@@ -20,12 +20,17 @@ use crate::nat::protocol::{
 use crate::nat::{punch, PathKind};
 use crate::net;
 
+/// Until when a prediction of the punch in progress may still succeed
+/// (`None`: none runs): the traversal holds the relay back meanwhile.
+pub(super) type Predicting = tokio::sync::watch::Sender<Option<std::time::Instant>>;
+
 impl Node {
     /// Asks `intro` to make `id` punch towards us, then dials its candidates.
     pub(super) async fn punch_via(
         &self,
         intro: &NodeAddr,
         id: NodeId,
+        predicting: Option<&Predicting>,
     ) -> Result<quinn::Connection> {
         let shared = self.shared();
         // Listening before asking: the peer's first punch packets may beat the
@@ -106,7 +111,21 @@ impl Node {
             Some(role) => {
                 tracing::debug!(peer = %id.short(), ?role, "punching with port prediction");
                 let predicted = async {
-                    let conn = predict(shared, id, role, peer_observed).await?;
+                    // The relay waits while the prediction may still succeed
+                    // (its window, and the strict side's margin past it).
+                    let window = shared.nat.predict.duration.mul_f64(1.25)
+                        + shared
+                            .endpoint
+                            .connect_timeout()
+                            .min(Duration::from_millis(500));
+                    if let Some(p) = predicting {
+                        p.send_replace(Some(std::time::Instant::now() + window));
+                    }
+                    let outcome = predict(shared, id, role, peer_observed).await;
+                    if let (Some(p), Err(_)) = (predicting, &outcome) {
+                        p.send_replace(None);
+                    }
+                    let conn = outcome?;
                     let addr = conn.remote_address();
                     Ok::<_, Error>((conn, addr, PathKind::Predicted))
                 };

@@ -102,12 +102,27 @@ impl Node {
             // The punch and, after its head start, the relay race; the first
             // connection wins. A punch that completes after the relay won
             // still replaces the relayed connection (it runs on its own task).
-            let mut punch = super::upgrade::punch(self.clone(), intro.clone(), id);
-            // When to retry the punch and start the relay: `Timeline`.
+            // When to retry the punch and start the relay: `Timeline`; a
+            // running prediction holds the relay back (`Timeline::relay_due`).
+            let (predicting, mut predicted_until) = tokio::sync::watch::channel(None);
+            let mut punch =
+                super::upgrade::punch(self.clone(), intro.clone(), id, predicting.clone());
             let mut timeline = Timeline::new(std::time::Instant::now(), head_start);
-            let relay_at = tokio::time::Instant::from_std(timeline.relay_at());
+            let plan = timeline.clone();
             let relay = async {
-                tokio::time::sleep_until(relay_at).await;
+                loop {
+                    let due = plan.relay_due(*predicted_until.borrow_and_update());
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(due.into()) => break,
+                        changed = predicted_until.changed() => {
+                            if changed.is_err() {
+                                let last = *predicted_until.borrow();
+                                tokio::time::sleep_until(plan.relay_due(last).into()).await;
+                                break;
+                            }
+                        }
+                    }
+                }
                 self.relay_via(&intro, id).await
             };
             tokio::pin!(relay);
@@ -124,7 +139,7 @@ impl Node {
                         errors.push(format!("punch via {}: {e}", intro.id.short()));
                         match timeline.punch_failed(std::time::Instant::now()) {
                             Next::Punch => {
-                                punch = super::upgrade::punch(self.clone(), intro.clone(), id);
+                                punch = super::upgrade::punch(self.clone(), intro.clone(), id, predicting.clone());
                             }
                             Next::AwaitRelay => punch_over = true,
                         }

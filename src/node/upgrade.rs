@@ -19,9 +19,10 @@ pub(super) fn punch(
     node: Node,
     intro: NodeAddr,
     id: NodeId,
+    predicting: super::punch::Predicting,
 ) -> tokio::task::JoinHandle<Option<crate::Result<quinn::Connection>>> {
     let tasks = node.shared().tasks.clone();
-    tasks.spawn(async move { node.punch_via(&intro, id).await })
+    tasks.spawn(async move { node.punch_via(&intro, id, Some(&predicting)).await })
 }
 
 /// Starts the upgrade loop for the relayed connection to `id`.
@@ -54,7 +55,7 @@ async fn upgrade(node: WeakNode, intro: NodeAddr, id: NodeId) {
         }
         // A punch that works installs its connection in place of the relayed
         // one (see `punch_via`).
-        if node.punch_via(&intro, id).await.is_ok() {
+        if node.punch_via(&intro, id, None).await.is_ok() {
             return;
         }
     }
