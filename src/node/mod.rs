@@ -151,10 +151,6 @@ impl Node {
         weak
     }
 
-    fn weak(&self) -> WeakNode {
-        self.downgrade()
-    }
-
     /// This node's id.
     pub fn id(&self) -> NodeId {
         self.shared().identity.id()

@@ -27,7 +27,9 @@ pub(super) fn punch(
 
 /// Starts the upgrade loop for the relayed connection to `id`.
 pub(super) fn start(node: &Node, intro: NodeAddr, id: NodeId) {
-    node.shared().tasks.spawn(upgrade(node.weak(), intro, id));
+    node.shared()
+        .tasks
+        .spawn(upgrade(node.downgrade(), intro, id));
 }
 
 /// While the relayed connection to `id` lives, retries a punch (with port
