@@ -133,7 +133,27 @@ impl RecordStore {
     /// newer than what is held, and fits every bound.
     pub fn put(&mut self, record: Record, source: IpAddr, now: u64) -> Result<Put, StoreError> {
         record.verify(now)?;
-        self.expire(now);
+        // Expired records are swept (a pass over the store) only when a
+        // bound refuses, not on every put.
+        match self.try_put(&record, source, now) {
+            Err(StoreError::Full(_)) => {
+                self.expire(now);
+                self.try_put(&record, source, now)
+            }
+            other => other,
+        }
+    }
+
+    fn try_put(&mut self, record: &Record, source: IpAddr, now: u64) -> Result<Put, StoreError> {
+        if self
+            .records
+            .get(&record.key())
+            .is_some_and(|h| h.record.expires <= now)
+        {
+            // An expired copy is no rival: it goes.
+            self.remove(&record.key());
+        }
+        let record = record.clone();
         let key = record.key();
         let size = record.size();
         if let Some(held) = self.records.get(&key) {
@@ -279,7 +299,24 @@ impl ProviderStore {
                 return Ok(());
             }
         }
-        self.expire(now);
+        match self.try_add(key, addr, source, expires) {
+            Err(StoreError::Full(_)) => {
+                // Swept only when a bound refuses, not on every add.
+                self.expire(now);
+                let addr = NodeAddr::new(provider, addrs.iter().copied().take(PROVIDER_ADDRS));
+                self.try_add(key, addr, source, expires)
+            }
+            other => other,
+        }
+    }
+
+    fn try_add(
+        &mut self,
+        key: NodeId,
+        addr: NodeAddr,
+        source: IpAddr,
+        expires: u64,
+    ) -> Result<(), StoreError> {
         let known_key = self.keys.contains_key(&key);
         if !known_key && self.keys.len() >= self.limits.max_provider_keys {
             return Err(StoreError::Full("provider keys"));
