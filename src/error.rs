@@ -63,6 +63,14 @@ pub enum Error {
     /// The node has been shut down.
     #[error("node is shut down")]
     Shutdown,
+    /// A DHT lookup ended without what it looked for (no such node, record
+    /// or provider among the closest nodes that answered).
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// A record or provider record was refused (bad signature, stale
+    /// sequence number, over a bound).
+    #[error("refused: {0}")]
+    Refused(String),
     /// Local I/O error (socket bind, file).
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),

@@ -59,7 +59,10 @@ pub use endpoint::transport_config;
 pub use error::{Error, Result};
 pub use identity::{Identity, NodeId};
 pub use nat::{ConnectionInfo, NatSettings, PathKind, PredictSettings, UpnpSettings, UpnpStatus};
-pub use node::{Node, NodeBuilder, Ping, PingReply, Service, WeakNode};
+pub use node::{
+    Dht, DhtSettings, FoundNode, FoundRecord, LookupReport, Node, NodeBuilder, Ping, PingReply,
+    Published, Service, WeakNode,
+};
 pub use peers::{HostInfo, MembershipSettings, PeerEvent, Quality};
 pub use router::{Body, RecvBody, Request, StreamRequest};
 pub use stats::StatsSnapshot;

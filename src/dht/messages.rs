@@ -72,6 +72,10 @@ fn check_contacts(contacts: &[NodeAddr]) -> Result<()> {
 pub struct FindNode {
     /// The id looked for.
     pub target: NodeId,
+    /// Whether the caller serves the DHT itself (and may be taken into the
+    /// responder's table after a check); a guest, such as a one-shot
+    /// command, says no and never enters anyone's table.
+    pub serving: bool,
 }
 
 /// The responder's contacts closest to what was asked.
@@ -92,6 +96,8 @@ impl Check for Closer {
 pub struct FindValue {
     /// The record's key.
     pub key: NodeId,
+    /// As in [`FindNode::serving`].
+    pub serving: bool,
 }
 
 /// Reply of `find_value`: the record if held, and closer contacts.
@@ -158,6 +164,8 @@ impl Check for AddProvider {
 pub struct GetProviders {
     /// The content's key.
     pub key: NodeId,
+    /// As in [`FindNode::serving`].
+    pub serving: bool,
 }
 
 /// Reply of `get_providers`.
@@ -222,9 +230,13 @@ mod tests {
         assert!(store.len() <= STORE_REQUEST, "{}", store.len());
         let key = NodeId::from_bytes([0xff; 32]);
         for small in [
-            postcard::to_allocvec(&FindNode { target: key }).unwrap(),
-            postcard::to_allocvec(&FindValue { key }).unwrap(),
-            postcard::to_allocvec(&GetProviders { key }).unwrap(),
+            postcard::to_allocvec(&FindNode {
+                target: key,
+                serving: true,
+            })
+            .unwrap(),
+            postcard::to_allocvec(&FindValue { key, serving: true }).unwrap(),
+            postcard::to_allocvec(&GetProviders { key, serving: true }).unwrap(),
         ] {
             assert!(small.len() <= SMALL_REQUEST);
         }

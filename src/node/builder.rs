@@ -50,6 +50,7 @@ pub struct NodeBuilder {
     membership: MembershipSettings,
     discovery: DiscoverySettings,
     nat: NatSettings,
+    dht: super::dht::DhtSettings,
     services: Vec<Box<dyn Service>>,
     error: Option<Error>,
 }
@@ -66,6 +67,7 @@ impl Default for NodeBuilder {
             membership: MembershipSettings::default(),
             discovery: DiscoverySettings::default(),
             nat: NatSettings::default(),
+            dht: Default::default(),
             services: Vec::new(),
             error: None,
         }
@@ -248,6 +250,19 @@ impl NodeBuilder {
         self
     }
 
+    /// Replaces the DHT settings.
+    pub fn dht(mut self, settings: super::dht::DhtSettings) -> Self {
+        self.dht = settings;
+        self
+    }
+
+    /// A node to join the network through (verified like any host, retried
+    /// until it answers); repeatable.
+    pub fn bootstrap(mut self, addr: NodeAddr) -> Self {
+        self.dht.bootstrap.push(addr);
+        self
+    }
+
     /// Replaces the LAN discovery settings.
     pub fn discovery(mut self, settings: DiscoverySettings) -> Self {
         self.discovery = settings;
@@ -340,6 +355,9 @@ impl NodeBuilder {
             Box::new(super::udp::UdpService),
             Box::new(super::introducers::IntroducerClient),
         ];
+        if self.dht.serve {
+            services.push(Box::new(super::dht::DhtService));
+        }
         if let Some(socket) = lan {
             services.push(Box::new(super::lan::LanService::new(socket, discovery)));
         }
@@ -411,6 +429,7 @@ impl NodeBuilder {
             stats,
             identity,
             members,
+            dht: super::dht::DhtState::new(self.dht),
             stun: Default::default(),
             nat: self.nat,
             traversals: Default::default(),

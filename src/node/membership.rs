@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 
@@ -13,13 +13,17 @@ use super::service::{Routes, Service, ServiceContext, WeakNode};
 use super::Node;
 use crate::addr::{NodeAddr, Target};
 use crate::error::{Error, Result};
-use crate::peers::{Admission, HostInfo, Membership, PeerRecord, PeersRequest, PEERS_ROUTE};
+use crate::peers::{HostInfo, Insert, Membership, PeerRecord, PeersRequest, Quality, PEERS_ROUTE};
 
 /// Hosts asked for more hosts in one peer-exchange round.
 const PEX_FANOUT: usize = 3;
 
 /// Hosts one peer-exchange answer may name.
 const PEX_ANSWER: usize = 16;
+
+/// Hosts checked in one liveness round at most (the least recently seen
+/// first): upkeep stays O(1) per round however large the table.
+const CHECKS_PER_ROUND: usize = 64;
 
 /// Candidates verified at once (each is a handshake, maybe a traversal).
 pub(super) const VERIFY_AT_ONCE: usize = 8;
@@ -65,6 +69,47 @@ impl Node {
     pub async fn peers_of(&self, target: impl Into<Target>, max: u16) -> Result<Vec<PeerRecord>> {
         self.call_typed(target, PEERS_ROUTE, &PeersRequest { max })
             .await
+    }
+
+    /// Offers a verified host to the table; when its bucket is full, the
+    /// bucket's least recently seen host is pinged first and stays if it
+    /// answers (the newcomer waits in the replacement cache).
+    pub(super) fn admit_host(
+        &self,
+        addr: NodeAddr,
+        rtt: Duration,
+        reported: Option<Quality>,
+    ) -> Insert {
+        let outcome = self.members().admit(addr, rtt, reported);
+        if let Insert::PingFirst(oldest) = outcome {
+            let node = self.clone();
+            // One per bucket at a time (the table holds the others as
+            // `Waiting`); bounded by the liveness timeout.
+            self.shared().tasks.spawn(async move {
+                let Some(host) = node
+                    .members()
+                    .hosts()
+                    .into_iter()
+                    .find(|h| h.addr.id == oldest)
+                else {
+                    node.members().ping_result(&oldest, false, Duration::ZERO);
+                    return;
+                };
+                let answer = tokio::time::timeout(
+                    node.members().settings.liveness_timeout,
+                    node.ping_with(Target::Addr(host.addr), true),
+                )
+                .await;
+                match answer {
+                    Ok(Ok(ping)) => node.members().ping_result(&oldest, true, ping.rtt),
+                    _ => {
+                        node.members().ping_result(&oldest, false, Duration::ZERO);
+                        node.forget_connection(&oldest);
+                    }
+                }
+            });
+        }
+        outcome
     }
 
     /// Hands a candidate to verification if the table might take it and a
@@ -124,10 +169,14 @@ async fn upkeep(node: WeakNode) {
     }
 }
 
-/// Pings every known host; those that do not answer in time leave the table.
+/// Pings the known hosts not heard from for half an interval (at most
+/// [`CHECKS_PER_ROUND`], least recently seen first); those that do not answer
+/// in time leave the table, a waiting newcomer taking their place.
 async fn check_liveness(node: &Node) -> usize {
     let settings = &node.members().settings;
-    let hosts = node.members().hosts();
+    let hosts = node
+        .members()
+        .due_for_check(settings.liveness_interval / 2, CHECKS_PER_ROUND);
     let mut checks: FuturesUnordered<_> = hosts
         .into_iter()
         .map(|h| async move {
@@ -143,7 +192,9 @@ async fn check_liveness(node: &Node) -> usize {
     while let Some((host, result)) = checks.next().await {
         let id = host.addr.id;
         match result {
-            Ok(Ok(ping)) => node.members().seen(&id, ping.reply.quality(ping.rtt)),
+            Ok(Ok(ping)) => node
+                .members()
+                .seen(&id, ping.rtt, Some(ping.reply.quality(ping.rtt))),
             Ok(Err(e)) => {
                 tracing::debug!(peer = %id.short(), error = %e, "liveness check failed");
                 deaths += node.members().remove(&id, "unreachable") as usize;
@@ -210,12 +261,12 @@ async fn verify(node: Node, addr: NodeAddr, reach: Reach) {
                 addrs.extend(addr.addrs.iter().filter(|a| **a != ping.remote));
                 addrs.truncate(8);
             }
-            let admitted = node.members().admit(HostInfo {
-                addr: NodeAddr::new(id, addrs),
-                quality: ping.reply.quality(ping.rtt),
-                last_seen: Instant::now(),
-            });
-            if matches!(admitted, Admission::Added | Admission::Replaced(_)) {
+            let admitted = node.admit_host(
+                NodeAddr::new(id, addrs),
+                ping.rtt,
+                Some(ping.reply.quality(ping.rtt)),
+            );
+            if admitted == Insert::Added {
                 // "I keep you": the candidate knows at once that it is known
                 // (it stops asking the LAN) instead of at our first liveness
                 // check. Best effort, bounded like the verification.

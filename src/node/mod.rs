@@ -37,6 +37,7 @@
 mod accept;
 mod builder;
 mod calls;
+mod dht;
 mod goodbye;
 mod info;
 mod introducers;
@@ -53,7 +54,7 @@ mod upnp;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::addr::{NodeAddr, Target};
 use crate::config::Limits;
@@ -67,6 +68,7 @@ use crate::stats::{Stats, StatsSnapshot};
 use crate::tasks::Tasks;
 
 pub use builder::NodeBuilder;
+pub use dht::{Dht, DhtSettings, FoundNode, FoundRecord, LookupReport, Published};
 pub use goodbye::GOODBYE_ROUTE;
 pub use info::{Ping, PingReply, PingRequest, PING_ROUTE, STATS_ROUTE};
 pub use service::{Routes, Service, ServiceContext, WeakNode};
@@ -90,6 +92,7 @@ struct Shared {
     stats: Arc<Stats>,
     identity: Identity,
     members: Arc<Membership>,
+    dht: dht::DhtState,
     stun: crate::nat::PendingStun,
     nat: NatSettings,
     traversals: reach::Traversals,
@@ -283,11 +286,11 @@ impl Node {
         let target = Target::Addr(addr.clone());
         self.shared().endpoint.connection(&target).await?;
         let ping = self.ping_with(target, true).await?;
-        self.members().admit(HostInfo {
-            addr: NodeAddr::new(addr.id, [ping.remote]),
-            quality: ping.reply.quality(ping.rtt),
-            last_seen: Instant::now(),
-        });
+        self.admit_host(
+            NodeAddr::new(addr.id, [ping.remote]),
+            ping.rtt,
+            Some(ping.reply.quality(ping.rtt)),
+        );
         Ok(())
     }
 

@@ -1,10 +1,9 @@
-//! Membership: the known-hosts table (shaped as the Kademlia routing table), host
-//! quality, liveness, peer exchange and the events applications can await.
+//! Membership: the known-hosts table (which is the Kademlia routing table),
+//! liveness, peer exchange and the events applications can await.
 //!
-//! The policy lives in [`table`] as plain data; [`membership`](self) holds the
-//! shared state the node's background tasks and route handlers work on.
+//! The policy lives in [`table`] as plain data (no sockets); this module holds
+//! the shared state the node's background tasks and route handlers work on.
 
-pub mod buckets;
 pub mod quality;
 pub mod table;
 
@@ -16,10 +15,28 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 pub use quality::{Class, Quality};
-pub use table::{Admission, HostInfo, Policy, RoutingTable};
+pub use table::{Insert, KBuckets, Limits, Refusal};
 
 use crate::addr::NodeAddr;
 use crate::identity::NodeId;
+
+/// One known host, with what this node measured about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostInfo {
+    /// Its id and the address a handshake proved (first).
+    pub addr: NodeAddr,
+    /// What it last said about itself in a ping reply, with our measured
+    /// round trip: shown to users, never weighed by the table.
+    pub quality: Quality,
+    /// The last round trip measured.
+    pub rtt: Duration,
+    /// When this node first saw it answer.
+    pub first_seen: Instant,
+    /// When it last answered.
+    pub last_seen: Instant,
+    /// Failed checks since it last answered.
+    pub failures: u32,
+}
 
 /// Bytes of allowed memory one known host is budgeted at (entry, addresses, a
 /// share of connection state).
@@ -37,7 +54,7 @@ pub enum PeerEvent {
     Removed {
         /// Who.
         id: NodeId,
-        /// Why (unreachable, replaced by a more diverse host, call failed).
+        /// Why (unreachable, said goodbye, failed a ping while a newcomer waited).
         reason: String,
     },
 }
@@ -52,8 +69,13 @@ pub struct MembershipSettings {
     pub want_hosts: usize,
     /// Hosts per k-bucket.
     pub k: usize,
-    /// Probability of a diversity-neutral admission into a full table.
-    pub random_accept: f64,
+    /// Hosts of one /24 (IPv4) or /48 (IPv6) per bucket.
+    pub per_bucket_site: usize,
+    /// Hosts of one /24 or /48 in the whole table.
+    pub per_table_site: usize,
+    /// Whether private addresses are free of the site limits (see
+    /// [`Limits::lan_exempt`]).
+    pub lan_exempt: bool,
     /// Base interval of liveness checks (it shortens while hosts are dying).
     pub liveness_interval: Duration,
     /// Time a host has to answer a liveness check.
@@ -70,7 +92,9 @@ impl Default for MembershipSettings {
             memory_bytes: 1 << 20,
             want_hosts: 4,
             k: 20,
-            random_accept: 0.05,
+            per_bucket_site: 2,
+            per_table_site: 10,
+            lan_exempt: true,
             liveness_interval: Duration::from_secs(5),
             liveness_timeout: Duration::from_secs(2),
             storage_bytes: 0,
@@ -102,16 +126,40 @@ pub struct PeerRecord {
     pub quality: Quality,
 }
 
+/// Failed calls in a row that take a host out of the table.
+pub const CALL_FAILURES: u32 = 3;
+
 /// Hosts remembered as keeping this node in their tables.
 const MAX_KNOWN_BY: usize = 4096;
 
 /// Largest `butter/peers` answer.
 pub const MAX_PEERS_ANSWER: usize = 64;
 
+/// The table and what hosts in it last reported (for display only).
+struct Table {
+    buckets: KBuckets,
+    reported: HashMap<NodeId, Quality>,
+}
+
+impl Table {
+    fn info(&self, e: &table::Entry) -> HostInfo {
+        let mut quality = self.reported.get(&e.addr.id).copied().unwrap_or_default();
+        quality.rtt_us = e.rtt.as_micros().min(u32::MAX as u128) as u32;
+        HostInfo {
+            addr: e.addr.clone(),
+            quality,
+            rtt: e.rtt,
+            first_seen: e.first_seen,
+            last_seen: e.last_seen,
+            failures: e.failures,
+        }
+    }
+}
+
 /// Membership state shared by the node, its handlers and its tasks.
 pub(crate) struct Membership {
     pub(crate) settings: MembershipSettings,
-    table: Mutex<RoutingTable>,
+    table: Mutex<Table>,
     events: broadcast::Sender<PeerEvent>,
     /// Who told us (by a liveness ping) that we are in their table, and when.
     known_by: Mutex<HashMap<NodeId, Instant>>,
@@ -126,13 +174,19 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Membership {
     pub(crate) fn new(local: NodeId, settings: MembershipSettings) -> Self {
-        let policy = Policy {
-            capacity: settings.capacity(),
+        let limits = Limits {
             k: settings.k,
-            random_accept: settings.random_accept,
+            per_bucket_site: settings.per_bucket_site,
+            per_table_site: settings.per_table_site,
+            replacements: 8,
+            capacity: settings.capacity(),
+            lan_exempt: settings.lan_exempt,
         };
         Membership {
-            table: Mutex::new(RoutingTable::new(local, policy)),
+            table: Mutex::new(Table {
+                buckets: KBuckets::new(local, limits),
+                reported: HashMap::new(),
+            }),
             settings,
             events: broadcast::channel(1024).0,
             known_by: Default::default(),
@@ -146,49 +200,141 @@ impl Membership {
     }
 
     pub(crate) fn len(&self) -> usize {
-        lock(&self.table).len()
+        lock(&self.table).buckets.len()
     }
 
     pub(crate) fn contains(&self, id: &NodeId) -> bool {
-        lock(&self.table).contains(id)
+        lock(&self.table).buckets.get(id).is_some()
     }
 
     pub(crate) fn hosts(&self) -> Vec<HostInfo> {
-        lock(&self.table).hosts().cloned().collect()
+        let t = lock(&self.table);
+        t.buckets.entries().map(|e| t.info(e)).collect()
+    }
+
+    /// The `n` known hosts closest to `target` by XOR distance.
+    pub(crate) fn closest(&self, target: &NodeId, n: usize) -> Vec<NodeAddr> {
+        lock(&self.table)
+            .buckets
+            .closest(target, n)
+            .into_iter()
+            .map(|e| e.addr.clone())
+            .collect()
+    }
+
+    /// Buckets not touched for `interval` (each deserves a refresh lookup).
+    pub(crate) fn stale_buckets(&self, interval: Duration) -> Vec<usize> {
+        lock(&self.table)
+            .buckets
+            .stale_buckets(Instant::now(), interval)
+    }
+
+    /// Marks a bucket refreshed.
+    pub(crate) fn touch(&self, bucket: usize) {
+        lock(&self.table).buckets.touch(bucket, Instant::now());
+    }
+
+    /// Up to `max` hosts not heard from for `age`, least recently seen first.
+    pub(crate) fn due_for_check(&self, age: Duration, max: usize) -> Vec<HostInfo> {
+        let now = Instant::now();
+        let t = lock(&self.table);
+        let mut due: Vec<&table::Entry> = t
+            .buckets
+            .entries()
+            .filter(|e| now.saturating_duration_since(e.last_seen) >= age)
+            .collect();
+        due.sort_by_key(|e| e.last_seen);
+        due.into_iter().take(max).map(|e| t.info(e)).collect()
     }
 
     pub(crate) fn wants_more(&self) -> bool {
         self.len() < self.settings.want_hosts.min(self.settings.capacity())
     }
 
-    /// Offers a verified host to the table and announces what changed.
-    pub(crate) fn admit(&self, host: HostInfo) -> Admission {
-        let addr = host.addr.clone();
-        let outcome = lock(&self.table).admit(host, &mut rand::rng());
+    /// Offers a host whose key a handshake proved at `addr.addrs[0]`, with
+    /// the round trip just measured, and announces what changed. On
+    /// [`Insert::PingFirst`] the caller pings that host and reports with
+    /// [`ping_result`](Self::ping_result).
+    pub(crate) fn admit(&self, addr: NodeAddr, rtt: Duration, reported: Option<Quality>) -> Insert {
+        let id = addr.id;
+        let outcome = {
+            let mut t = lock(&self.table);
+            let outcome = t.buckets.insert(addr.clone(), rtt, Instant::now());
+            if matches!(outcome, Insert::Added | Insert::Updated) {
+                if let Some(q) = reported {
+                    t.reported.insert(id, q);
+                }
+            }
+            outcome
+        };
         match &outcome {
-            Admission::Added => {
-                tracing::debug!(peer = %addr.id.short(), "known host added");
+            Insert::Added => {
+                tracing::debug!(peer = %id.short(), "known host added");
                 let _ = self.events.send(PeerEvent::Added(addr));
             }
-            Admission::Replaced(old) => {
-                tracing::debug!(peer = %addr.id.short(), evicted = %old.addr.id.short(), "known host replaced");
-                let _ = self.events.send(PeerEvent::Removed {
-                    id: old.addr.id,
-                    reason: "replaced by a more diverse host".into(),
-                });
-                let _ = self.events.send(PeerEvent::Added(addr));
+            Insert::Refused(why) => {
+                tracing::trace!(peer = %id.short(), ?why, "known host not taken in");
             }
-            Admission::Rejected => {
-                tracing::trace!(peer = %addr.id.short(), "known host not taken in");
-            }
-            Admission::Updated => {}
+            Insert::PingFirst(_) | Insert::Waiting | Insert::Updated => {}
         }
         outcome
     }
 
-    /// Takes a host out of the table (dead, or a call to it failed).
+    /// Whether a host not in the table, reached at `at`, is worth verifying.
+    pub(crate) fn would_consider(&self, id: &NodeId, at: std::net::SocketAddr) -> bool {
+        lock(&self.table).buckets.would_consider(id, at)
+    }
+
+    /// A call to a known host failed (a DHT query, say): after
+    /// [`CALL_FAILURES`] in a row it leaves the table.
+    pub(crate) fn call_failed(&self, id: &NodeId) {
+        let out = {
+            let mut t = lock(&self.table);
+            t.buckets.failed(id);
+            t.buckets
+                .get(id)
+                .is_some_and(|e| e.failures >= CALL_FAILURES)
+        };
+        if out {
+            self.remove(id, "calls to it failed");
+        }
+    }
+
+    /// A host answered a check or a call.
+    pub(crate) fn seen(&self, id: &NodeId, rtt: Duration, reported: Option<Quality>) {
+        let mut t = lock(&self.table);
+        if t.buckets.get(id).is_none() {
+            return;
+        }
+        t.buckets.seen(id, rtt, Instant::now());
+        if let Some(q) = reported {
+            t.reported.insert(*id, q);
+        }
+    }
+
+    /// The outcome of a ping-before-evict: alive, the host stays; dead, it
+    /// leaves and the best newcomer waiting for its bucket comes in.
+    pub(crate) fn ping_result(&self, id: &NodeId, alive: bool, rtt: Duration) {
+        if alive {
+            lock(&self.table).buckets.seen(id, rtt, Instant::now());
+        } else {
+            self.remove(id, "no answer while a newcomer waited");
+        }
+    }
+
+    /// Takes a host out of the table (dead, said goodbye, a call to it
+    /// failed); a newcomer waiting for its bucket may take its place.
     pub(crate) fn remove(&self, id: &NodeId, reason: &str) -> bool {
-        let removed = lock(&self.table).remove(id).is_some();
+        let (removed, promoted) = {
+            let mut t = lock(&self.table);
+            let present = t.buckets.get(id).is_some();
+            let promoted = t.buckets.remove(id);
+            if present {
+                t.reported.remove(id);
+            }
+            let promoted = promoted.and_then(|p| t.buckets.get(&p).map(|e| e.addr.clone()));
+            (present, promoted)
+        };
         if removed {
             tracing::debug!(peer = %id.short(), reason, "known host removed");
             let _ = self.events.send(PeerEvent::Removed {
@@ -197,11 +343,11 @@ impl Membership {
             });
             lock(&self.failed).insert(*id, Instant::now());
         }
+        if let Some(addr) = promoted {
+            tracing::debug!(peer = %addr.id.short(), "known host promoted from the replacement cache");
+            let _ = self.events.send(PeerEvent::Added(addr));
+        }
         removed
-    }
-
-    pub(crate) fn seen(&self, id: &NodeId, quality: Quality) {
-        lock(&self.table).seen(id, quality, Instant::now());
     }
 
     /// Records that `peer` keeps us in its table.
@@ -260,11 +406,12 @@ impl Membership {
     /// A random sample of known hosts for peer exchange.
     pub(crate) fn sample(&self, max: usize, exclude: &NodeId) -> Vec<PeerRecord> {
         use rand::seq::SliceRandom;
-        let mut all: Vec<PeerRecord> = lock(&self.table)
+        let mut all: Vec<PeerRecord> = self
             .hosts()
+            .into_iter()
             .filter(|h| h.addr.id != *exclude)
             .map(|h| PeerRecord {
-                addr: h.addr.clone(),
+                addr: h.addr,
                 quality: h.quality,
             })
             .collect();

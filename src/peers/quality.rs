@@ -1,5 +1,7 @@
-//! What a node knows about the quality of a host, and the classes the diversity
-//! policy balances.
+//! What a host reports about itself in its ping reply (uptime, storage,
+//! degree), with the round trip we measured, and the classes those fall in:
+//! shown to users (`butter peers`), never weighed by the table, since anyone
+//! can claim anything.
 
 use std::time::Duration;
 
@@ -90,11 +92,6 @@ impl Quality {
                 _ => DegreeClass::Many,
             },
         }
-    }
-
-    /// A score for choosing whom to evict inside a class: lower goes first.
-    pub(crate) fn keep_score(&self) -> (u64, std::cmp::Reverse<u32>) {
-        (self.uptime_ms, std::cmp::Reverse(self.rtt_us))
     }
 }
 

@@ -1,0 +1,247 @@
+//! The DHT on a real network: 50 nodes on loopback (each at its own
+//! 127.0.0.x, so per-address limits hold as they would between hosts),
+//! bootstrapped from one; lookups, records and provider records across it;
+//! hostile messages refused while the node keeps serving.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use butter::dht::messages::{FindNode, Store, FIND_NODE_ROUTE, STORE_ROUTE};
+use butter::dht::record::Record;
+use butter::{Error, Identity, Node, NodeId};
+use common::within;
+use futures_util::StreamExt;
+
+fn at(i: usize) -> SocketAddr {
+    format!("127.0.0.{}:0", i + 1).parse().unwrap()
+}
+
+async fn node(i: usize, bootstrap: Option<&Node>) -> Node {
+    let mut b = Node::builder().listen(at(i)).lan_discovery(false);
+    if let Some(boot) = bootstrap {
+        b = b.bootstrap(boot.addr());
+    }
+    b.spawn().await.expect("node starts")
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_nodes_bootstrapped_from_one_find_each_other_and_share_records() {
+    const N: usize = 50;
+    let first = node(0, None).await;
+    let mut nodes = vec![first.clone()];
+    for i in 1..N {
+        nodes.push(node(i, Some(&first)).await);
+    }
+    // Joined: every node knows some hosts (its bootstrap, then what its
+    // self-lookup met), and the first knows many.
+    within(60, "every node joins", async {
+        while nodes.iter().any(|n| n.known_hosts().len() < 3) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    let sizes: Vec<usize> = nodes.iter().map(|n| n.known_hosts().len()).collect();
+    println!("table sizes after joining: {sizes:?}");
+
+    // Every node finds every other id.
+    let mut latencies = Vec::new();
+    let mut hops = Vec::new();
+    let mut messages = Vec::new();
+    let pairs: Vec<(usize, usize)> = (0..N)
+        .flat_map(|a| (0..N).filter(move |b| *b != a).map(move |b| (a, b)))
+        .collect();
+    let ids: Vec<NodeId> = nodes.iter().map(|n| n.id()).collect();
+    let results = within(
+        600,
+        "every node looks up every other",
+        futures_util::stream::iter(pairs.iter().map(|&(a, b)| {
+            let (node, id) = (nodes[a].clone(), ids[b]);
+            async move {
+                let t = Instant::now();
+                (a, b, node.dht().find_node(id).await, t.elapsed())
+            }
+        }))
+        .buffer_unordered(16)
+        .collect::<Vec<_>>(),
+    )
+    .await;
+    let mut failed = Vec::new();
+    for (a, b, result, took) in results {
+        match result {
+            Ok(found) => {
+                assert_eq!(found.addr.id, ids[b]);
+                latencies.push(took);
+                hops.push(found.report.hops);
+                messages.push(found.report.queries);
+            }
+            Err(e) => failed.push(format!("{a}->{b}: {e}")),
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {} find_node lookups failed: {:?}",
+        failed.len(),
+        pairs.len(),
+        &failed[..failed.len().min(10)]
+    );
+    latencies.sort();
+    hops.sort();
+    messages.sort();
+    println!(
+        "find_node on {N} nodes: {} lookups, latency median {:?} p99 {:?}; hops median {} p99 {}; messages median {} p99 {}",
+        latencies.len(),
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        hops[hops.len() / 2],
+        hops[(hops.len() - 1) * 99 / 100],
+        messages[messages.len() / 2],
+        messages[(messages.len() - 1) * 99 / 100],
+    );
+
+    // A record put on one node is read on every other.
+    let put = within(
+        30,
+        "put a record",
+        nodes[7]
+            .dht()
+            .put_record(b"greeting", b"hello, network".to_vec()),
+    )
+    .await
+    .unwrap();
+    assert!(
+        put.stored >= 10,
+        "only {} nodes took the record",
+        put.stored
+    );
+    for (i, n) in nodes.iter().enumerate() {
+        let got = within(30, "get the record", n.dht().get_record(put.key))
+            .await
+            .unwrap_or_else(|e| panic!("node {i} cannot read the record: {e}"));
+        assert_eq!(got.record.value, b"hello, network");
+        assert_eq!(got.record.publisher, nodes[7].id());
+    }
+
+    // A provider record is found from anywhere.
+    let content = NodeId::from_bytes(*blake3::hash(b"some content").as_bytes());
+    let provided = within(30, "provide", nodes[13].dht().provide(content))
+        .await
+        .unwrap();
+    assert!(provided.stored >= 10, "{}", provided.stored);
+    for n in nodes.iter().step_by(7) {
+        let found: Vec<_> = within(30, "providers", n.dht().providers(content).collect()).await;
+        assert!(
+            found.iter().any(|p| p.id == nodes[13].id()),
+            "the provider was not found: {found:?}"
+        );
+    }
+    // Nothing provides what nobody announced.
+    let none = NodeId::from_bytes([0x42; 32]);
+    let found: Vec<_> = within(30, "no providers", nodes[3].dht().providers(none).collect()).await;
+    assert!(found.is_empty());
+    assert!(matches!(
+        within(30, "missing record", nodes[3].dht().get_record(none)).await,
+        Err(Error::NotFound(_))
+    ));
+}
+
+#[tokio::test]
+async fn records_signed_by_another_key_or_older_are_refused() {
+    let a = node(60, None).await;
+    let b = node(61, Some(&a)).await;
+    b.add_known_host(a.addr()).await.unwrap();
+    let put = within(10, "put", b.dht().put_record(b"name", b"v2".to_vec()))
+        .await
+        .unwrap();
+    assert!(put.stored >= 1);
+    let held = within(10, "get", a.dht().get_record(put.key))
+        .await
+        .unwrap()
+        .record;
+    // An older sequence number, properly signed by b's key, is refused.
+    let older = Record::sign(
+        b.identity(),
+        b"name",
+        b"v1".to_vec(),
+        held.seq - 1,
+        held.expires,
+    )
+    .unwrap();
+    let refused = b
+        .call_typed::<_, butter::dht::messages::Stored>(
+            a.addr(),
+            STORE_ROUTE,
+            &Store { record: older },
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(Error::Remote(ref m)) if m.contains("refused")),
+        "{refused:?}"
+    );
+    // A record claiming b as publisher but signed by another key is refused.
+    let mallory = Identity::generate();
+    let mut forged = Record::sign(
+        &mallory,
+        b"name",
+        b"evil".to_vec(),
+        held.seq + 1,
+        held.expires,
+    )
+    .unwrap();
+    forged.publisher = b.id();
+    let refused = b
+        .call_typed::<_, butter::dht::messages::Stored>(
+            a.addr(),
+            STORE_ROUTE,
+            &Store { record: forged },
+        )
+        .await;
+    assert!(matches!(refused, Err(Error::Remote(_))), "{refused:?}");
+    // The held record is untouched.
+    let still = within(10, "get", a.dht().get_record(put.key))
+        .await
+        .unwrap()
+        .record;
+    assert_eq!(still.value, b"v2");
+    assert_eq!(still.seq, held.seq);
+}
+
+#[tokio::test]
+async fn oversize_or_malformed_dht_messages_get_typed_errors_and_the_node_serves_on() {
+    let a = node(62, None).await;
+    let b = node(63, None).await;
+    // Not a FindNode at all.
+    let bad = b.call(a.addr(), FIND_NODE_ROUTE, vec![0xff; 40]).await;
+    assert!(
+        matches!(bad, Err(Error::Malformed(_)) | Err(Error::Remote(_))),
+        "{bad:?}"
+    );
+    // Over the route's body limit: refused before it is read.
+    let big = b.call(a.addr(), FIND_NODE_ROUTE, vec![0u8; 100_000]).await;
+    assert!(matches!(big, Err(Error::TooLarge { .. })), "{big:?}");
+    let big = b.call(a.addr(), STORE_ROUTE, vec![0u8; 1 << 20]).await;
+    assert!(matches!(big, Err(Error::TooLarge { .. })), "{big:?}");
+    // And it still answers a proper request.
+    let ok: butter::dht::messages::Closer = within(
+        10,
+        "find_node",
+        b.call_typed(
+            a.addr(),
+            FIND_NODE_ROUTE,
+            &FindNode {
+                target: b.id(),
+                serving: false,
+            },
+        ),
+    )
+    .await
+    .unwrap();
+    assert!(ok.contacts.is_empty());
+    // A guest never enters the table of the node it asks.
+    assert!(!a.known_hosts().iter().any(|h| h.addr.id == b.id()));
+}
