@@ -96,9 +96,13 @@ async fn dead_hosts_leave_and_a_lonely_node_finds_a_newcomer() {
         .await;
 }
 
+/// A table at its capacity (room for one host, from `--memory 4096`) takes
+/// one host and keeps it while it answers: newcomers in other buckets are
+/// refused, never swapped in (a full table evicts nobody outside the
+/// newcomer's own bucket, and there only after a failed ping).
 #[tokio::test]
-async fn three_nodes_with_room_for_one_host_are_all_known() {
-    let Some(mut lab) = netlab::lab("three_nodes_with_room_for_one_host_are_all_known") else {
+async fn three_nodes_with_room_for_one_host_each_keep_one() {
+    let Some(mut lab) = netlab::lab("three_nodes_with_room_for_one_host_each_keep_one") else {
         return;
     };
     let hosts = lab.lan(3);
@@ -107,28 +111,33 @@ async fn three_nodes_with_room_for_one_host_are_all_known() {
     for h in &hosts {
         nodes.push(lab.node(h, &args).await);
     }
-    let ids: Vec<String> = nodes.iter().map(|n| n.id.clone()).collect();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    loop {
-        let mut known_by_someone = std::collections::BTreeSet::new();
-        let mut sizes = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let settled = loop {
+        let mut tables = Vec::new();
         for n in &nodes {
-            let table = lab.peers(&hosts[0], n).await;
-            sizes.push(table.len());
-            known_by_someone.extend(table);
+            tables.push(lab.peers(&hosts[0], n).await);
         }
         assert!(
-            sizes.iter().all(|&s| s <= 1),
-            "a table outgrew its single slot: {sizes:?}"
+            tables.iter().all(|t| t.len() <= 1),
+            "a table outgrew its single slot: {tables:?}"
         );
-        if ids.iter().all(|id| known_by_someone.contains(id)) {
-            break;
+        if tables.iter().all(|t| t.len() == 1) {
+            break tables;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "not every node is known by another: known {known_by_someone:?} of {ids:?}"
+            "not every node found a host: {tables:?}"
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    // Several liveness rounds and beacons later, nobody was swapped out.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    for (n, before) in nodes.iter().zip(&settled) {
+        assert_eq!(
+            &lab.peers(&hosts[0], n).await,
+            before,
+            "a full table swapped its host"
+        );
     }
 }
 

@@ -55,6 +55,9 @@ enum Command {
         /// Introducer to register with (NODEID@IP:PORT); repeatable.
         #[arg(long = "introducer")]
         introducers: Vec<NodeAddr>,
+        /// Node to join the DHT through (NODEID@IP:PORT); repeatable.
+        #[arg(long = "bootstrap")]
+        bootstrap: Vec<NodeAddr>,
         /// How often to refresh introducer registrations, in milliseconds.
         #[arg(long, default_value_t = 10_000)]
         register_ms: u64,
@@ -113,6 +116,21 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// DHT lookups as a guest (this process never enters anyone's table):
+    /// the result alone on stdout, hops and messages on stderr.
+    Dht {
+        #[command(subcommand)]
+        command: DhtCommand,
+        /// Node to start the lookup from (NODEID@IP:PORT); repeatable.
+        #[arg(long = "bootstrap", global = true)]
+        bootstrap: Vec<NodeAddr>,
+        /// Introducer to find nodes through (NODEID@IP:PORT); repeatable.
+        #[arg(long = "introducer", global = true)]
+        introducers: Vec<NodeAddr>,
+        /// Identity to publish and look up with (default: a throwaway one).
+        #[arg(long, global = true)]
+        data_dir: Option<PathBuf>,
+    },
     /// Stream bytes to a node's `bench/sink` route (`butter node --bench`), check
     /// they arrived intact (BLAKE3) and print the throughput and path.
     Bench {
@@ -125,6 +143,33 @@ enum Command {
         /// Introducer to reach the node through (NODEID@IP:PORT); repeatable.
         #[arg(long = "introducer")]
         introducers: Vec<NodeAddr>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DhtCommand {
+    /// Find a node by id: prints `NODEID@IP:PORT`.
+    FindNode {
+        /// The node's id (64 hex digits).
+        id: butter::NodeId,
+    },
+    /// Sign VALUE under the name KEY with this identity and store it on the
+    /// closest nodes: prints the record's key (what `get` takes).
+    Put {
+        /// The record's name.
+        key: String,
+        /// The value (at most 16 KiB).
+        value: String,
+    },
+    /// Read a record by its key: prints the value.
+    Get {
+        /// The record's key (64 hex digits, as `put` printed it).
+        key: butter::NodeId,
+    },
+    /// Who holds the content of KEY: one `NODEID@IP:PORT` per line.
+    Providers {
+        /// The content's key (64 hex digits).
+        key: butter::NodeId,
     },
 }
 
@@ -250,6 +295,7 @@ async fn run(cli: Cli) -> Result<()> {
             liveness_ms,
             events,
             introducers,
+            bootstrap,
             register_ms,
             bench,
             no_upnp,
@@ -258,6 +304,9 @@ async fn run(cli: Cli) -> Result<()> {
         } => {
             let dir = data_dir.unwrap_or_else(default_data_dir);
             let mut builder = Node::builder();
+            for b in bootstrap {
+                builder = builder.bootstrap(b);
+            }
             if bench {
                 builder = builder.stream_route(SINK_ROUTE, sink);
             }
@@ -368,6 +417,12 @@ async fn run(cli: Cli) -> Result<()> {
             }
             node.shutdown().await;
         }
+        Command::Dht {
+            command,
+            bootstrap,
+            introducers,
+            data_dir,
+        } => dht(command, bootstrap, introducers, data_dir).await?,
         Command::Ping {
             addr,
             introducers,
@@ -476,6 +531,103 @@ async fn run(cli: Cli) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// How a lookup went, on stderr.
+fn report(what: &str, r: &butter::LookupReport) {
+    eprintln!(
+        "{what}: {} hops, {} messages ({} answered, {} failed), {:.1} ms",
+        r.hops,
+        r.queries,
+        r.responses,
+        r.failures,
+        r.elapsed.as_secs_f64() * 1e3
+    );
+}
+
+async fn dht(
+    command: DhtCommand,
+    bootstrap: Vec<NodeAddr>,
+    introducers: Vec<NodeAddr>,
+    data_dir: Option<PathBuf>,
+) -> Result<()> {
+    use futures_util::StreamExt;
+    if bootstrap.is_empty() && introducers.is_empty() {
+        anyhow::bail!("a lookup needs somewhere to start: --bootstrap NODEID@IP:PORT or --introducer NODEID@IP:PORT");
+    }
+    let introduced = !introducers.is_empty();
+    let node = guest(data_dir, introducers, bootstrap).await?;
+    if introduced {
+        // Introductions arrive in the background: wait (briefly) for a first host.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while node.known_hosts().is_empty() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let dht = node.dht();
+    let outcome = match command {
+        DhtCommand::FindNode { id } => dht.find_node(id).await.map(|found| {
+            report("find-node", &found.report);
+            println!("{}", found.addr);
+        }),
+        DhtCommand::Put { key, value } => dht
+            .put_record(key.as_bytes(), value.into_bytes())
+            .await
+            .and_then(|put| {
+                report("put", &put.report);
+                eprintln!("stored on {} nodes", put.stored);
+                if put.stored == 0 {
+                    return Err(butter::Error::NotFound("no node took the record".into()));
+                }
+                println!("{}", put.key);
+                Ok(())
+            }),
+        DhtCommand::Get { key } => dht.get_record(key).await.map(|found| {
+            report("get", &found.report);
+            let mut out = std::io::stdout();
+            let _ = out.write_all(&found.record.value);
+            let _ = out.write_all(b"\n");
+        }),
+        DhtCommand::Providers { key } => {
+            let found: Vec<NodeAddr> = dht.providers(key).collect().await;
+            eprintln!("providers: {} found", found.len());
+            for p in &found {
+                println!("{p}");
+            }
+            if found.is_empty() {
+                Err(butter::Error::NotFound(format!("no provider of {key}")))
+            } else {
+                Ok(())
+            }
+        }
+    };
+    node.shutdown().await;
+    Ok(outcome?)
+}
+
+/// A node for one-shot DHT commands: it looks things up but serves no DHT
+/// route and says so in its requests, so nobody takes it into a table.
+async fn guest(
+    data_dir: Option<PathBuf>,
+    introducers: Vec<NodeAddr>,
+    bootstrap: Vec<NodeAddr>,
+) -> Result<Node> {
+    let mut builder = Node::builder()
+        .lan_discovery(false)
+        .dht(butter::DhtSettings {
+            serve: false,
+            bootstrap,
+            ..Default::default()
+        })
+        .nat(butter::NatSettings {
+            introducers,
+            upnp: upnp_settings(true, None, 0),
+            ..Default::default()
+        });
+    if let Some(dir) = data_dir {
+        builder = builder.data_dir(dir);
+    }
+    Ok(builder.spawn().await?)
 }
 
 #[tokio::main]

@@ -17,6 +17,9 @@ use crate::peers::Membership;
 /// authenticates who says goodbye.
 pub const GOODBYE_ROUTE: &str = "butter/goodbye";
 
+/// Known hosts told of a departure at most.
+const GOODBYES: usize = 64;
+
 /// How long a departing node waits for its known hosts to hear its goodbye.
 const GOODBYE_WAIT: Duration = Duration::from_millis(500);
 
@@ -53,8 +56,12 @@ impl Node {
         if self.shared().closing.swap(true, Ordering::SeqCst) {
             return;
         }
-        // Known hosts hear it first (briefly bounded; never a traversal).
-        let hosts = self.members().hosts();
+        // Known hosts hear it first (briefly bounded; never a traversal; at
+        // most GOODBYES of them, the most recently seen: the rest notice
+        // through their liveness checks or failed calls).
+        let mut hosts = self.members().hosts();
+        hosts.sort_by_key(|h| std::cmp::Reverse(h.last_seen));
+        hosts.truncate(GOODBYES);
         let goodbyes = hosts.into_iter().map(|h| async move {
             let target = Target::Addr(h.addr);
             self.shared().endpoint.connection(&target).await?;

@@ -184,7 +184,7 @@ impl KBuckets {
         KBuckets {
             local,
             limits,
-            buckets: vec![Bucket::default(); 256],
+            buckets: Vec::new(),
             sites: HashMap::new(),
             len: 0,
         }
@@ -219,7 +219,14 @@ impl KBuckets {
         all
     }
 
+    /// The bucket of `id`, if it exists yet (buckets are made as hosts
+    /// arrive: a table holds about log2(network size) of the 256).
     fn bucket_of(&self, id: &NodeId) -> Option<usize> {
+        let b = self.index_of(id)?;
+        (b < self.buckets.len()).then_some(b)
+    }
+
+    fn index_of(&self, id: &NodeId) -> Option<usize> {
         (*id != self.local).then(|| bucket_index(&self.local, id))
     }
 
@@ -236,11 +243,12 @@ impl KBuckets {
 
     fn site_room(&self, bucket: usize, site: Option<IpAddr>) -> bool {
         let Some(site) = site else { return true };
-        let in_bucket = self.buckets[bucket]
-            .entries
-            .iter()
-            .filter(|e| self.entry_site(e) == Some(site))
-            .count();
+        let in_bucket = self.buckets.get(bucket).map_or(0, |b| {
+            b.entries
+                .iter()
+                .filter(|e| self.entry_site(e) == Some(site))
+                .count()
+        });
         in_bucket < self.limits.per_bucket_site
             && self.sites.get(&site).copied().unwrap_or(0) < self.limits.per_table_site
     }
@@ -249,25 +257,29 @@ impl KBuckets {
     /// its site has room in its bucket and the table, and its bucket has
     /// room or is full (then it would wait for a ping of the oldest).
     pub fn would_consider(&self, id: &NodeId, at: std::net::SocketAddr) -> bool {
-        let Some(b) = self.bucket_of(id) else {
+        let Some(b) = self.index_of(id) else {
             return false;
         };
         if self.get(id).is_some() || !self.site_room(b, self.limited(at.ip())) {
             return false;
         }
-        self.buckets[b].entries.len() >= self.limits.k || self.len < self.limits.capacity
+        let held = self.buckets.get(b).map_or(0, |b| b.entries.len());
+        held >= self.limits.k || self.len < self.limits.capacity
     }
 
     /// Offers a host whose key a handshake proved at `addr.addrs[0]`, with
     /// the round trip just measured.
     pub fn insert(&mut self, addr: NodeAddr, rtt: Duration, now: Instant) -> Insert {
-        let Some(b) = self.bucket_of(&addr.id) else {
+        let Some(b) = self.index_of(&addr.id) else {
             return Insert::Refused(Refusal::Local);
         };
         let Some(first) = addr.addrs.first() else {
             return Insert::Refused(Refusal::NoAddress);
         };
         let site = self.limited(first.ip());
+        if self.buckets.len() <= b {
+            self.buckets.resize_with(b + 1, Bucket::default);
+        }
         self.buckets[b].touched = Some(now);
         if let Some(pos) = self.buckets[b]
             .entries
@@ -461,6 +473,26 @@ impl KBuckets {
         }
     }
 
+    /// Bytes the table takes in memory (entries, their addresses, buckets,
+    /// replacement caches, site counts): about what a node spends on it.
+    pub fn memory_bytes(&self) -> usize {
+        let entry = |e: &Entry| {
+            std::mem::size_of::<Entry>()
+                + e.addr.addrs.capacity() * std::mem::size_of::<std::net::SocketAddr>()
+        };
+        self.buckets.capacity() * std::mem::size_of::<Bucket>()
+            + self
+                .buckets
+                .iter()
+                .map(|b| {
+                    b.entries.iter().map(entry).sum::<usize>()
+                        + (b.entries.capacity() - b.entries.len()) * std::mem::size_of::<Entry>()
+                        + b.replacements.iter().map(entry).sum::<usize>()
+                })
+                .sum::<usize>()
+            + self.sites.capacity() * (std::mem::size_of::<(IpAddr, usize)>() + 8)
+    }
+
     /// The hosts to drop first when memory is short: the worst by what this
     /// node measured.
     pub fn worst(&self) -> Option<&Entry> {
@@ -616,11 +648,15 @@ mod tests {
                     assert!(bucket.entries.len() <= limits.k, "seed {seed}");
                     if i != b {
                         let ids: Vec<NodeId> = bucket.entries.iter().map(|e| e.addr.id).collect();
-                        assert_eq!(ids, before[i], "seed {seed}: another bucket changed");
+                        let was = before.get(i).cloned().unwrap_or_default();
+                        assert_eq!(ids, was, "seed {seed}: another bucket changed");
                     }
                 }
                 // Nobody left the bucket on an insertion.
-                let kept = before[b]
+                let kept = before
+                    .get(b)
+                    .cloned()
+                    .unwrap_or_default()
                     .iter()
                     .all(|id| t.buckets[b].entries.iter().any(|e| e.addr.id == *id));
                 assert!(kept, "seed {seed}: evicted without a ping");

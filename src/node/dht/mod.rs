@@ -65,8 +65,8 @@ pub struct DhtSettings {
     pub k: usize,
     /// Queries in flight per lookup path.
     pub alpha: usize,
-    /// Disjoint paths of `get_record` and `providers` lookups (S/Kademlia);
-    /// `find_node` and placement run one.
+    /// Disjoint paths of the lookups that place and read records and
+    /// provider records (S/Kademlia); `find_node` runs one.
     pub disjoint_paths: usize,
     /// A query unanswered this long counts as failed.
     pub query_timeout: Duration,
@@ -235,15 +235,26 @@ impl Dht {
     /// The up to k nodes closest to `target` that answered a lookup,
     /// closest first.
     pub async fn closest(&self, target: NodeId) -> Result<(Vec<NodeAddr>, LookupReport)> {
-        let config = self.state().lookup_config(1);
+        self.closest_along(target, 1).await
+    }
+
+    async fn closest_along(
+        &self,
+        target: NodeId,
+        paths: usize,
+    ) -> Result<(Vec<NodeAddr>, LookupReport)> {
+        let config = self.state().lookup_config(paths);
         let done = lookups::run(&self.node, target, Ask::Node, config, |_, _| false).await?;
         Ok((done.closest, done.report))
     }
 
-    /// Looks `id` up: its address, as it answered the lookup.
+    /// Looks `id` up: its address, as it answered the lookup (which ends
+    /// as soon as it did).
     pub async fn find_node(&self, id: NodeId) -> Result<FoundNode> {
-        let (closest, report) = self.closest(id).await?;
-        match closest.into_iter().find(|a| a.id == id) {
+        let config = self.state().lookup_config(1);
+        let done = lookups::run(&self.node, id, Ask::Node, config, |from, _| *from == id).await?;
+        let report = done.report;
+        match done.closest.into_iter().find(|a| a.id == id) {
             Some(addr) => Ok(FoundNode { addr, report }),
             None => Err(Error::NotFound(format!(
                 "node {} ({} queries)",
@@ -305,7 +316,8 @@ impl Dht {
                 unix_now(),
             );
         }
-        let (closest, report) = self.closest(key).await?;
+        let paths = state.settings.disjoint_paths;
+        let (closest, report) = self.closest_along(key, paths).await?;
         let request = Store { record };
         let stores = closest.into_iter().map(|addr| {
             let node = &self.node;
@@ -393,7 +405,8 @@ impl Dht {
                 unix_now(),
             );
         }
-        let (closest, report) = self.closest(key).await?;
+        let paths = state.settings.disjoint_paths;
+        let (closest, report) = self.closest_along(key, paths).await?;
         let request = AddProvider { key, addrs };
         let adds = closest.into_iter().map(|addr| {
             let node = &self.node;
