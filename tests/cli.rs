@@ -194,3 +194,121 @@ async fn chat_lines_cross_both_ways() {
     a.type_line("hi from a").await;
     assert_eq!(b.line("b receives").await, "hi from a");
 }
+
+/// `butter dht`: one-shot lookups as a guest against a network of
+/// `butter node`s joined through `--bootstrap`; the result alone on stdout,
+/// one clear line and a non-zero exit when nothing is found, and the guests
+/// never enter anyone's table.
+#[tokio::test]
+async fn dht_commands_put_get_and_find_through_a_bootstrapped_network() {
+    let dirs: Vec<_> = (0..5).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut nodes = Vec::new();
+    let mut addrs: Vec<String> = Vec::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        let mut cmd = butter();
+        let listen = format!("127.0.0.{}:0", 20 + i);
+        cmd.args([
+            "node",
+            "--listen",
+            &listen,
+            "--no-discovery",
+            "--no-upnp",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+        ]);
+        if let Some(first) = addrs.first() {
+            cmd.args(["--bootstrap", first]);
+        }
+        let mut node = Running::start(cmd);
+        addrs.push(node.line("node address").await);
+        nodes.push(node);
+    }
+    let ids: Vec<String> = addrs
+        .iter()
+        .map(|a| a.split('@').next().unwrap().to_string())
+        .collect();
+    // Joined: the first node knows the other four.
+    within(30, "the network forms", async {
+        loop {
+            let mut cmd = butter();
+            cmd.args(["peers", &addrs[0]]);
+            let out = run(cmd, None).await;
+            if out.stdout.lines().skip(1).count() >= 4 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+
+    let mut cmd = butter();
+    cmd.args([
+        "dht",
+        "--bootstrap",
+        &addrs[1],
+        "put",
+        "greeting",
+        "hello, dht",
+    ]);
+    let put = run(cmd, None).await;
+    assert!(put.ok, "{}", put.stderr);
+    let key = put.stdout.trim().to_string();
+    assert_eq!(key.len(), 64, "{}", put.stdout);
+    assert!(put.stderr.contains("hops"), "{}", put.stderr);
+
+    let mut cmd = butter();
+    cmd.args(["dht", "--bootstrap", &addrs[3], "get", &key]);
+    let get = run(cmd, None).await;
+    assert!(get.ok, "{}", get.stderr);
+    assert_eq!(get.stdout, "hello, dht\n");
+    assert!(get.stderr.contains("messages"), "{}", get.stderr);
+
+    let mut cmd = butter();
+    cmd.args(["dht", "--bootstrap", &addrs[0], "find-node", &ids[4]]);
+    let found = run(cmd, None).await;
+    assert!(found.ok, "{}", found.stderr);
+    assert!(
+        found
+            .stdout
+            .trim()
+            .starts_with(&format!("{}@127.0.0.24:", ids[4])),
+        "{}",
+        found.stdout
+    );
+
+    // Nothing there: one line on stderr, nothing on stdout, non-zero.
+    let nobody = "ab".repeat(32);
+    for what in ["get", "providers", "find-node"] {
+        let mut cmd = butter();
+        cmd.args(["dht", "--bootstrap", &addrs[2], what, &nobody]);
+        let out = run(cmd, None).await;
+        assert!(!out.ok, "{what}: {}", out.stdout);
+        assert!(out.stdout.is_empty(), "{what}: {}", out.stdout);
+        assert_eq!(
+            out.stderr.trim().lines().count(),
+            1,
+            "{what}: {}",
+            out.stderr
+        );
+        assert!(out.stderr.contains("not found"), "{what}: {}", out.stderr);
+    }
+    let mut cmd = butter();
+    cmd.args(["dht", "get", &key]);
+    let out = run(cmd, None).await;
+    assert!(!out.ok);
+    assert!(out.stderr.contains("--bootstrap"), "{}", out.stderr);
+
+    // The guests are in nobody's table: every table holds node ids only.
+    for addr in &addrs {
+        let mut cmd = butter();
+        cmd.args(["peers", addr]);
+        let out = run(cmd, None).await;
+        for line in out.stdout.lines().skip(1) {
+            let id = line.split_whitespace().next().unwrap();
+            assert!(
+                ids.iter().any(|i| i == id),
+                "a guest entered a table: {line}"
+            );
+        }
+    }
+}

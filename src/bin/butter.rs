@@ -590,13 +590,13 @@ async fn dht(
         }),
         DhtCommand::Providers { key } => {
             let found: Vec<NodeAddr> = dht.providers(key).collect().await;
-            eprintln!("providers: {} found", found.len());
             for p in &found {
                 println!("{p}");
             }
             if found.is_empty() {
                 Err(butter::Error::NotFound(format!("no provider of {key}")))
             } else {
+                eprintln!("providers: {} found", found.len());
                 Ok(())
             }
         }
