@@ -405,3 +405,102 @@ async fn a_streamed_body_that_stalls_ends_the_handlers_read() {
         "{status:?}"
     );
 }
+
+/// A hostile DHT node answers lookups with contacts it made up: first an
+/// oversize answer (1,000 contacts), then 20 fabricated ids at a silent
+/// address. The victim's lookups count the first as a failed answer, ask
+/// the made-up contacts within the lookup's bounds, end with a clear "not
+/// found", and none of the made-up contacts enters its table.
+#[tokio::test]
+async fn a_dht_node_answering_with_made_up_contacts_misleads_no_table() {
+    use butter::dht::messages::{Closer, FIND_NODE_ROUTE};
+    use butter::{NodeAddr, NodeId, PingReply};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let me = Identity::generate();
+    let id = me.id();
+    let mut server = quinn::ServerConfig::with_crypto(tls::server_crypto(&me).unwrap());
+    server.transport_config(Arc::new(quinn::TransportConfig::default()));
+    let ep = quinn::Endpoint::server(server, loopback()).unwrap();
+    let hostile = NodeAddr::new(id, [ep.local_addr().unwrap()]);
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let answers = Arc::new(AtomicUsize::new(0));
+    let seen = answers.clone();
+    tokio::spawn(async move {
+        while let Some(incoming) = ep.accept().await {
+            let Ok(conn) = incoming.await else { continue };
+            let answers = answers.clone();
+            tokio::spawn(async move {
+                while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                    let answers = answers.clone();
+                    tokio::spawn(async move {
+                        let header: RequestHeader =
+                            wire::read_frame(&mut recv, MAX_HEADER).await.unwrap();
+                        let _ = recv.read_to_end(1024).await;
+                        let reply = match header.route.as_str() {
+                            "butter/ping" => postcard::to_allocvec(&PingReply {
+                                id,
+                                version: "0.1.0".into(),
+                                uptime_ms: u64::MAX,
+                                known_hosts: 1_000_000,
+                                known_by: 1_000_000,
+                                storage_bytes: u64::MAX,
+                                introducer: false,
+                            })
+                            .unwrap(),
+                            r if r == FIND_NODE_ROUTE => {
+                                let n = if answers.fetch_add(1, Ordering::SeqCst) == 0 {
+                                    1000
+                                } else {
+                                    20
+                                };
+                                let contacts = (0..n)
+                                    .map(|_| {
+                                        NodeAddr::new(Identity::generate().id(), [silent_addr])
+                                    })
+                                    .collect();
+                                postcard::to_allocvec(&Closer { contacts }).unwrap()
+                            }
+                            _ => Vec::new(),
+                        };
+                        let status = ResponseHeader { status: Status::Ok };
+                        let _ = send
+                            .write_all(&wire::encode_frame(&status, MAX_HEADER).unwrap())
+                            .await;
+                        let _ = send.write_all(&reply).await;
+                        let _ = send.finish();
+                    });
+                }
+            });
+        }
+    });
+    let victim = Node::builder()
+        .listen(loopback())
+        .lan_discovery(false)
+        .dht(butter::DhtSettings {
+            bootstrap: vec![hostile.clone()],
+            query_timeout: Duration::from_millis(500),
+            ..Default::default()
+        })
+        .spawn()
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let target = NodeId::from_bytes(rand_bytes());
+        let found = within(20, "a misled lookup ends", victim.dht().find_node(target)).await;
+        assert!(matches!(found, Err(Error::NotFound(_))), "{found:?}");
+    }
+    assert!(seen.load(Ordering::SeqCst) >= 2);
+    // Only the hostile node itself (it did answer) may be known; none of
+    // what it made up.
+    let known: Vec<_> = victim
+        .known_hosts()
+        .into_iter()
+        .map(|h| h.addr.id)
+        .collect();
+    assert!(known.iter().all(|k| *k == id), "{known:?}");
+}
+
+fn rand_bytes() -> [u8; 32] {
+    *Identity::generate().id().as_bytes()
+}

@@ -245,3 +245,60 @@ async fn oversize_or_malformed_dht_messages_get_typed_errors_and_the_node_serves
     // A guest never enters the table of the node it asks.
     assert!(!a.known_hosts().iter().any(|h| h.addr.id == b.id()));
 }
+
+/// Identities are free: a flood of records, each from a fresh identity but
+/// all from one address, is cut at the per-source bound with a typed
+/// refusal; another address still stores, and the node keeps answering.
+#[tokio::test]
+async fn a_flood_of_records_from_one_address_is_bounded_and_the_node_serves_on() {
+    use butter::dht::messages::Stored;
+    let a = node(64, None).await;
+    let b = node(65, None).await;
+    let expires = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    let per_source = butter::dht::store::StoreLimits::default().per_source;
+    let (mut stored, mut refused) = (0, 0);
+    for _ in 0..per_source + 40 {
+        let record = Record::sign(&Identity::generate(), b"x", vec![7; 16], 1, expires).unwrap();
+        match within(
+            10,
+            "store",
+            b.call_typed::<_, Stored>(a.addr(), STORE_ROUTE, &Store { record }),
+        )
+        .await
+        {
+            Ok(_) => stored += 1,
+            Err(Error::Remote(m)) if m.contains("refused") => refused += 1,
+            Err(e) => panic!("not a refusal: {e}"),
+        }
+    }
+    assert_eq!(stored, per_source);
+    assert_eq!(refused, 40);
+    // Another address (same /24: its share is twice one address's) stores.
+    let c = node(66, None).await;
+    let record = Record::sign(&Identity::generate(), b"x", vec![7; 16], 1, expires).unwrap();
+    within(
+        10,
+        "store from elsewhere",
+        c.call_typed::<_, Stored>(a.addr(), STORE_ROUTE, &Store { record }),
+    )
+    .await
+    .unwrap();
+    let _: butter::dht::messages::Closer = within(
+        10,
+        "still serving",
+        b.call_typed(
+            a.addr(),
+            FIND_NODE_ROUTE,
+            &FindNode {
+                target: a.id(),
+                serving: false,
+            },
+        ),
+    )
+    .await
+    .unwrap();
+}
