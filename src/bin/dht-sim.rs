@@ -86,6 +86,7 @@ struct Net {
     rng: StdRng,
     base: Instant,
     loss: f64,
+    limits: Limits,
     args: Args,
 }
 
@@ -142,6 +143,16 @@ struct Outcome {
 
 impl Net {
     fn new(args: &Args, n: usize, roles: impl Fn(usize) -> Role, sybil_site: bool) -> Net {
+        Net::with_limits(args, n, roles, sybil_site, Limits::default())
+    }
+
+    fn with_limits(
+        args: &Args,
+        n: usize,
+        roles: impl Fn(usize) -> Role,
+        sybil_site: bool,
+        limits: Limits,
+    ) -> Net {
         let mut rng = StdRng::seed_from_u64(args.seed ^ n as u64);
         let mut net = Net {
             ids: Vec::with_capacity(n),
@@ -152,6 +163,7 @@ impl Net {
             index: HashMap::with_capacity(n),
             liars: Vec::new(),
             loss: 0.0,
+            limits,
             rng: StdRng::seed_from_u64(args.seed.wrapping_mul(31) ^ n as u64),
             base: Instant::now(),
             args: args.clone(),
@@ -172,7 +184,7 @@ impl Net {
         let i = self.ids.len();
         self.ids.push(id);
         self.addrs.push(SocketAddr::new(ip, 7400));
-        self.tables.push(KBuckets::new(id, Limits::default()));
+        self.tables.push(KBuckets::new(id, self.limits.clone()));
         self.alive.push(true);
         self.role.push(role);
         self.index.insert(id, i);
@@ -524,6 +536,21 @@ fn plain(args: &Args, n: usize) {
 }
 
 fn adversarial(args: &Args, n: usize, sybil: bool) {
+    adversarial_with(args, n, sybil, Limits::default(), "");
+    if sybil {
+        // What a table without IP-diversity limits (rust-libp2p's) does
+        // under the same flood.
+        let k = Limits::default().k;
+        let open = Limits {
+            per_bucket_site: k,
+            per_table_site: usize::MAX,
+            ..Limits::default()
+        };
+        adversarial_with(args, n, sybil, open, " WITHOUT IP limits (as rust-libp2p)");
+    }
+}
+
+fn adversarial_with(args: &Args, n: usize, sybil: bool, limits: Limits, label: &str) {
     let fraction = if sybil { 0.2 } else { args.evil };
     let mut pick = StdRng::seed_from_u64(args.seed ^ 0xadd);
     let roles: Vec<Role> = (0..n)
@@ -537,7 +564,7 @@ fn adversarial(args: &Args, n: usize, sybil: bool) {
             }
         })
         .collect();
-    let mut net = Net::new(args, n, |i| roles[i], sybil);
+    let mut net = Net::with_limits(args, n, |i| roles[i], sybil, limits);
     net.alive[0] = false;
     net.populate();
     let now = net.base;
@@ -573,7 +600,7 @@ fn adversarial(args: &Args, n: usize, sybil: bool) {
             })
             .collect();
         println!(
-            "== sybil flood from one /24 ({n} nodes, 20% sybils + 200 fresh sybil ids per table)"
+            "== sybil flood from one /24{label} ({n} nodes, 20% sybils + 200 fresh sybil ids per table)"
         );
         println!(
             "  sybil entries per honest table: max {}, mean {:.1}",

@@ -78,7 +78,9 @@ pub struct DhtSettings {
     pub record_ttl: Duration,
     /// What this node holds for others.
     pub limits: StoreLimits,
-    /// Records and provided keys this node republishes at most.
+    /// Records (and, apart, provided keys) this node publishes at most; as
+    /// many as other nodes keep per publisher by default
+    /// ([`StoreLimits::per_publisher`]).
     pub max_published: usize,
     /// Nodes to join through on start (verified like any host).
     pub bootstrap: Vec<NodeAddr>,
@@ -96,7 +98,7 @@ impl Default for DhtSettings {
             republish_interval: Duration::from_secs(3600),
             record_ttl: Duration::from_secs(24 * 3600),
             limits: StoreLimits::default(),
-            max_published: 1024,
+            max_published: 64,
             bootstrap: Vec::new(),
         }
     }
