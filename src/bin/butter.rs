@@ -243,18 +243,7 @@ fn default_data_dir() -> PathBuf {
 
 /// A client node for one-shot commands: persistent identity only if asked for.
 async fn client(data_dir: Option<PathBuf>, introducers: Vec<NodeAddr>) -> Result<Node> {
-    // A one-shot client has nothing to offer inbound: no port mapping.
-    let mut builder = Node::builder()
-        .lan_discovery(false)
-        .nat(butter::NatSettings {
-            introducers,
-            upnp: upnp_settings(true, None, 0),
-            ..Default::default()
-        });
-    if let Some(dir) = data_dir {
-        builder = builder.data_dir(dir);
-    }
-    Ok(builder.spawn().await?)
+    guest(data_dir, introducers, Vec::new()).await
 }
 
 fn upnp_settings(off: bool, gateway: Option<SocketAddr>, lease_secs: u64) -> butter::UpnpSettings {
@@ -605,8 +594,9 @@ async fn dht(
     Ok(outcome?)
 }
 
-/// A node for one-shot DHT commands: it looks things up but serves no DHT
-/// route and says so in its requests, so nobody takes it into a table.
+/// A node for one-shot commands: it looks things up but serves no DHT route
+/// and says so in its requests, so nobody takes it into a table; it has
+/// nothing to offer inbound (no LAN beacons, no port mapping).
 async fn guest(
     data_dir: Option<PathBuf>,
     introducers: Vec<NodeAddr>,

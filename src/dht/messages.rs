@@ -127,7 +127,7 @@ pub struct Store {
     pub record: Record,
 }
 
-/// Reply of `store`.
+/// Reply of `store` and of `add_provider`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stored {
     /// The responder's closest contacts to the record's key.

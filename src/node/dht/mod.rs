@@ -318,30 +318,7 @@ impl Dht {
                 unix_now(),
             );
         }
-        let paths = state.settings.disjoint_paths;
-        let (closest, report) = self.closest_along(key, paths).await?;
-        let request = Store { record };
-        let stores = closest.into_iter().map(|addr| {
-            let node = &self.node;
-            let request = &request;
-            async move {
-                tokio::time::timeout(
-                    state.settings.query_timeout,
-                    node.call_typed::<_, Stored>(Target::Addr(addr), STORE_ROUTE, request),
-                )
-                .await
-            }
-        });
-        let stored = futures_util::future::join_all(stores)
-            .await
-            .into_iter()
-            .filter(|r| matches!(r, Ok(Ok(_))))
-            .count();
-        Ok(Published {
-            key,
-            stored,
-            report,
-        })
+        self.place(key, STORE_ROUTE, &Store { record }).await
     }
 
     /// The record under `key`: held here, or found by a lookup along
@@ -407,21 +384,33 @@ impl Dht {
                 unix_now(),
             );
         }
-        let paths = state.settings.disjoint_paths;
-        let (closest, report) = self.closest_along(key, paths).await?;
-        let request = AddProvider { key, addrs };
-        let adds = closest.into_iter().map(|addr| {
+        self.place(key, ADD_PROVIDER_ROUTE, &AddProvider { key, addrs })
+            .await
+    }
+
+    /// Finds the k nodes closest to `key` (along disjoint paths) and sends
+    /// each `request` on `route`; counts who took it.
+    async fn place<Req: serde::Serialize + Sync>(
+        &self,
+        key: NodeId,
+        route: &str,
+        request: &Req,
+    ) -> Result<Published> {
+        let state = self.state();
+        let (closest, report) = self
+            .closest_along(key, state.settings.disjoint_paths)
+            .await?;
+        let calls = closest.into_iter().map(|addr| {
             let node = &self.node;
-            let request = &request;
             async move {
                 tokio::time::timeout(
                     state.settings.query_timeout,
-                    node.call_typed::<_, ()>(Target::Addr(addr), ADD_PROVIDER_ROUTE, request),
+                    node.call_typed::<_, Stored>(Target::Addr(addr), route, request),
                 )
                 .await
             }
         });
-        let stored = futures_util::future::join_all(adds)
+        let stored = futures_util::future::join_all(calls)
             .await
             .into_iter()
             .filter(|r| matches!(r, Ok(Ok(_))))

@@ -142,7 +142,9 @@ impl Service for DhtService {
                     lock(&node.dht_state().providers)
                         .add(req.key, peer, &addrs, from.ip(), unix_now())
                         .map_err(|e| Error::Refused(e.to_string()))?;
-                    Ok(())
+                    Ok(Stored {
+                        closer: closer(&node, &req.key, &peer),
+                    })
                 }
             },
         );
