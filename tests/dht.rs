@@ -302,3 +302,41 @@ async fn a_flood_of_records_from_one_address_is_bounded_and_the_node_serves_on()
     .await
     .unwrap();
 }
+
+/// A publisher that stays up keeps its record alive past the record's own
+/// lifetime: it signs it again (higher sequence number, new expiry) and
+/// stores it again every republish interval.
+#[tokio::test]
+async fn records_are_republished_before_they_expire() {
+    let a = node(67, None).await;
+    let b = Node::builder()
+        .listen(at(68))
+        .lan_discovery(false)
+        .dht(butter::DhtSettings {
+            bootstrap: vec![a.addr()],
+            record_ttl: Duration::from_secs(2),
+            republish_interval: Duration::from_millis(600),
+            ..Default::default()
+        })
+        .spawn()
+        .await
+        .unwrap();
+    b.add_known_host(a.addr()).await.unwrap();
+    let put = within(10, "put", b.dht().put_record(b"alive", b"yes".to_vec()))
+        .await
+        .unwrap();
+    let first = within(10, "get", a.dht().get_record(put.key))
+        .await
+        .unwrap()
+        .record;
+    // Well past the first copy's expiry, a holds a newer one.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let got = within(10, "get again", a.dht().get_record(put.key))
+        .await
+        .expect("the record was republished");
+    // Held by a itself (no lookup needed), newer than the first.
+    assert_eq!(got.report.queries, 0);
+    let later = got.record;
+    assert!(later.seq > first.seq, "{} <= {}", later.seq, first.seq);
+    assert_eq!(later.value, b"yes");
+}

@@ -20,7 +20,8 @@ use crate::node::membership::Reach;
 use crate::node::service::{Routes, Service, ServiceContext, WeakNode};
 use crate::node::Node;
 
-/// How often the upkeep looks at its buckets and its publications.
+/// How often the upkeep looks at its buckets and its publications (more
+/// often if republishing is more frequent).
 const UPKEEP_TICK: Duration = Duration::from_secs(5);
 
 /// Refresh lookups run per tick at most.
@@ -210,7 +211,7 @@ async fn upkeep(weak: WeakNode) {
     let mut tick = Duration::from_millis(100);
     loop {
         tokio::time::sleep(tick).await;
-        tick = super::super::membership::jitter(UPKEEP_TICK);
+        tick = super::super::membership::jitter(UPKEEP_TICK.min(settings.republish_interval / 2));
         let Some(node) = weak.upgrade() else { return };
         let dht = node.dht();
         let has_hosts = node.members().len() > 0;
