@@ -30,6 +30,7 @@ mod admission;
 pub mod backoff;
 mod budget;
 pub mod config;
+pub mod content;
 pub mod dht;
 pub mod discovery;
 mod endpoint;
