@@ -67,6 +67,17 @@ pub enum Error {
     /// or provider among the closest nodes that answered).
     #[error("not found: {0}")]
     NotFound(String),
+    /// The store cannot take this: it would exceed the byte budget.
+    #[error("storage full: {needed} bytes needed, {free} free")]
+    StorageFull {
+        /// Bytes the write needed.
+        needed: u64,
+        /// Bytes left in the budget.
+        free: u64,
+    },
+    /// The persistent store failed (disk, corruption).
+    #[error("storage: {0}")]
+    Storage(String),
     /// A record or provider record was refused (bad signature, stale
     /// sequence number, over a bound).
     #[error("refused: {0}")]

@@ -45,6 +45,7 @@ pub mod ratelimit;
 mod router;
 pub mod source;
 mod stats;
+pub mod store;
 pub mod tasks;
 pub mod wire;
 
