@@ -118,4 +118,16 @@ counters! {
     upnp_mapped,
     /// Renewals of a UPnP mapping's lease.
     upnp_renewed,
+    /// Blobs (chunks, manifests) served to others.
+    blobs_served,
+    /// Blobs stored for others (replicas pushed to this node).
+    blobs_taken,
+    /// Blobs refused to others: over the store's budget or the sender's share.
+    blobs_refused,
+    /// Blobs fetched from the network, verified.
+    blobs_fetched,
+    /// Blobs a holder served with the wrong bytes (the holder was reported).
+    blobs_bad,
+    /// Blobs pushed to their closest nodes.
+    blobs_pushed,
 }

@@ -51,6 +51,7 @@ pub struct NodeBuilder {
     discovery: DiscoverySettings,
     nat: NatSettings,
     dht: super::dht::DhtSettings,
+    content: super::content::ContentSettings,
     services: Vec<Box<dyn Service>>,
     error: Option<Error>,
 }
@@ -68,6 +69,7 @@ impl Default for NodeBuilder {
             discovery: DiscoverySettings::default(),
             nat: NatSettings::default(),
             dht: Default::default(),
+            content: Default::default(),
             services: Vec::new(),
             error: None,
         }
@@ -256,6 +258,20 @@ impl NodeBuilder {
         self
     }
 
+    /// Replaces the content settings (replicas, chunk size, storage).
+    pub fn content(mut self, settings: super::content::ContentSettings) -> Self {
+        self.content = settings;
+        self
+    }
+
+    /// Bytes of content the node's store may hold (its own, replicas for
+    /// others, what it fetched). The store lives in the data dir
+    /// (`store.redb`), or in memory without one.
+    pub fn storage(mut self, bytes: u64) -> Self {
+        self.content.storage_bytes = bytes;
+        self
+    }
+
     /// A node to join the network through (verified like any host, retried
     /// until it answers); repeatable.
     pub fn bootstrap(mut self, addr: NodeAddr) -> Self {
@@ -357,6 +373,7 @@ impl NodeBuilder {
         ];
         if self.dht.serve {
             services.push(Box::new(super::dht::DhtService));
+            services.push(Box::new(super::content::ContentService));
         }
         if let Some(socket) = lan {
             services.push(Box::new(super::lan::LanService::new(socket, discovery)));
@@ -413,6 +430,15 @@ impl NodeBuilder {
                 stats: stats.clone(),
             }));
         }
+        let budget_bytes = self.content.storage_bytes;
+        // A guest (serving no DHT) keeps nothing: its store is in memory,
+        // and it can share a data dir (its identity) with a running node.
+        let store = match &self.data_dir {
+            Some(dir) if self.dht.serve => {
+                crate::store::Store::open(dir.join("store.redb"), budget_bytes)?
+            }
+            _ => crate::store::Store::in_memory(budget_bytes)?,
+        };
         let shared = Arc::new(Shared {
             endpoint,
             router,
@@ -430,6 +456,7 @@ impl NodeBuilder {
             identity,
             members,
             dht: super::dht::DhtState::new(self.dht),
+            content: super::content::ContentState::new(self.content, store),
             stun: Default::default(),
             nat: self.nat,
             traversals: Default::default(),

@@ -37,6 +37,7 @@
 mod accept;
 mod builder;
 mod calls;
+mod content;
 mod dht;
 mod goodbye;
 mod info;
@@ -68,6 +69,7 @@ use crate::stats::{Stats, StatsSnapshot};
 use crate::tasks::Tasks;
 
 pub use builder::NodeBuilder;
+pub use content::{ContentSettings, StorageUse};
 pub use dht::{Dht, DhtSettings, FoundNode, FoundRecord, LookupReport, Published};
 pub use goodbye::GOODBYE_ROUTE;
 pub use info::{Ping, PingReply, PingRequest, PING_ROUTE, STATS_ROUTE};
@@ -93,6 +95,7 @@ struct Shared {
     identity: Identity,
     members: Arc<Membership>,
     dht: dht::DhtState,
+    content: content::ContentState,
     stun: crate::nat::PendingStun,
     nat: NatSettings,
     traversals: reach::Traversals,

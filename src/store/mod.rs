@@ -74,9 +74,25 @@ impl Store {
         Ok(Store::open_reporting(path, budget)?.0)
     }
 
+    /// A store in memory (a node without a data dir): the same rules,
+    /// nothing kept across restarts.
+    pub fn in_memory(budget: u64) -> Result<Store> {
+        let database = redb::Builder::new()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(db)?;
+        Ok(Store::from_database(database, budget)?.0)
+    }
+
     /// [`Store::open`], also saying what was rolled back.
     pub fn open_reporting(path: impl AsRef<Path>, budget: u64) -> Result<(Store, Recovery)> {
+        if let Some(dir) = path.as_ref().parent() {
+            std::fs::create_dir_all(dir)?;
+        }
         let database = Database::create(path.as_ref()).map_err(db)?;
+        Store::from_database(database, budget)
+    }
+
+    fn from_database(database: Database, budget: u64) -> Result<(Store, Recovery)> {
         let store = Store {
             db: database,
             budget,

@@ -1,0 +1,169 @@
+//! Moving blobs: pushing each to the nodes closest to its hash, fetching
+//! one from the closest holder that serves the right bytes (a holder that
+//! serves wrong bytes is reported and loses standing), and walking a
+//! manifest tree with many chunks in flight at once.
+
+use std::sync::atomic::Ordering;
+
+use futures_util::stream::{self, StreamExt};
+
+use super::service::{GET_ROUTE, PUT_ROUTE};
+use crate::addr::Target;
+use crate::content::manifest::{Entries, Manifest, MAX_DEPTH};
+use crate::content::{verify, Hash};
+use crate::error::{Error, Result};
+use crate::node::Node;
+
+impl Node {
+    /// Pushes every blob to its closest nodes (many at once); returns how
+    /// many blobs reached all `replicas` of them.
+    pub(crate) async fn push_all(&self, blobs: &[Hash]) -> usize {
+        let parallel = self.content().settings.parallel.max(1);
+        stream::iter(blobs.iter().copied())
+            .map(|hash| async move { self.push_blob(hash).await })
+            .buffer_unordered(parallel)
+            .filter(|placed| std::future::ready(*placed >= self.content().settings.replicas))
+            .count()
+            .await
+    }
+
+    /// Pushes one held blob to the `replicas` closest nodes to its hash
+    /// (this node may be one of them); returns on how many it now lives.
+    pub(crate) async fn push_blob(&self, hash: Hash) -> usize {
+        let state = self.content();
+        let store = state.store.clone();
+        let Ok(Ok(Some(bytes))) = tokio::task::spawn_blocking(move || store.get(&hash.0)).await
+        else {
+            return 0;
+        };
+        let replicas = state.settings.replicas;
+        let closest = match self.dht().closest(hash.to_key()).await {
+            Ok((closest, _)) => closest,
+            Err(e) => {
+                tracing::debug!(blob = %hash.short(), error = %e, "no node to push to");
+                return 0;
+            }
+        };
+        // Is this node itself among the closest? Then it is one holder.
+        let me = self.id();
+        let mine = crate::peers::table::distance(&me, &hash.to_key());
+        let closer_than_me = closest
+            .iter()
+            .filter(|a| crate::peers::table::distance(&a.id, &hash.to_key()) < mine)
+            .count();
+        let here = usize::from(closer_than_me < replicas);
+        let mut body = Vec::with_capacity(32 + bytes.len());
+        body.extend_from_slice(&hash.0);
+        body.extend_from_slice(&bytes);
+        let body = bytes::Bytes::from(body);
+        let timeout = state.settings.holder_timeout;
+        let pushes = closest.into_iter().take(replicas - here).map(|addr| {
+            let body = body.clone();
+            async move {
+                tokio::time::timeout(timeout, self.call(Target::Addr(addr), PUT_ROUTE, body)).await
+            }
+        });
+        let placed = futures_util::future::join_all(pushes)
+            .await
+            .into_iter()
+            .filter(|r| matches!(r, Ok(Ok(_))))
+            .count();
+        self.counters()
+            .blobs_pushed
+            .fetch_add(placed as u64, Ordering::Relaxed);
+        placed + here
+    }
+
+    /// One blob, verified: from the store, or from the closest holder that
+    /// serves bytes with the right hash (kept here afterwards, as a cache).
+    pub(crate) async fn fetch_blob(&self, hash: Hash) -> Result<Vec<u8>> {
+        let state = self.content();
+        let store = state.store.clone();
+        if let Ok(Ok(Some(bytes))) = tokio::task::spawn_blocking(move || store.get(&hash.0)).await {
+            return Ok(bytes);
+        }
+        let (holders, _) = self.dht().closest(hash.to_key()).await?;
+        let timeout = state.settings.holder_timeout;
+        let mut last = None;
+        for holder in holders {
+            let id = holder.id;
+            let answer = tokio::time::timeout(
+                timeout,
+                self.call(Target::Addr(holder), GET_ROUTE, hash.0.to_vec()),
+            )
+            .await;
+            match answer {
+                Ok(Ok(bytes)) => {
+                    if let Err(e) = verify(&hash, &bytes) {
+                        // Wrong bytes: reported, and the holder loses standing.
+                        self.counters().blobs_bad.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(peer = %id.short(), blob = %hash.short(), "a holder served wrong bytes");
+                        self.members().call_failed(&id);
+                        last = Some(e);
+                        continue;
+                    }
+                    self.counters()
+                        .blobs_fetched
+                        .fetch_add(1, Ordering::Relaxed);
+                    let store = state.store.clone();
+                    let keep = bytes.clone();
+                    // A cache: a full store simply does not keep it.
+                    let _ = tokio::task::spawn_blocking(move || store.put(&hash.0, &keep)).await;
+                    return Ok(bytes.to_vec());
+                }
+                Ok(Err(e)) => last = Some(e),
+                Err(_) => last = Some(Error::Timeout("a holder of a blob")),
+            }
+        }
+        Err(match last {
+            Some(Error::Remote(m)) if m.contains("not found") => {
+                Error::NotFound(format!("blob {}", hash.short()))
+            }
+            Some(e) => e,
+            None => Error::NotFound(format!("blob {} (no holder found)", hash.short())),
+        })
+    }
+
+    /// Walks the tree under `root`, handing `each` every chunk in order
+    /// (many fetched at once, one leaf manifest at a time).
+    pub(crate) async fn fetch_tree(
+        &self,
+        root: Hash,
+        mut each: impl FnMut(Vec<u8>) -> Result<()>,
+    ) -> Result<Manifest> {
+        let top = Manifest::decode(&self.fetch_blob(root).await?)?;
+        let parallel = self.content().settings.parallel.max(1);
+        // Depth first, children in order: (manifest, next child).
+        let mut stack: Vec<(std::sync::Arc<Manifest>, usize)> =
+            vec![(std::sync::Arc::new(top.clone()), 0)];
+        while let Some((m, i)) = stack.pop() {
+            match &m.entries {
+                Entries::Chunks(chunks) => {
+                    let mut fetched = stream::iter(chunks.iter().copied())
+                        .map(|h| self.fetch_blob(h))
+                        .buffered(parallel);
+                    while let Some(chunk) = fetched.next().await {
+                        each(chunk?)?;
+                    }
+                }
+                Entries::Manifests(children) => {
+                    let Some(child) = children.get(i).copied() else {
+                        continue;
+                    };
+                    if stack.len() + 1 >= MAX_DEPTH {
+                        return Err(Error::Malformed("manifest tree too deep".into()));
+                    }
+                    stack.push((m.clone(), i + 1));
+                    let sub = Manifest::decode(&self.fetch_blob(child.hash).await?)?;
+                    if sub.size != child.size || sub.chunk_size != m.chunk_size {
+                        return Err(Error::Malformed(
+                            "a child manifest does not match its parent".into(),
+                        ));
+                    }
+                    stack.push((std::sync::Arc::new(sub), 0));
+                }
+            }
+        }
+        Ok(top)
+    }
+}

@@ -1,0 +1,105 @@
+//! The content routes: `butter/content/get` serves a held blob (request:
+//! its 32-byte hash; reply: its bytes), `butter/content/put` takes a replica
+//! (request: hash ‖ bytes), verified, within the store's budget and the
+//! sender's share of it.
+
+use std::sync::atomic::Ordering;
+
+use super::lock;
+use crate::content::chunk::MAX_CHUNK_SIZE;
+use crate::content::{verify, Hash};
+use crate::error::{Error, Result};
+use crate::node::service::{Routes, Service, WeakNode};
+use crate::node::Node;
+
+/// Route serving blobs.
+pub const GET_ROUTE: &str = "butter/content/get";
+/// Route taking replicas.
+pub const PUT_ROUTE: &str = "butter/content/put";
+
+/// Serves and takes blobs.
+pub(crate) struct ContentService;
+
+fn upgrade(node: &WeakNode) -> Result<Node> {
+    node.upgrade().ok_or(Error::Shutdown)
+}
+
+fn hash_of(body: &[u8]) -> Result<Hash> {
+    <[u8; 32]>::try_from(body.get(..32).unwrap_or_default())
+        .map(Hash)
+        .map_err(|_| Error::Malformed("a blob request starts with its 32-byte hash".into()))
+}
+
+impl Service for ContentService {
+    fn name(&self) -> &'static str {
+        "content"
+    }
+
+    fn routes(&self, routes: &mut Routes<'_>) {
+        let n = routes.node();
+        routes.buffered(GET_ROUTE, 32, move |req: crate::Request| {
+            let node = upgrade(&n);
+            async move {
+                let node = node?;
+                let hash = hash_of(req.body())?;
+                let store = node.content().store.clone();
+                let blob = tokio::task::spawn_blocking(move || store.get(&hash.0))
+                    .await
+                    .map_err(|e| Error::Storage(e.to_string()))??;
+                match blob {
+                    Some(bytes) => {
+                        node.counters().blobs_served.fetch_add(1, Ordering::Relaxed);
+                        Ok(bytes)
+                    }
+                    None => Err(Error::NotFound(format!("blob {}", hash.short()))),
+                }
+            }
+        });
+        let n = routes.node();
+        routes.buffered(
+            PUT_ROUTE,
+            32 + MAX_CHUNK_SIZE,
+            move |req: crate::Request| {
+                let node = upgrade(&n);
+                async move {
+                    let node = node?;
+                    let body = req.body();
+                    let hash = hash_of(body)?;
+                    let bytes = body.slice(32..);
+                    verify(&hash, &bytes)?;
+                    let state = node.content();
+                    let ip = req.remote_addr().ip();
+                    let n = bytes.len() as u64;
+                    if !lock(&state.taken).try_add(ip, n) {
+                        node.counters()
+                            .blobs_refused
+                            .fetch_add(1, Ordering::Relaxed);
+                        return Err(Error::Busy("replicas from this address"));
+                    }
+                    let store = state.store.clone();
+                    let stored = tokio::task::spawn_blocking(move || store.put(&hash.0, &bytes))
+                        .await
+                        .map_err(|e| Error::Storage(e.to_string()))?;
+                    match stored {
+                        Ok(new) => {
+                            if new {
+                                node.counters().blobs_taken.fetch_add(1, Ordering::Relaxed);
+                            } else {
+                                // Held already: it costs the sender nothing.
+                                lock(&state.taken).remove(ip, n);
+                            }
+                            Ok(Vec::new())
+                        }
+                        Err(e) => {
+                            lock(&state.taken).remove(ip, n);
+                            node.counters()
+                                .blobs_refused
+                                .fetch_add(1, Ordering::Relaxed);
+                            Err(e)
+                        }
+                    }
+                }
+            },
+        );
+    }
+}
