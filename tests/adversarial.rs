@@ -504,3 +504,104 @@ async fn a_dht_node_answering_with_made_up_contacts_misleads_no_table() {
 fn rand_bytes() -> [u8; 32] {
     *Identity::generate().id().as_bytes()
 }
+
+/// A raw QUIC node (identity `me`) answering every route with what
+/// `answer(route, body)` returns.
+fn hostile_server(
+    me: &Identity,
+    answer: impl Fn(&str, &[u8]) -> Vec<u8> + Send + Sync + 'static,
+) -> butter::NodeAddr {
+    let mut server = quinn::ServerConfig::with_crypto(tls::server_crypto(me).unwrap());
+    server.transport_config(Arc::new(quinn::TransportConfig::default()));
+    let ep = quinn::Endpoint::server(server, loopback()).unwrap();
+    let addr = butter::NodeAddr::new(me.id(), [ep.local_addr().unwrap()]);
+    let answer = Arc::new(answer);
+    tokio::spawn(async move {
+        while let Some(incoming) = ep.accept().await {
+            let Ok(conn) = incoming.await else { continue };
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                    let answer = answer.clone();
+                    tokio::spawn(async move {
+                        let header: RequestHeader =
+                            match wire::read_frame(&mut recv, MAX_HEADER).await {
+                                Ok(h) => h,
+                                Err(_) => return,
+                            };
+                        let body = recv.read_to_end(1 << 21).await.unwrap_or_default();
+                        let reply = answer(&header.route, &body);
+                        let status = ResponseHeader { status: Status::Ok };
+                        let _ = send
+                            .write_all(&wire::encode_frame(&status, MAX_HEADER).unwrap())
+                            .await;
+                        let _ = send.write_all(&reply).await;
+                        let _ = send.finish();
+                    });
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A holder that serves wrong bytes for a chunk (and is the closest to it):
+/// the fetch still succeeds from an honest holder; the bad one is counted,
+/// and the failure counts against it in the table (3 in a row: out).
+#[tokio::test]
+async fn a_holder_serving_wrong_bytes_is_passed_over_and_reported() {
+    use butter::dht::messages::Closer;
+    use butter::peers::table::distance;
+    use butter::PingReply;
+    let me = Identity::generate();
+    let hostile_id = me.id();
+    let hostile = hostile_server(&me, move |route, _| match route {
+        "butter/ping" => postcard::to_allocvec(&PingReply {
+            id: hostile_id,
+            version: "0.1.0".into(),
+            uptime_ms: 1,
+            known_hosts: 1,
+            known_by: 1,
+            storage_bytes: 1 << 40,
+            introducer: false,
+        })
+        .unwrap(),
+        "butter/dht/find_node" => postcard::to_allocvec(&Closer { contacts: vec![] }).unwrap(),
+        // Any blob asked for: 1 KiB of garbage.
+        "butter/content/get" => vec![0xee; 1024],
+        _ => Vec::new(),
+    });
+    let honest = Node::builder()
+        .listen(loopback())
+        .lan_discovery(false)
+        .spawn()
+        .await
+        .unwrap();
+    let victim = Node::builder()
+        .listen(loopback())
+        .lan_discovery(false)
+        .spawn()
+        .await
+        .unwrap();
+    // Content whose key lies closer to the hostile node than to the honest.
+    let data = (0u32..)
+        .map(|i| format!("content {i}").into_bytes())
+        .find(|d| {
+            let key = butter::content::tree::build(&d[..], 1 << 18, None)
+                .unwrap()
+                .root;
+            distance(&hostile_id, &key.to_key()) < distance(&honest.id(), &key.to_key())
+        })
+        .unwrap();
+    let key = honest.put(data.clone()).await.unwrap();
+    within(10, "victim knows both", async {
+        victim.add_known_host(hostile.clone()).await.unwrap();
+        victim.add_known_host(honest.addr()).await.unwrap();
+    })
+    .await;
+    let got = within(20, "fetch past the bad holder", victim.get(key))
+        .await
+        .unwrap();
+    assert_eq!(&got[..], &data[..]);
+    assert!(victim.stats().blobs_bad >= 1, "{:?}", victim.stats());
+}
