@@ -62,8 +62,8 @@ pub use error::{Error, Result};
 pub use identity::{Identity, NodeId};
 pub use nat::{ConnectionInfo, NatSettings, PathKind, PredictSettings, UpnpSettings, UpnpStatus};
 pub use node::{
-    ContentSettings, Dht, DhtSettings, FoundNode, FoundRecord, LookupReport, Node, NodeBuilder,
-    Ping, PingReply, Published, Service, StorageUse, WeakNode,
+    ContentSettings, Dht, DhtSettings, Fetched, FoundNode, FoundRecord, LookupReport, Node,
+    NodeBuilder, Ping, PingReply, Published, Service, StorageUse, WeakNode,
 };
 pub use peers::{HostInfo, MembershipSettings, PeerEvent, Quality};
 pub use router::{Body, RecvBody, Request, StreamRequest};

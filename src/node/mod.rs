@@ -69,7 +69,7 @@ use crate::stats::{Stats, StatsSnapshot};
 use crate::tasks::Tasks;
 
 pub use builder::NodeBuilder;
-pub use content::{ContentSettings, StorageUse};
+pub use content::{ContentSettings, Fetched, StorageUse};
 pub use dht::{Dht, DhtSettings, FoundNode, FoundRecord, LookupReport, Published};
 pub use goodbye::GOODBYE_ROUTE;
 pub use info::{Ping, PingReply, PingRequest, PING_ROUTE, STATS_ROUTE};

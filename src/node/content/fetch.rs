@@ -77,10 +77,15 @@ impl Node {
     /// One blob, verified: from the store, or from the closest holder that
     /// serves bytes with the right hash (kept here afterwards, as a cache).
     pub(crate) async fn fetch_blob(&self, hash: Hash) -> Result<Vec<u8>> {
+        Ok(self.fetch_blob_counted(hash).await?.0)
+    }
+
+    /// [`fetch_blob`](Self::fetch_blob), saying whether it was held here.
+    pub(crate) async fn fetch_blob_counted(&self, hash: Hash) -> Result<(Vec<u8>, bool)> {
         let state = self.content();
         let store = state.store.clone();
         if let Ok(Ok(Some(bytes))) = tokio::task::spawn_blocking(move || store.get(&hash.0)).await {
-            return Ok(bytes);
+            return Ok((bytes, true));
         }
         let (holders, _) = self.dht().closest(hash.to_key()).await?;
         let timeout = state.settings.holder_timeout;
@@ -109,7 +114,7 @@ impl Node {
                     let keep = bytes.clone();
                     // A cache: a full store simply does not keep it.
                     let _ = tokio::task::spawn_blocking(move || store.put(&hash.0, &keep)).await;
-                    return Ok(bytes.to_vec());
+                    return Ok((bytes.to_vec(), false));
                 }
                 Ok(Err(e)) => last = Some(e),
                 Err(_) => last = Some(Error::Timeout("a holder of a blob")),
@@ -125,11 +130,12 @@ impl Node {
     }
 
     /// Walks the tree under `root`, handing `each` every chunk in order
-    /// (many fetched at once, one leaf manifest at a time).
+    /// with whether it was held here already (many fetched at once, one
+    /// leaf manifest at a time).
     pub(crate) async fn fetch_tree(
         &self,
         root: Hash,
-        mut each: impl FnMut(Vec<u8>) -> Result<()>,
+        mut each: impl FnMut(Vec<u8>, bool) -> Result<()>,
     ) -> Result<Manifest> {
         let top = Manifest::decode(&self.fetch_blob(root).await?)?;
         let parallel = self.content().settings.parallel.max(1);
@@ -140,10 +146,11 @@ impl Node {
             match &m.entries {
                 Entries::Chunks(chunks) => {
                     let mut fetched = stream::iter(chunks.iter().copied())
-                        .map(|h| self.fetch_blob(h))
+                        .map(|h| self.fetch_blob_counted(h))
                         .buffered(parallel);
                     while let Some(chunk) = fetched.next().await {
-                        each(chunk?)?;
+                        let (bytes, local) = chunk?;
+                        each(bytes, local)?;
                     }
                 }
                 Entries::Manifests(children) => {

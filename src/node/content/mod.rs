@@ -23,6 +23,7 @@
 mod fetch;
 mod service;
 
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -32,6 +33,7 @@ pub(super) use service::ContentService;
 
 use super::Node;
 use crate::content::chunk::DEFAULT_CHUNK_SIZE;
+use crate::content::manifest::MAX_NAME;
 use crate::content::tree::build_into;
 use crate::content::Hash;
 use crate::error::{Error, Result};
@@ -132,12 +134,108 @@ impl Node {
         data: Bytes,
         name: Option<String>,
     ) -> Result<(Hash, Vec<Hash>)> {
+        let len = data.len() as u64;
+        self.store_reader(std::io::Cursor::new(data), len, name)
+            .await
+    }
+
+    /// Fetches the content under `key` (or reads it here), verified.
+    pub async fn get(&self, key: Hash) -> Result<Bytes> {
+        let mut out = Vec::new();
+        self.fetch_tree(key, |chunk, _| {
+            out.extend_from_slice(&chunk);
+            Ok(())
+        })
+        .await?;
+        Ok(out.into())
+    }
+
+    /// Stores the file at `path` on the network, read as a stream (never
+    /// whole in memory): like [`Node::put`], named after the file.
+    pub async fn put_file(&self, path: impl AsRef<Path>) -> Result<Hash> {
+        let path = path.as_ref().to_path_buf();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().chars().take(MAX_NAME).collect());
+        let file = std::fs::File::open(&path)?;
+        let len = file.metadata()?.len();
+        let (root, blobs) = self
+            .store_reader(std::io::BufReader::new(file), len, name)
+            .await?;
+        self.push_all(&blobs).await;
+        Ok(root)
+    }
+
+    /// Fetches the content under `key` into the file at `path` (written as
+    /// `path.part`, renamed when whole and verified). Chunks held here
+    /// already (an interrupted fetch, a cache) are not fetched again.
+    pub async fn get_to_file(&self, key: Hash, path: impl AsRef<Path>) -> Result<Fetched> {
+        self.get_to_file_with(key, path, |_| {}).await
+    }
+
+    /// [`Node::get_to_file`], telling `progress` after every chunk.
+    pub async fn get_to_file_with(
+        &self,
+        key: Hash,
+        path: impl AsRef<Path>,
+        mut progress: impl FnMut(&Fetched) + Send,
+    ) -> Result<Fetched> {
+        let path = path.as_ref().to_path_buf();
+        let mut part = path.clone().into_os_string();
+        part.push(".part");
+        let part = std::path::PathBuf::from(part);
+        // Chunks go to a writer thread (file writes block) a few at a time.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+        let writer_path = part.clone();
+        let writer = tokio::task::spawn_blocking(move || -> Result<()> {
+            use std::io::Write;
+            let mut out = std::io::BufWriter::new(std::fs::File::create(&writer_path)?);
+            for chunk in rx {
+                out.write_all(&chunk)?;
+            }
+            out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+            Ok(())
+        });
+        let mut report = Fetched::default();
+        let walked = self
+            .fetch_tree(key, |chunk, local| {
+                report.bytes += chunk.len() as u64;
+                if local {
+                    report.chunks_held += 1;
+                } else {
+                    report.chunks_fetched += 1;
+                }
+                tx.send(chunk)
+                    .map_err(|_| Error::Storage("the file writer stopped".into()))?;
+                progress(&report);
+                Ok(())
+            })
+            .await;
+        drop(tx);
+        let written = writer
+            .await
+            .map_err(|e| Error::Storage(format!("file writer: {e}")))?;
+        let manifest = walked?;
+        written?;
+        report.size = manifest.size;
+        report.name = manifest.name;
+        std::fs::rename(&part, &path)?;
+        Ok(report)
+    }
+
+    /// Stores what `data` yields (`len` bytes) here only, in one batch.
+    pub(crate) async fn store_reader(
+        &self,
+        data: impl std::io::Read + Send + 'static,
+        len: u64,
+        name: Option<String>,
+    ) -> Result<(Hash, Vec<Hash>)> {
         let state = self.content();
         let store = state.store.clone();
         let chunk_size = state.settings.chunk_size;
         // Refused before anything is written when it cannot fit (manifests
         // add well under 1 %).
-        let needed = data.len() as u64 + data.len() as u64 / 512 + 4096;
+        let needed = len + len / 512 + 4096;
         let free = store.budget().saturating_sub(store.used());
         if needed > free {
             return Err(Error::StorageFull { needed, free });
@@ -145,7 +243,7 @@ impl Node {
         tokio::task::spawn_blocking(move || {
             let mut batch = store.batch()?;
             let mut blobs = Vec::new();
-            let summary = build_into(&data[..], chunk_size, name, Vec::new(), |hash, bytes| {
+            let summary = build_into(data, chunk_size, name, Vec::new(), |hash, bytes| {
                 blobs.push(hash);
                 batch.put(hash.0, bytes)
             })?;
@@ -155,15 +253,19 @@ impl Node {
         .await
         .map_err(|e| Error::Storage(format!("store task: {e}")))?
     }
+}
 
-    /// Fetches the content under `key` (or reads it here), verified.
-    pub async fn get(&self, key: Hash) -> Result<Bytes> {
-        let mut out = Vec::new();
-        self.fetch_tree(key, |chunk| {
-            out.extend_from_slice(&chunk);
-            Ok(())
-        })
-        .await?;
-        Ok(out.into())
-    }
+/// What [`Node::get_to_file`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Fetched {
+    /// Bytes written so far (all of them at the end).
+    pub bytes: u64,
+    /// The content's size (known at the end).
+    pub size: u64,
+    /// Its name, if the sharer gave one.
+    pub name: Option<String>,
+    /// Chunks fetched from the network.
+    pub chunks_fetched: u64,
+    /// Chunks held here already (not fetched again).
+    pub chunks_held: u64,
 }
