@@ -70,7 +70,7 @@ use crate::tasks::Tasks;
 
 pub use builder::NodeBuilder;
 pub use content::{ContentSettings, Fetched, StorageUse};
-pub use dht::{Dht, DhtSettings, FoundNode, FoundRecord, LookupReport, Published};
+pub use dht::{Dht, DhtSettings, FoundNode, FoundRecord, LookupReport, ProviderStream, Published};
 pub use goodbye::GOODBYE_ROUTE;
 pub use info::{Ping, PingReply, PingRequest, PING_ROUTE, STATS_ROUTE};
 pub use service::{Routes, Service, ServiceContext, WeakNode};

@@ -212,6 +212,23 @@ pub struct Published {
     pub report: LookupReport,
 }
 
+/// The providers of a key as a lookup finds them ([`Dht::providers`]): a
+/// [`Stream`] that ends with the lookup. Dropping it ends the lookup.
+pub struct ProviderStream {
+    rx: tokio::sync::mpsc::Receiver<NodeAddr>,
+}
+
+impl Stream for ProviderStream {
+    type Item = NodeAddr;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<NodeAddr>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
 /// The DHT as this node uses it (cheap to clone).
 #[derive(Clone)]
 pub struct Dht {
@@ -426,7 +443,7 @@ impl Dht {
     /// disjoint paths finds them (each once; the stream ends with the
     /// lookup, or once [`MAX_PROVIDERS`](crate::dht::messages::MAX_PROVIDERS)
     /// were found). Dropping the stream ends the lookup.
-    pub fn providers(&self, key: NodeId) -> impl Stream<Item = NodeAddr> + Send + 'static {
+    pub fn providers(&self, key: NodeId) -> ProviderStream {
         let (tx, rx) = tokio::sync::mpsc::channel(crate::dht::messages::MAX_PROVIDERS);
         let dht = self.clone();
         self.node.shared().tasks.spawn(async move {
@@ -456,6 +473,6 @@ impl Dht {
             })
             .await;
         });
-        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|p| (p, rx)) })
+        ProviderStream { rx }
     }
 }
