@@ -63,7 +63,8 @@ pub use identity::{Identity, NodeId};
 pub use nat::{ConnectionInfo, NatSettings, PathKind, PredictSettings, UpnpSettings, UpnpStatus};
 pub use node::{
     ContentSettings, Dht, DhtSettings, Fetched, FoundNode, FoundRecord, LookupReport, Node,
-    NodeBuilder, Ping, PingReply, ProviderStream, Published, Service, StorageUse, WeakNode,
+    NodeBuilder, Ping, PingReply, ProviderStream, Published, Service, SharedFile, StorageUse,
+    WeakNode,
 };
 pub use peers::{HostInfo, MembershipSettings, PeerEvent, Quality};
 pub use router::{Body, RecvBody, Request, StreamRequest};

@@ -312,3 +312,110 @@ async fn dht_commands_put_get_and_find_through_a_bootstrapped_network() {
         }
     }
 }
+
+/// `butter share` pushes a file to the network and exits; `butter fetch`
+/// (with the sharer gone) writes it byte-identical; a key nobody shared is
+/// one clear line and a non-zero exit.
+#[tokio::test]
+async fn share_then_fetch_with_the_sharer_gone() {
+    let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut nodes = Vec::new();
+    let mut addrs: Vec<String> = Vec::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        let mut cmd = butter();
+        let listen = format!("127.0.0.{}:0", 30 + i);
+        cmd.args([
+            "node",
+            "--listen",
+            &listen,
+            "--no-discovery",
+            "--no-upnp",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+        ]);
+        if let Some(first) = addrs.first() {
+            cmd.args(["--bootstrap", first]);
+        }
+        let mut node = Running::start(cmd);
+        addrs.push(node.line("node address").await);
+        nodes.push(node);
+    }
+    within(30, "the network forms", async {
+        loop {
+            let mut cmd = butter();
+            cmd.args(["peers", &addrs[0]]);
+            if run(cmd, None).await.stdout.lines().skip(1).count() >= 3 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("photo.bin");
+    let mut data = vec![0u8; 3 << 20];
+    blake3::Hasher::new()
+        .update(b"photo")
+        .finalize_xof()
+        .fill(&mut data);
+    std::fs::write(&file, &data).unwrap();
+
+    let mut cmd = butter();
+    cmd.args([
+        "share",
+        file.to_str().unwrap(),
+        "--listen",
+        "127.0.0.40:0",
+        "--bootstrap",
+        &addrs[1],
+    ]);
+    let shared = run(cmd, None).await;
+    assert!(shared.ok, "{}", shared.stderr);
+    let key = shared.stdout.lines().next().unwrap().trim().to_string();
+    assert_eq!(key.len(), 64, "{}", shared.stdout);
+    assert!(
+        shared.stderr.contains("each on at least 3 holders"),
+        "{}",
+        shared.stderr
+    );
+
+    // The sharer has exited; another machine fetches.
+    let out = work.path().join("fetched.bin");
+    let mut cmd = butter();
+    cmd.args([
+        "fetch",
+        &key,
+        "-o",
+        out.to_str().unwrap(),
+        "--bootstrap",
+        &addrs[2],
+    ]);
+    let fetched = run(cmd, None).await;
+    assert!(fetched.ok, "{}", fetched.stderr);
+    assert!(fetched.stdout.is_empty(), "{}", fetched.stdout);
+    assert!(fetched.stderr.contains("verified"), "{}", fetched.stderr);
+    assert!(
+        std::fs::read(&out).unwrap() == data,
+        "the fetched file differs"
+    );
+
+    let mut cmd = butter();
+    let nobody = "cd".repeat(32);
+    cmd.args([
+        "fetch",
+        &nobody,
+        "-o",
+        out.to_str().unwrap(),
+        "--bootstrap",
+        &addrs[3],
+    ]);
+    let missing = run(cmd, None).await;
+    assert!(!missing.ok);
+    assert_eq!(
+        missing.stderr.trim().lines().count(),
+        1,
+        "{}",
+        missing.stderr
+    );
+    assert!(missing.stderr.contains("not found"), "{}", missing.stderr);
+}

@@ -42,6 +42,10 @@ enum Command {
         /// Memory for known hosts (bytes; K, M, G suffixes), which sets the table size.
         #[arg(long, default_value = "1M", value_parser = parse_size)]
         memory: u64,
+        /// Storage this node gives the network: its store's byte budget
+        /// (K, M, G suffixes), in the data dir.
+        #[arg(long, default_value = "4G", value_parser = parse_size)]
+        storage: u64,
         /// Hosts to look for actively.
         #[arg(long, default_value_t = 4)]
         want: usize,
@@ -129,6 +133,46 @@ enum Command {
         introducers: Vec<NodeAddr>,
         /// Identity to publish and look up with (default: a throwaway one).
         #[arg(long, global = true)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Share a file: store it on the nodes closest to each of its chunks,
+    /// print its key (alone, on the first line of stdout), exit once every
+    /// chunk is on its holders.
+    Share {
+        /// The file.
+        file: PathBuf,
+        /// Node to join through (NODEID@IP:PORT); repeatable.
+        #[arg(long = "bootstrap")]
+        bootstrap: Vec<NodeAddr>,
+        /// Introducer to find nodes through (NODEID@IP:PORT); repeatable.
+        #[arg(long = "introducer")]
+        introducers: Vec<NodeAddr>,
+        /// Identity (and, with --serve, the store) to use.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Keep serving as a node afterwards (until Ctrl-C).
+        #[arg(long)]
+        serve: bool,
+        /// UDP address to listen on.
+        #[arg(long, default_value = "0.0.0.0:0")]
+        listen: SocketAddr,
+    },
+    /// Fetch what a key stands for into a file, verified (a progress bar on
+    /// stderr).
+    Fetch {
+        /// The key `butter share` printed.
+        key: butter::content::Hash,
+        /// Where to write it.
+        #[arg(short = 'o', long = "output")]
+        output: PathBuf,
+        /// Node to start from (NODEID@IP:PORT); repeatable.
+        #[arg(long = "bootstrap")]
+        bootstrap: Vec<NodeAddr>,
+        /// Introducer to find nodes through (NODEID@IP:PORT); repeatable.
+        #[arg(long = "introducer")]
+        introducers: Vec<NodeAddr>,
+        /// Identity to fetch with.
+        #[arg(long)]
         data_dir: Option<PathBuf>,
     },
     /// Stream bytes to a node's `bench/sink` route (`butter node --bench`), check
@@ -280,6 +324,7 @@ async fn run(cli: Cli) -> Result<()> {
             interfaces,
             group,
             memory,
+            storage,
             want,
             liveness_ms,
             events,
@@ -309,6 +354,7 @@ async fn run(cli: Cli) -> Result<()> {
                 .listen(listen)
                 .data_dir(dir)
                 .memory(memory)
+                .storage(storage)
                 .want_hosts(want)
                 .liveness_interval(Duration::from_millis(liveness_ms))
                 .discovery(butter::DiscoverySettings {
@@ -412,6 +458,21 @@ async fn run(cli: Cli) -> Result<()> {
             introducers,
             data_dir,
         } => dht(command, bootstrap, introducers, data_dir).await?,
+        Command::Share {
+            file,
+            bootstrap,
+            introducers,
+            data_dir,
+            serve,
+            listen,
+        } => share(file, bootstrap, introducers, data_dir, serve, listen).await?,
+        Command::Fetch {
+            key,
+            output,
+            bootstrap,
+            introducers,
+            data_dir,
+        } => fetch(key, output, bootstrap, introducers, data_dir).await?,
         Command::Ping {
             addr,
             introducers,
@@ -519,6 +580,143 @@ async fn run(cli: Cli) -> Result<()> {
             node.shutdown().await;
         }
     }
+    Ok(())
+}
+
+async fn share(
+    file: PathBuf,
+    bootstrap: Vec<NodeAddr>,
+    introducers: Vec<NodeAddr>,
+    data_dir: Option<PathBuf>,
+    serve: bool,
+    listen: SocketAddr,
+) -> Result<()> {
+    if bootstrap.is_empty() && introducers.is_empty() {
+        anyhow::bail!(
+            "sharing needs a network: --bootstrap NODEID@IP:PORT or --introducer NODEID@IP:PORT"
+        );
+    }
+    let len = std::fs::metadata(&file)
+        .with_context(|| format!("cannot read {}", file.display()))?
+        .len();
+    // A one-shot sharer stores the file in a scratch store on disk (never
+    // whole in memory), removed when it exits.
+    let scratch = std::env::temp_dir().join(format!("butter-share-{}", std::process::id()));
+    let mut builder = Node::builder()
+        .listen(listen)
+        .nat(butter::NatSettings {
+            introducers,
+            upnp: upnp_settings(!serve, None, 3600),
+            ..Default::default()
+        })
+        .storage(len.saturating_mul(2).max(64 << 20))
+        .dht(butter::DhtSettings {
+            serve,
+            bootstrap,
+            ..Default::default()
+        });
+    if !serve {
+        builder = builder
+            .lan_discovery(false)
+            .store_path(scratch.join("store.redb"));
+    }
+    if let Some(dir) = data_dir {
+        builder = builder.data_dir(dir);
+    }
+    let node = builder.spawn().await?;
+    let outcome = share_on(&node, &file, serve).await;
+    if !serve {
+        node.shutdown().await;
+        drop(node);
+        let _ = std::fs::remove_dir_all(&scratch);
+    }
+    outcome
+}
+
+async fn share_on(node: &Node, file: &std::path::Path, serve: bool) -> Result<()> {
+    let started = std::time::Instant::now();
+    let shared = node.share_file(file).await?;
+    println!("{}", shared.key);
+    std::io::stdout().flush()?;
+    eprintln!(
+        "shared {} in {:.1} s: {} blobs, each on at least {} holders",
+        human(shared.size),
+        started.elapsed().as_secs_f64(),
+        shared.blobs,
+        shared.holders
+    );
+    if shared.holders == 0 && !serve {
+        anyhow::bail!("no node took the file (is the network reachable?)");
+    }
+    if shared.short > 0 && !serve {
+        anyhow::bail!(
+            "{} of {} blobs did not reach all their holders",
+            shared.short,
+            shared.blobs
+        );
+    }
+    if serve {
+        eprintln!("serving {} (Ctrl-C to stop)", node.addr());
+        tokio::signal::ctrl_c().await?;
+        node.shutdown().await;
+    }
+    Ok(())
+}
+
+async fn fetch(
+    key: butter::content::Hash,
+    output: PathBuf,
+    bootstrap: Vec<NodeAddr>,
+    introducers: Vec<NodeAddr>,
+    data_dir: Option<PathBuf>,
+) -> Result<()> {
+    use std::io::IsTerminal;
+    if bootstrap.is_empty() && introducers.is_empty() {
+        anyhow::bail!(
+            "fetching needs a network: --bootstrap NODEID@IP:PORT or --introducer NODEID@IP:PORT"
+        );
+    }
+    let node = guest(data_dir, introducers, bootstrap).await?;
+    let started = std::time::Instant::now();
+    let bar = if std::io::stderr().is_terminal() {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        Some(bar)
+    } else {
+        None
+    };
+    let mut next_line = 0u64;
+    let result = node
+        .get_to_file_with(key, &output, |f| {
+            if let Some(bar) = &bar {
+                bar.set_length(f.size);
+                bar.set_position(f.bytes);
+            } else if f.bytes >= next_line || f.bytes == f.size {
+                // Plain lines, every tenth, when stderr is not a terminal.
+                eprintln!("fetched {} of {}", human(f.bytes), human(f.size));
+                next_line = f.bytes + (f.size / 10).max(1);
+            }
+        })
+        .await;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    node.shutdown().await;
+    let f = result?;
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "fetched {} in {:.1} s ({:.1} MiB/s), verified; {} chunks fetched, {} held already",
+        human(f.size),
+        secs,
+        f.size as f64 / (1u64 << 20) as f64 / secs.max(1e-9),
+        f.chunks_fetched,
+        f.chunks_held
+    );
     Ok(())
 }
 

@@ -52,6 +52,7 @@ pub struct NodeBuilder {
     nat: NatSettings,
     dht: super::dht::DhtSettings,
     content: super::content::ContentSettings,
+    store_path: Option<PathBuf>,
     services: Vec<Box<dyn Service>>,
     error: Option<Error>,
 }
@@ -70,6 +71,7 @@ impl Default for NodeBuilder {
             nat: NatSettings::default(),
             dht: Default::default(),
             content: Default::default(),
+            store_path: None,
             services: Vec::new(),
             error: None,
         }
@@ -272,6 +274,14 @@ impl NodeBuilder {
         self
     }
 
+    /// Keeps the store in this file (instead of `store.redb` in the data
+    /// dir, or memory), whatever else is set: e.g. a one-shot sharer of a
+    /// large file.
+    pub fn store_path(mut self, path: impl Into<PathBuf>) -> Self {
+        self.store_path = Some(path.into());
+        self
+    }
+
     /// A node to join the network through (verified like any host, retried
     /// until it answers); repeatable.
     pub fn bootstrap(mut self, addr: NodeAddr) -> Self {
@@ -433,11 +443,12 @@ impl NodeBuilder {
         let budget_bytes = self.content.storage_bytes;
         // A guest (serving no DHT) keeps nothing: its store is in memory,
         // and it can share a data dir (its identity) with a running node.
-        let store = match &self.data_dir {
-            Some(dir) if self.dht.serve => {
+        let store = match (&self.store_path, &self.data_dir) {
+            (Some(path), _) => crate::store::Store::open(path, budget_bytes)?,
+            (None, Some(dir)) if self.dht.serve => {
                 crate::store::Store::open(dir.join("store.redb"), budget_bytes)?
             }
-            _ => crate::store::Store::in_memory(budget_bytes)?,
+            (None, _) => crate::store::Store::in_memory(budget_bytes)?,
         };
         let shared = Arc::new(Shared {
             endpoint,

@@ -69,7 +69,7 @@ use crate::stats::{Stats, StatsSnapshot};
 use crate::tasks::Tasks;
 
 pub use builder::NodeBuilder;
-pub use content::{ContentSettings, Fetched, StorageUse};
+pub use content::{ContentSettings, Fetched, Shared as SharedFile, StorageUse};
 pub use dht::{Dht, DhtSettings, FoundNode, FoundRecord, LookupReport, ProviderStream, Published};
 pub use goodbye::GOODBYE_ROUTE;
 pub use info::{Ping, PingReply, PingRequest, PING_ROUTE, STATS_ROUTE};

@@ -14,34 +14,71 @@ use crate::content::{verify, Hash};
 use crate::error::{Error, Result};
 use crate::node::Node;
 
+/// How the blobs of an item were placed.
+pub(crate) struct Placement {
+    /// Blobs on fewer holders than there were to take them.
+    pub(crate) short: Vec<Hash>,
+    /// Holders of the least-held blob (0 if any is short).
+    pub(crate) fewest: usize,
+}
+
 impl Node {
-    /// Pushes every blob to its closest nodes (many at once); returns how
-    /// many blobs reached all `replicas` of them.
-    pub(crate) async fn push_all(&self, blobs: &[Hash]) -> usize {
+    /// Pushes every blob to its closest nodes (many at once), again for
+    /// those that did not reach all `replicas` of them, up to `rounds`
+    /// rounds (a short pause between); returns the blobs still short.
+    pub(crate) async fn push_all(&self, blobs: &[Hash], rounds: usize) -> Placement {
         let parallel = self.content().settings.parallel.max(1);
-        stream::iter(blobs.iter().copied())
-            .map(|hash| async move { self.push_blob(hash).await })
-            .buffer_unordered(parallel)
-            .filter(|placed| std::future::ready(*placed >= self.content().settings.replicas))
-            .count()
-            .await
+        let replicas = self.content().settings.replicas;
+        let mut short: Vec<Hash> = blobs.to_vec();
+        let fewest = std::sync::atomic::AtomicUsize::new(usize::MAX);
+        for round in 0..rounds.max(1) {
+            if round > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(500 << round.min(4))).await;
+            }
+            // Short: placed on fewer than the holders there are to take it
+            // (a network smaller than `replicas` is no reason to retry).
+            short = stream::iter(short)
+                .map(|hash| async move { (hash, self.push_blob(hash).await) })
+                .buffer_unordered(parallel)
+                .filter_map(|(hash, (placed, wanted))| {
+                    let is_short = placed < wanted.min(replicas);
+                    if !is_short {
+                        fewest.fetch_min(placed, Ordering::Relaxed);
+                    }
+                    std::future::ready(is_short.then_some(hash))
+                })
+                .collect()
+                .await;
+            if short.is_empty() {
+                break;
+            }
+        }
+        Placement {
+            fewest: if short.is_empty() {
+                fewest.into_inner().min(replicas)
+            } else {
+                0
+            },
+            short,
+        }
     }
 
     /// Pushes one held blob to the `replicas` closest nodes to its hash
-    /// (this node may be one of them); returns on how many it now lives.
-    pub(crate) async fn push_blob(&self, hash: Hash) -> usize {
+    /// (this node may be one of them); returns on how many it now lives,
+    /// and on how many it could (fewer in a small network).
+    pub(crate) async fn push_blob(&self, hash: Hash) -> (usize, usize) {
         let state = self.content();
         let store = state.store.clone();
         let Ok(Ok(Some(bytes))) = tokio::task::spawn_blocking(move || store.get(&hash.0)).await
         else {
-            return 0;
+            return (0, 0);
         };
         let replicas = state.settings.replicas;
         let closest = match self.dht().closest(hash.to_key()).await {
             Ok((closest, _)) => closest,
             Err(e) => {
                 tracing::debug!(blob = %hash.short(), error = %e, "no node to push to");
-                return 0;
+                return (0, 0);
             }
         };
         // Is this node itself among the closest? Then it is one holder.
@@ -51,12 +88,14 @@ impl Node {
             .iter()
             .filter(|a| crate::peers::table::distance(&a.id, &hash.to_key()) < mine)
             .count();
-        let here = usize::from(closer_than_me < replicas);
+        // (A guest leaves: it never counts as a holder.)
+        let here = usize::from(self.dht_state().settings.serve && closer_than_me < replicas);
         let mut body = Vec::with_capacity(32 + bytes.len());
         body.extend_from_slice(&hash.0);
         body.extend_from_slice(&bytes);
         let body = bytes::Bytes::from(body);
         let timeout = state.settings.holder_timeout;
+        let wanted = (here + closest.len()).min(replicas);
         let pushes = closest.into_iter().take(replicas - here).map(|addr| {
             let body = body.clone();
             async move {
@@ -71,7 +110,7 @@ impl Node {
         self.counters()
             .blobs_pushed
             .fetch_add(placed as u64, Ordering::Relaxed);
-        placed + here
+        (placed + here, wanted)
     }
 
     /// One blob, verified: from the store, or from the closest holder that

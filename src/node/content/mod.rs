@@ -123,7 +123,7 @@ impl Node {
     pub async fn put(&self, data: impl Into<Bytes>) -> Result<Hash> {
         let data = data.into();
         let (root, blobs) = self.store_locally(data, None).await?;
-        self.push_all(&blobs).await;
+        self.push_all(&blobs, 3).await;
         Ok(root)
     }
 
@@ -153,6 +153,11 @@ impl Node {
     /// Stores the file at `path` on the network, read as a stream (never
     /// whole in memory): like [`Node::put`], named after the file.
     pub async fn put_file(&self, path: impl AsRef<Path>) -> Result<Hash> {
+        Ok(self.share_file(path).await?.key)
+    }
+
+    /// [`Node::put_file`], saying how the placement went.
+    pub async fn share_file(&self, path: impl AsRef<Path>) -> Result<Shared> {
         let path = path.as_ref().to_path_buf();
         let name = path
             .file_name()
@@ -162,8 +167,14 @@ impl Node {
         let (root, blobs) = self
             .store_reader(std::io::BufReader::new(file), len, name)
             .await?;
-        self.push_all(&blobs).await;
-        Ok(root)
+        let placement = self.push_all(&blobs, 3).await;
+        Ok(Shared {
+            key: root,
+            size: len,
+            blobs: blobs.len(),
+            short: placement.short.len(),
+            holders: placement.fewest,
+        })
     }
 
     /// Fetches the content under `key` into the file at `path` (written as
@@ -196,7 +207,13 @@ impl Node {
             out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
             Ok(())
         });
-        let mut report = Fetched::default();
+        // The root first: the size and name are known from the start.
+        let root = crate::content::Manifest::decode(&self.fetch_blob(key).await?)?;
+        let mut report = Fetched {
+            size: root.size,
+            name: root.name.clone(),
+            ..Fetched::default()
+        };
         let walked = self
             .fetch_tree(key, |chunk, local| {
                 report.bytes += chunk.len() as u64;
@@ -255,12 +272,29 @@ impl Node {
     }
 }
 
+/// What [`Node::share_file`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shared {
+    /// The key to fetch it by.
+    pub key: Hash,
+    /// Bytes shared.
+    pub size: u64,
+    /// Blobs (chunks and manifests) it took.
+    pub blobs: usize,
+    /// Blobs that did not reach all the holders there are (unreachable
+    /// ones, a full store).
+    pub short: usize,
+    /// Holders of the least-held blob (`replicas` at most; fewer in a
+    /// network that small; 0 when a blob reached none).
+    pub holders: usize,
+}
+
 /// What [`Node::get_to_file`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Fetched {
     /// Bytes written so far (all of them at the end).
     pub bytes: u64,
-    /// The content's size (known at the end).
+    /// The content's size.
     pub size: u64,
     /// Its name, if the sharer gave one.
     pub name: Option<String>,
