@@ -130,4 +130,10 @@ counters! {
     blobs_bad,
     /// Blobs pushed to their closest nodes.
     blobs_pushed,
+    /// Blobs re-replicated by repair (a holder left) or republishing.
+    repairs,
+    /// Bytes repair and republishing sent.
+    repair_bytes,
+    /// Repairs dropped: the queue was full (the next republish finds them).
+    repairs_dropped,
 }

@@ -204,3 +204,76 @@ async fn files_round_trip_and_an_interrupted_fetch_resumes() {
     );
     drop(a);
 }
+
+/// Kill r − 1 of a blob's holders: it is still fetched, and the surviving
+/// holder pushes it to the new closest nodes, so it is back on r live
+/// holders without anyone asking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_whose_holders_die_is_repaired_back_to_r() {
+    use butter::peers::table::distance;
+    const N: usize = 8;
+    let first = node(70, None).await;
+    let mut nodes = vec![first.clone()];
+    for i in 1..N {
+        nodes.push(node(70 + i, Some(&first)).await);
+    }
+    within(30, "every node knows every other", async {
+        while nodes.iter().any(|n| n.known_hosts().len() < N - 1) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    let sharer = 0;
+    let key = within(30, "put", nodes[sharer].put(pattern(100_000, 9)))
+        .await
+        .unwrap();
+    let mut by_distance: Vec<usize> = (0..N).collect();
+    by_distance.sort_by_key(|&i| distance(&nodes[i].id(), &key.to_key()));
+    let holders: Vec<usize> = by_distance[..3].to_vec();
+    for &h in &holders {
+        assert!(
+            nodes[h].holds(key).await.unwrap(),
+            "holder {h} lacks the blob"
+        );
+    }
+    // Two of the three die (not the sharer: it would be one more copy).
+    let dying: Vec<usize> = holders
+        .iter()
+        .copied()
+        .filter(|&h| h != sharer)
+        .take(2)
+        .collect();
+    for &d in &dying {
+        nodes[d].shutdown().await;
+    }
+    let live: Vec<usize> = by_distance
+        .iter()
+        .copied()
+        .filter(|i| !dying.contains(i))
+        .collect();
+    // Still fetched...
+    let reader = live[live.len() - 1];
+    let got = within(30, "fetch after the deaths", nodes[reader].get(key))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 100_000);
+    // ...and back on the three closest live nodes.
+    let new_holders: Vec<usize> = live[..3].to_vec();
+    within(30, "repaired to three live holders", async {
+        loop {
+            let mut all = true;
+            for &h in &new_holders {
+                all &= nodes[h].holds(key).await.unwrap();
+            }
+            if all {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    let repairs: u64 = live.iter().map(|&i| nodes[i].stats().repairs).sum();
+    let bytes: u64 = live.iter().map(|&i| nodes[i].stats().repair_bytes).sum();
+    println!("repaired: {repairs} pushes, {bytes} bytes");
+    assert!(repairs >= 1);
+}

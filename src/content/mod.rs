@@ -27,6 +27,7 @@
 
 pub mod chunk;
 pub mod manifest;
+pub mod repair;
 pub mod tree;
 
 pub use chunk::{verify, Hash};

@@ -269,6 +269,33 @@ impl Store {
         Ok(freed.is_some())
     }
 
+    /// Up to `limit` blob keys after `after` (in key order): pages through
+    /// the store without holding it all.
+    pub fn keys(&self, after: Option<&Key>, limit: usize) -> Result<Vec<Key>> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let table = match tx.open_table(BLOBS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(db(e)),
+        };
+        let range = match after {
+            Some(k) => table.range::<&[u8]>((
+                std::ops::Bound::Excluded(k.as_slice()),
+                std::ops::Bound::Unbounded,
+            )),
+            None => table.range::<&[u8]>(..),
+        }
+        .map_err(db)?;
+        let mut out = Vec::new();
+        for entry in range.take(limit) {
+            let (k, _) = entry.map_err(db)?;
+            if let Ok(key) = <Key>::try_from(k.value()) {
+                out.push(key);
+            }
+        }
+        Ok(out)
+    }
+
     /// Whether the item with root `key` is held whole.
     pub fn holds_item(&self, key: &Key) -> Result<bool> {
         let tx = self.db.begin_read().map_err(db)?;

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 
 use futures_util::stream::{self, StreamExt};
 
-use super::service::{GET_ROUTE, PUT_ROUTE};
+use super::service::{GET_ROUTE, HAS_ROUTE, PUT_ROUTE};
 use crate::addr::Target;
 use crate::content::manifest::{Entries, Manifest, MAX_DEPTH};
 use crate::content::{verify, Hash};
@@ -67,18 +67,38 @@ impl Node {
     /// (this node may be one of them); returns on how many it now lives,
     /// and on how many it could (fewer in a small network).
     pub(crate) async fn push_blob(&self, hash: Hash) -> (usize, usize) {
+        let (placed, wanted, _) = self.push_blob_to_closest(hash, false).await;
+        (placed, wanted)
+    }
+
+    /// A repair: [`push_blob`](Self::push_blob), asking each target first
+    /// whether it holds the blob already (then nothing is sent).
+    pub(crate) async fn repair_blob(&self, hash: Hash) {
+        let (placed, _, sent) = self.push_blob_to_closest(hash, true).await;
+        if sent > 0 {
+            self.counters().repairs.fetch_add(1, Ordering::Relaxed);
+            self.counters()
+                .repair_bytes
+                .fetch_add(sent, Ordering::Relaxed);
+            tracing::debug!(blob = %hash.short(), holders = placed, bytes = sent, "repaired");
+        }
+    }
+
+    /// Pushes `hash` to its closest nodes: (holders now, holders possible,
+    /// bytes sent).
+    async fn push_blob_to_closest(&self, hash: Hash, ask_first: bool) -> (usize, usize, u64) {
         let state = self.content();
         let store = state.store.clone();
         let Ok(Ok(Some(bytes))) = tokio::task::spawn_blocking(move || store.get(&hash.0)).await
         else {
-            return (0, 0);
+            return (0, 0, 0);
         };
         let replicas = state.settings.replicas;
         let closest = match self.dht().closest(hash.to_key()).await {
             Ok((closest, _)) => closest,
             Err(e) => {
                 tracing::debug!(blob = %hash.short(), error = %e, "no node to push to");
-                return (0, 0);
+                return (0, 0, 0);
             }
         };
         // Is this node itself among the closest? Then it is one holder.
@@ -99,18 +119,32 @@ impl Node {
         let pushes = closest.into_iter().take(replicas - here).map(|addr| {
             let body = body.clone();
             async move {
-                tokio::time::timeout(timeout, self.call(Target::Addr(addr), PUT_ROUTE, body)).await
+                if ask_first {
+                    let held = tokio::time::timeout(
+                        timeout,
+                        self.call(Target::Addr(addr.clone()), HAS_ROUTE, hash.0.to_vec()),
+                    )
+                    .await;
+                    if let Ok(Ok(reply)) = held {
+                        if reply.first() == Some(&1) {
+                            return (true, 0);
+                        }
+                    }
+                }
+                let sent = body.len() as u64;
+                let put =
+                    tokio::time::timeout(timeout, self.call(Target::Addr(addr), PUT_ROUTE, body));
+                let ok = matches!(put.await, Ok(Ok(_)));
+                (ok, if ok { sent } else { 0 })
             }
         });
-        let placed = futures_util::future::join_all(pushes)
-            .await
-            .into_iter()
-            .filter(|r| matches!(r, Ok(Ok(_))))
-            .count();
+        let results = futures_util::future::join_all(pushes).await;
+        let placed = results.iter().filter(|(ok, _)| *ok).count();
+        let sent: u64 = results.iter().map(|(_, n)| n).sum();
         self.counters()
             .blobs_pushed
             .fetch_add(placed as u64, Ordering::Relaxed);
-        (placed + here, wanted)
+        (placed + here, wanted, sent)
     }
 
     /// One blob, verified: from the store, or from the closest holder that

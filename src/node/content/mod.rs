@@ -21,6 +21,7 @@
 //! ```
 
 mod fetch;
+mod repair;
 mod service;
 
 use std::path::Path;
@@ -56,6 +57,15 @@ pub struct ContentSettings {
     pub parallel: usize,
     /// How long one holder has to serve a blob before the next is asked.
     pub holder_timeout: Duration,
+    /// How often a node pushes again what it should hold (the backstop of
+    /// the repairs that follow a holder's departure).
+    pub republish_interval: Duration,
+    /// Bytes per second repairs and republishing may send.
+    pub repair_bytes_per_sec: u64,
+    /// Repairs running at once.
+    pub repair_parallel: usize,
+    /// Repairs waiting at most.
+    pub repair_queue: usize,
 }
 
 impl Default for ContentSettings {
@@ -67,6 +77,10 @@ impl Default for ContentSettings {
             per_source_bytes: 256 << 20,
             parallel: 16,
             holder_timeout: Duration::from_secs(5),
+            republish_interval: Duration::from_secs(600),
+            repair_bytes_per_sec: 8 << 20,
+            repair_parallel: 4,
+            repair_queue: 100_000,
         }
     }
 }
@@ -115,6 +129,14 @@ impl Node {
             used: store.used(),
             budget: store.budget(),
         }
+    }
+
+    /// Whether this node holds the blob `hash` (a chunk or a manifest).
+    pub async fn holds(&self, hash: Hash) -> Result<bool> {
+        let store = self.content().store.clone();
+        tokio::task::spawn_blocking(move || store.has(&hash.0))
+            .await
+            .map_err(|e| Error::Storage(e.to_string()))?
     }
 
     /// Stores `data` on the network: chunked, kept here, and every chunk

@@ -9,13 +9,15 @@ use super::lock;
 use crate::content::chunk::MAX_CHUNK_SIZE;
 use crate::content::{verify, Hash};
 use crate::error::{Error, Result};
-use crate::node::service::{Routes, Service, WeakNode};
+use crate::node::service::{Routes, Service, ServiceContext, WeakNode};
 use crate::node::Node;
 
 /// Route serving blobs.
 pub const GET_ROUTE: &str = "butter/content/get";
 /// Route taking replicas.
 pub const PUT_ROUTE: &str = "butter/content/put";
+/// Route saying whether a blob is held (request: its hash; reply: one byte).
+pub const HAS_ROUTE: &str = "butter/content/has";
 
 /// Serves and takes blobs.
 pub(crate) struct ContentService;
@@ -101,5 +103,9 @@ impl Service for ContentService {
                 }
             },
         );
+    }
+
+    fn start(&self, ctx: &ServiceContext) {
+        ctx.spawn(super::repair::run(ctx.node()));
     }
 }

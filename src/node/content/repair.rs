@@ -1,0 +1,126 @@
+//! The repair task: when a known host leaves, the blobs this node holds
+//! that the host was one of the closest holders of (and this node is one
+//! now) are pushed to their new closest nodes; every republish interval,
+//! everything this node should hold is pushed again (the backstop). Both go
+//! through one bounded, paced queue ([`RepairQueue`]); a target that holds
+//! a blob already is asked first and sent nothing.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crate::content::repair::{should_hold, should_repair, Pace, RepairQueue};
+use crate::content::Hash;
+use crate::identity::NodeId;
+use crate::node::service::WeakNode;
+use crate::node::Node;
+use crate::peers::PeerEvent;
+
+/// Store keys read per page while scanning.
+const PAGE: usize = 1024;
+
+/// Runs until the node is dropped or shut down.
+pub(super) async fn run(weak: WeakNode) {
+    let Some(node) = weak.upgrade() else { return };
+    let settings = node.content().settings.clone();
+    let mut events = node.events();
+    drop(node);
+    let mut queue = RepairQueue::new(
+        settings.repair_queue,
+        Pace {
+            bytes_per_sec: settings.repair_bytes_per_sec.max(1),
+            burst: settings
+                .repair_bytes_per_sec
+                .max(settings.chunk_size as u64 * 4),
+        },
+    );
+    // A blob's cost: its bytes, sent to each of the closest.
+    let cost = settings.chunk_size as u64 * settings.replicas as u64;
+    let mut republish = tokio::time::interval_at(
+        tokio::time::Instant::now() + settings.republish_interval,
+        settings.republish_interval,
+    );
+    loop {
+        let wait = if queue.is_empty() {
+            Duration::from_secs(3600)
+        } else {
+            queue.wait_for(Instant::now(), cost)
+        };
+        tokio::select! {
+            event = events.recv() => {
+                let Some(node) = weak.upgrade() else { return };
+                match event {
+                    Ok(PeerEvent::Removed { id, .. }) => scan(&node, Some(id), &mut queue).await,
+                    Ok(PeerEvent::Added(_)) => {}
+                    // Missed some: treat as a republish.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        scan(&node, None, &mut queue).await
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+            _ = republish.tick() => {
+                let Some(node) = weak.upgrade() else { return };
+                scan(&node, None, &mut queue).await;
+            }
+            _ = tokio::time::sleep(wait) => {}
+        }
+        let Some(node) = weak.upgrade() else { return };
+        node.counters()
+            .repairs_dropped
+            .store(queue.dropped, Ordering::Relaxed);
+        // As many as the pace allows, a few at once.
+        let mut batch = Vec::new();
+        while batch.len() < settings.repair_parallel.max(1) {
+            match queue.next(Instant::now(), cost) {
+                Some(key) => batch.push(key),
+                None => break,
+            }
+        }
+        let pushes = batch.into_iter().map(|key| {
+            let node = node.clone();
+            async move { node.repair_blob(key).await }
+        });
+        futures_util::future::join_all(pushes).await;
+    }
+}
+
+/// Queues the held blobs that need pushing: after `gone` left, those it
+/// was a holder of (and this node is now); without, all this node should
+/// hold.
+async fn scan(node: &Node, gone: Option<NodeId>, queue: &mut RepairQueue) {
+    let r = node.content().settings.replicas;
+    let me = node.id();
+    let mut after: Option<[u8; 32]> = None;
+    loop {
+        let store = node.content().store.clone();
+        let from = after;
+        let Ok(Ok(keys)) =
+            tokio::task::spawn_blocking(move || store.keys(from.as_ref(), PAGE)).await
+        else {
+            return;
+        };
+        let Some(last) = keys.last().copied() else {
+            return;
+        };
+        for key in &keys {
+            let target = NodeId::from_bytes(*key);
+            let live: Vec<NodeId> = node
+                .members()
+                .closest(&target, r + 1)
+                .into_iter()
+                .map(|a| a.id)
+                .collect();
+            let due = match &gone {
+                Some(g) => should_repair(&me, &target, g, &live, r),
+                None => should_hold(&me, &target, &live, r),
+            };
+            if due {
+                queue.push(Hash(*key));
+            }
+        }
+        if keys.len() < PAGE {
+            return;
+        }
+        after = Some(last);
+    }
+}
