@@ -43,6 +43,9 @@ const PENDING_BY_BLOB: TableDefinition<&[u8], ()> = TableDefinition::new("pendin
 /// Counters: "used" bytes, "next_batch".
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
+/// Bytes of the database's page cache.
+const CACHE_BYTES: usize = 32 << 20;
+
 /// A 32-byte blob key.
 pub type Key = [u8; 32];
 
@@ -88,7 +91,11 @@ impl Store {
         if let Some(dir) = path.as_ref().parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let database = Database::create(path.as_ref()).map_err(db)?;
+        // redb caches up to 1 GiB by default: a node's memory is the user's.
+        let database = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(path.as_ref())
+            .map_err(db)?;
         Store::from_database(database, budget)
     }
 

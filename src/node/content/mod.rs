@@ -51,7 +51,7 @@ pub struct ContentSettings {
     /// Bytes of blobs the store may hold (own content, replicas, cache).
     pub storage_bytes: u64,
     /// Bytes of replicas one address may push here (twice that per /24 or
-    /// /64), until this node restarts.
+    /// /64), until this node restarts; 0: a quarter of `storage_bytes`.
     pub per_source_bytes: u64,
     /// Blobs fetched or pushed at once.
     pub parallel: usize,
@@ -74,7 +74,7 @@ impl Default for ContentSettings {
             replicas: 3,
             chunk_size: DEFAULT_CHUNK_SIZE,
             storage_bytes: 4 << 30,
-            per_source_bytes: 256 << 20,
+            per_source_bytes: 0,
             parallel: 16,
             holder_timeout: Duration::from_secs(5),
             republish_interval: Duration::from_secs(600),
@@ -95,7 +95,10 @@ pub(crate) struct ContentState {
 
 impl ContentState {
     pub(crate) fn new(settings: ContentSettings, store: Store) -> Self {
-        let per = settings.per_source_bytes;
+        let per = match settings.per_source_bytes {
+            0 => settings.storage_bytes / 4,
+            n => n,
+        };
         ContentState {
             taken: Mutex::new(SourceCounts::new(per, per * 2, 4096)),
             store: Arc::new(store),
