@@ -152,11 +152,12 @@ async fn files_round_trip_and_an_interrupted_fetch_resumes() {
     };
     let a = holder(holder_dir.clone()).await;
     let key = within(30, "put_file", a.put_file(&src)).await.unwrap();
-    // The fetcher is a guest: no replica is pushed to it, it holds only
-    // what it fetched.
+    // The fetcher is a guest (no replica is pushed to it, it holds only
+    // what it fetched) with a store on disk.
     let b = Node::builder()
         .listen(at(62))
         .lan_discovery(false)
+        .store_path(dir.path().join("fetcher.redb"))
         .dht(butter::DhtSettings {
             serve: false,
             bootstrap: vec![a.addr()],

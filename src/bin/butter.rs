@@ -676,7 +676,30 @@ async fn fetch(
             "fetching needs a network: --bootstrap NODEID@IP:PORT or --introducer NODEID@IP:PORT"
         );
     }
-    let node = guest(data_dir, introducers, bootstrap).await?;
+    // Chunks fetched wait in a scratch store beside the output until the
+    // file is whole: a fetch started again (same output) fetches only what
+    // it lacks; memory stays small whatever the size.
+    let mut scratch = output.clone().into_os_string();
+    scratch.push(".chunks");
+    let scratch = PathBuf::from(scratch);
+    let mut builder = Node::builder()
+        .lan_discovery(false)
+        .store_path(&scratch)
+        .storage(1 << 40)
+        .dht(butter::DhtSettings {
+            serve: false,
+            bootstrap,
+            ..Default::default()
+        })
+        .nat(butter::NatSettings {
+            introducers,
+            upnp: upnp_settings(true, None, 0),
+            ..Default::default()
+        });
+    if let Some(dir) = data_dir {
+        builder = builder.data_dir(dir);
+    }
+    let node = builder.spawn().await?;
     let started = std::time::Instant::now();
     let bar = if std::io::stderr().is_terminal() {
         let bar = indicatif::ProgressBar::new(0);
@@ -707,7 +730,9 @@ async fn fetch(
         bar.finish_and_clear();
     }
     node.shutdown().await;
+    drop(node);
     let f = result?;
+    let _ = std::fs::remove_file(&scratch);
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
         "fetched {} in {:.1} s ({:.1} MiB/s), verified; {} chunks fetched, {} held already",

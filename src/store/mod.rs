@@ -57,6 +57,7 @@ fn db(e: impl Into<redb::Error>) -> Error {
 pub struct Store {
     db: Database,
     budget: u64,
+    persistent: bool,
     /// Bytes used (mirrors META "used"; updated after each commit).
     used: Mutex<u64>,
 }
@@ -83,7 +84,14 @@ impl Store {
         let database = redb::Builder::new()
             .create_with_backend(redb::backends::InMemoryBackend::new())
             .map_err(db)?;
-        Ok(Store::from_database(database, budget)?.0)
+        let mut store = Store::from_database(database, budget)?.0;
+        store.persistent = false;
+        Ok(store)
+    }
+
+    /// Whether the store is a file (kept across restarts), not memory.
+    pub fn is_persistent(&self) -> bool {
+        self.persistent
     }
 
     /// [`Store::open`], also saying what was rolled back.
@@ -103,6 +111,7 @@ impl Store {
         let store = Store {
             db: database,
             budget,
+            persistent: true,
             used: Mutex::new(0),
         };
         let recovery = store.recover()?;

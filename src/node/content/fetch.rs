@@ -183,10 +183,16 @@ impl Node {
                     self.counters()
                         .blobs_fetched
                         .fetch_add(1, Ordering::Relaxed);
-                    let store = state.store.clone();
-                    let keep = bytes.clone();
-                    // A cache: a full store simply does not keep it.
-                    let _ = tokio::task::spawn_blocking(move || store.put(&hash.0, &keep)).await;
+                    // Kept as a cache (and so a fetch that starts again
+                    // need not fetch it twice) when the store is on disk; a
+                    // full store simply does not keep it, and a store in
+                    // memory never does (a large fetch would fill memory).
+                    if state.store.is_persistent() {
+                        let store = state.store.clone();
+                        let keep = bytes.clone();
+                        let _ =
+                            tokio::task::spawn_blocking(move || store.put(&hash.0, &keep)).await;
+                    }
                     return Ok((bytes.to_vec(), false));
                 }
                 Ok(Err(e)) => last = Some(e),
