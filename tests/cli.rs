@@ -419,3 +419,100 @@ async fn share_then_fetch_with_the_sharer_gone() {
     );
     assert!(missing.stderr.contains("not found"), "{}", missing.stderr);
 }
+
+/// `kill -9` while a node writes a large item into its store: the store
+/// opens afterwards, rolls the unfinished write back, and holds either the
+/// whole item or nothing of it; a node started on it serves.
+#[tokio::test]
+async fn kill_9_during_a_large_store_leaves_it_whole_or_empty() {
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("large.bin");
+    let mut data = vec![0u8; 96 << 20];
+    blake3::Hasher::new()
+        .update(b"large")
+        .finalize_xof()
+        .fill(&mut data);
+    std::fs::write(&file, &data).unwrap();
+    let dir = work.path().join("node");
+    // Nowhere to push to: the write into its own store is all it does.
+    let nowhere = format!("{}@127.0.0.1:9", "ab".repeat(32));
+    let mut cmd = butter();
+    cmd.args([
+        "share",
+        file.to_str().unwrap(),
+        "--serve",
+        "--listen",
+        "127.0.0.50:0",
+        "--bootstrap",
+        &nowhere,
+        "--data-dir",
+        dir.to_str().unwrap(),
+    ]);
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Killed once the store file exists and grows: mid-write.
+    let store = dir.join("store.redb");
+    within(30, "the write starts", async {
+        while std::fs::metadata(&store).map_or(0, |m| m.len()) < 40 << 20 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    child.start_kill().unwrap();
+    let _ = child.wait().await;
+
+    let (opened, recovery) = butter::store::Store::open_reporting(&store, 1 << 40).unwrap();
+    let items = opened.items().unwrap();
+    println!(
+        "after kill -9: {recovery:?}, {} items, {} bytes",
+        items.len(),
+        opened.used()
+    );
+    if items.is_empty() {
+        assert_eq!(opened.used(), 0, "an unfinished item left bytes behind");
+        assert!(
+            opened.keys(None, 1).unwrap().is_empty(),
+            "blobs left behind"
+        );
+    } else {
+        // Finished before the kill: every blob of it is there.
+        let (root, size) = items[0];
+        assert_eq!(size, data.len() as u64);
+        let mut bytes = 0u64;
+        butter::content::tree::walk(
+            butter::content::Hash(root),
+            |h| {
+                opened
+                    .get(&h.0)?
+                    .ok_or(butter::Error::NotFound("manifest".into()))
+            },
+            |_, h, len| {
+                assert!(opened.has(&h.0).unwrap());
+                bytes += len as u64;
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert_eq!(bytes, size);
+    }
+    drop(opened);
+    // A node on that store starts and serves.
+    let mut node = butter();
+    node.args([
+        "node",
+        "--listen",
+        "127.0.0.51:0",
+        "--no-discovery",
+        "--no-upnp",
+        "--data-dir",
+    ])
+    .arg(&dir);
+    let mut node = Running::start(node);
+    let addr = node.line("node address").await;
+    let mut cmd = butter();
+    cmd.args(["ping", &addr]);
+    assert!(run(cmd, None).await.ok);
+}
