@@ -328,6 +328,14 @@ async fn a_forged_peer_exchange_answer_is_bounded() {
                                 let _asked: PeersRequest = postcard::from_bytes(&body).unwrap();
                                 postcard::to_allocvec(&forged).unwrap()
                             }
+                            // A DHT node too (an empty answer), so its
+                            // lookups do not fail it out of the table.
+                            "butter/dht/find_node" => {
+                                postcard::to_allocvec(&butter::dht::messages::Closer {
+                                    contacts: vec![],
+                                })
+                                .unwrap()
+                            }
                             _ => Vec::new(),
                         };
                         let status = ResponseHeader { status: Status::Ok };

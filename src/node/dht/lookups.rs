@@ -108,7 +108,12 @@ pub(super) async fn run(
                     }
                     Err(e) => {
                         tracing::trace!(peer = %from.short(), error = %e, "dht query failed");
-                        node.members().call_failed(&from);
+                        // A host that answers without the route is alive
+                        // (it does not serve the DHT); other failures count
+                        // against it.
+                        if !matches!(e, Error::NoSuchRoute(_)) {
+                            node.members().call_failed(&from);
+                        }
                         lookup.on_failure(&from, now);
                     }
                 }

@@ -1,0 +1,299 @@
+//! `testbed`: the churn test of the original Butter, on real nodes. N nodes
+//! in one process on loopback (each at its own 127.x address), M random
+//! items stored, then for T seconds every node dies each second with
+//! probability p (killed: no goodbye) and is replaced by a fresh one joining
+//! through a random live node; after a settle time a fresh node fetches
+//! every item. Prints retention, repair traffic and maintenance messages;
+//! writes a CSV per second (live nodes, under-replicated items, repair
+//! bytes).
+//!
+//! ```text
+//! cargo run --release --bin testbed -- --nodes 250 --p 0.02 --seconds 30
+//! ```
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use butter::content::Hash;
+use butter::{ContentSettings, MembershipSettings, Node, NodeAddr};
+use clap::Parser;
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "testbed",
+    about = "Churn testbed: retention of content on real nodes"
+)]
+struct Args {
+    /// Nodes kept alive.
+    #[arg(long, default_value_t = 250)]
+    nodes: usize,
+    /// Items stored before the churn.
+    #[arg(long, default_value_t = 100)]
+    items: usize,
+    /// Bytes per item.
+    #[arg(long, default_value_t = 64 * 1024)]
+    item_size: usize,
+    /// Probability that a node dies in a given second.
+    #[arg(long, default_value_t = 0.02)]
+    p: f64,
+    /// Seconds of churn.
+    #[arg(long, default_value_t = 30)]
+    seconds: u64,
+    /// Seconds without churn before the final fetch.
+    #[arg(long, default_value_t = 20)]
+    settle: u64,
+    /// Holders per blob.
+    #[arg(long, default_value_t = 3)]
+    replicas: usize,
+    /// Base liveness interval of the nodes, in milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    liveness_ms: u64,
+    /// Seed of every random choice of the run.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Where to write the per-second CSV.
+    #[arg(long, default_value = "testbed.csv")]
+    csv: std::path::PathBuf,
+}
+
+struct Net {
+    args: Args,
+    nodes: Vec<Node>,
+    next_ip: u32,
+    rng: StdRng,
+    /// Counters of nodes that died (their last values).
+    dead_repair_bytes: u64,
+    dead_calls: u64,
+    dead_repairs: u64,
+}
+
+impl Net {
+    fn ip(&mut self) -> IpAddr {
+        self.next_ip += 1;
+        let n = self.next_ip;
+        IpAddr::V4(Ipv4Addr::new(
+            127,
+            10 + (n >> 16) as u8,
+            (n >> 8) as u8,
+            (n & 0xff) as u8,
+        ))
+    }
+
+    async fn spawn(&mut self, bootstrap: Option<NodeAddr>) -> Result<Node> {
+        let listen = SocketAddr::new(self.ip(), 0);
+        let mut b = Node::builder()
+            .listen(listen)
+            .lan_discovery(false)
+            .membership(MembershipSettings {
+                liveness_interval: Duration::from_millis(self.args.liveness_ms),
+                ..Default::default()
+            })
+            .content(ContentSettings {
+                replicas: self.args.replicas,
+                storage_bytes: 1 << 30,
+                ..Default::default()
+            });
+        if let Some(addr) = bootstrap {
+            b = b.bootstrap(addr);
+        }
+        Ok(b.spawn().await?)
+    }
+
+    fn random_live(&mut self) -> Node {
+        let i = self.rng.random_range(0..self.nodes.len());
+        self.nodes[i].clone()
+    }
+
+    fn totals(&self) -> (u64, u64, u64) {
+        let mut bytes = self.dead_repair_bytes;
+        let mut calls = self.dead_calls;
+        let mut repairs = self.dead_repairs;
+        for n in &self.nodes {
+            let s = n.stats();
+            bytes += s.repair_bytes;
+            calls += s.calls_made;
+            repairs += s.repairs;
+        }
+        (bytes, calls, repairs)
+    }
+
+    /// Kills node `i` (no goodbye: its handles are dropped, its sockets close).
+    fn kill(&mut self, i: usize) {
+        let node = self.nodes.swap_remove(i);
+        let s = node.stats();
+        self.dead_repair_bytes += s.repair_bytes;
+        self.dead_calls += s.calls_made;
+        self.dead_repairs += s.repairs;
+        drop(node);
+    }
+}
+
+/// Items with a blob on fewer than `r` live nodes.
+async fn under_replicated(net: &Net, items: &[(Hash, Vec<Hash>)]) -> usize {
+    let mut count = 0;
+    for (_, blobs) in items {
+        let mut short = false;
+        for blob in blobs {
+            let mut holders = 0;
+            for n in &net.nodes {
+                if n.holds(*blob).await.unwrap_or(false) {
+                    holders += 1;
+                }
+            }
+            short |= holders < net.args.replicas;
+        }
+        count += usize::from(short);
+    }
+    count
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let mut rng = StdRng::seed_from_u64(args.seed);
+    let mut csv = std::fs::File::create(&args.csv)
+        .with_context(|| format!("cannot write {}", args.csv.display()))?;
+    writeln!(
+        csv,
+        "second,live_nodes,under_replicated_items,repair_bytes,repairs"
+    )?;
+    let mut net = Net {
+        rng: StdRng::seed_from_u64(args.seed ^ 0x5eed),
+        args,
+        nodes: Vec::new(),
+        next_ip: 0,
+        dead_repair_bytes: 0,
+        dead_calls: 0,
+        dead_repairs: 0,
+    };
+    let started = Instant::now();
+    let first = net.spawn(None).await?;
+    net.nodes.push(first.clone());
+    for _ in 1..net.args.nodes {
+        let boot = net.random_live().addr();
+        let n = net.spawn(Some(boot)).await?;
+        net.nodes.push(n);
+    }
+    // Joined: every table holds a few hosts.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while net.nodes.iter().any(|n| n.known_hosts().len() < 5) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let tables: Vec<usize> = net.nodes.iter().map(|n| n.known_hosts().len()).collect();
+    eprintln!(
+        "{} nodes up in {:.1} s; tables {}..{} hosts",
+        net.nodes.len(),
+        started.elapsed().as_secs_f64(),
+        tables.iter().min().unwrap_or(&0),
+        tables.iter().max().unwrap_or(&0)
+    );
+    // Items, each from a random node; the blobs of each (for the CSV).
+    let mut items: Vec<(Hash, Vec<Hash>)> = Vec::new();
+    for _ in 0..net.args.items {
+        let mut data = vec![0u8; net.args.item_size];
+        rng.fill(&mut data[..]);
+        let built = butter::content::tree::build(&data[..], 256 * 1024, None)?;
+        let node = net.random_live();
+        let key = node.put(data).await?;
+        assert_eq!(key, built.root);
+        items.push((key, built.blobs.keys().copied().collect()));
+    }
+    let (bytes0, calls0, _) = net.totals();
+    eprintln!("{} items stored", items.len());
+    let churn_started = Instant::now();
+    let (mut died, mut node_seconds) = (0usize, 0u64);
+    for second in 0..net.args.seconds + net.args.settle {
+        let tick = Instant::now();
+        if second < net.args.seconds {
+            let mut i = 0;
+            while i < net.nodes.len() {
+                if rng.random_bool(net.args.p) {
+                    net.kill(i);
+                    died += 1;
+                    // Replaced: a fresh node joins through a live one.
+                    let boot = net.random_live().addr();
+                    let fresh = net.spawn(Some(boot)).await?;
+                    net.nodes.push(fresh);
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        node_seconds += net.nodes.len() as u64;
+        let (bytes, _, repairs) = net.totals();
+        let short = if second % 5 == 4 || second + 1 == net.args.seconds + net.args.settle {
+            under_replicated(&net, &items).await.to_string()
+        } else {
+            String::new()
+        };
+        writeln!(
+            csv,
+            "{second},{},{short},{},{repairs}",
+            net.nodes.len(),
+            bytes - bytes0
+        )?;
+        let spent = tick.elapsed();
+        if spent < Duration::from_secs(1) {
+            tokio::time::sleep(Duration::from_secs(1) - spent).await;
+        }
+    }
+    eprintln!(
+        "churn and settle took {:.1} s",
+        churn_started.elapsed().as_secs_f64()
+    );
+    let (bytes, calls, repairs) = net.totals();
+    // A fresh node fetches every item.
+    let boot = net.random_live().addr();
+    let reader = net.spawn(Some(boot)).await?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while reader.known_hosts().len() < 5 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut kept = 0;
+    let mut latencies = Vec::new();
+    let mut missing: HashMap<String, usize> = HashMap::new();
+    for (key, _) in &items {
+        let t = Instant::now();
+        match tokio::time::timeout(Duration::from_secs(30), reader.get(*key)).await {
+            Ok(Ok(data)) if data.len() == net.args.item_size => {
+                kept += 1;
+                latencies.push(t.elapsed());
+            }
+            Ok(Ok(_)) => *missing.entry("wrong size".into()).or_default() += 1,
+            Ok(Err(e)) => *missing.entry(e.to_string()).or_default() += 1,
+            Err(_) => *missing.entry("timed out".into()).or_default() += 1,
+        }
+    }
+    latencies.sort();
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len().max(1) - 1) as f64 * p) as usize)
+            .copied()
+            .unwrap_or_default()
+    };
+    println!(
+        "retention {:.2} % ({kept} of {} items) after {} s of churn at p = {} ({died} nodes died) and {} s to settle",
+        100.0 * kept as f64 / items.len().max(1) as f64,
+        items.len(),
+        net.args.seconds,
+        net.args.p,
+        net.args.settle
+    );
+    println!(
+        "repair: {repairs} pushes, {:.1} MiB; maintenance: {:.1} calls per node per second; fetch latency median {:?}, p99 {:?}",
+        (bytes - bytes0) as f64 / (1u64 << 20) as f64,
+        (calls - calls0) as f64 / node_seconds.max(1) as f64,
+        pct(0.5),
+        pct(0.99)
+    );
+    for (why, n) in missing {
+        println!("  lost {n}: {why}");
+    }
+    println!("per-second CSV: {}", net.args.csv.display());
+    Ok(())
+}
