@@ -53,6 +53,10 @@ struct Args {
     /// Base liveness interval of the nodes, in milliseconds.
     #[arg(long, default_value_t = 5000)]
     liveness_ms: u64,
+    /// Seconds between republishing rounds of every node (the default is
+    /// the library's, 600).
+    #[arg(long, default_value_t = 600)]
+    republish_secs: u64,
     /// Seed of every random choice of the run.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -96,6 +100,7 @@ impl Net {
             .content(ContentSettings {
                 replicas: self.args.replicas,
                 storage_bytes: 1 << 30,
+                republish_interval: Duration::from_secs(self.args.republish_secs.max(1)),
                 ..Default::default()
             });
         if let Some(addr) = bootstrap {

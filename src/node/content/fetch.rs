@@ -73,8 +73,9 @@ impl Node {
 
     /// A repair: [`push_blob`](Self::push_blob), asking each target first
     /// whether it holds the blob already (then nothing is sent).
-    pub(crate) async fn repair_blob(&self, hash: Hash) {
-        let (placed, _, sent) = self.push_blob_to_closest(hash, true).await;
+    /// Returns whether the blob is on all the holders there are.
+    pub(crate) async fn repair_blob(&self, hash: Hash) -> bool {
+        let (placed, wanted, sent) = self.push_blob_to_closest(hash, true).await;
         if sent > 0 {
             self.counters().repairs.fetch_add(1, Ordering::Relaxed);
             self.counters()
@@ -82,6 +83,7 @@ impl Node {
                 .fetch_add(sent, Ordering::Relaxed);
             tracing::debug!(blob = %hash.short(), holders = placed, bytes = sent, "repaired");
         }
+        placed >= wanted.min(self.content().settings.replicas)
     }
 
     /// Pushes `hash` to its closest nodes: (holders now, holders possible,

@@ -18,6 +18,14 @@ use crate::peers::PeerEvent;
 /// Store keys read per page while scanning.
 const PAGE: usize = 1024;
 
+/// A repair that could not reach every holder (one was dead too, and not
+/// yet known to be) is tried again this many times, this long apart.
+const RETRIES: u8 = 3;
+const RETRY_AFTER: Duration = Duration::from_secs(2);
+
+/// Repairs waiting to be tried again at most.
+const MAX_RETRYING: usize = 10_000;
+
 /// Runs until the node is dropped or shut down.
 pub(super) async fn run(weak: WeakNode) {
     let Some(node) = weak.upgrade() else { return };
@@ -35,15 +43,28 @@ pub(super) async fn run(weak: WeakNode) {
     );
     // A blob's cost: its bytes, sent to each of the closest.
     let cost = settings.chunk_size as u64 * settings.replicas as u64;
+    // (due, blob, attempts so far)
+    let mut retrying: std::collections::VecDeque<(Instant, Hash, u8)> = Default::default();
+    let mut attempts: std::collections::HashMap<Hash, u8> = Default::default();
     let mut republish = tokio::time::interval_at(
         tokio::time::Instant::now() + settings.republish_interval,
         settings.republish_interval,
     );
     loop {
-        let wait = if queue.is_empty() {
-            Duration::from_secs(3600)
+        let now = Instant::now();
+        while retrying.front().is_some_and(|(due, _, _)| *due <= now) {
+            if let Some((_, key, n)) = retrying.pop_front() {
+                if queue.push(key) {
+                    attempts.insert(key, n);
+                }
+            }
+        }
+        let wait = if !queue.is_empty() {
+            queue.wait_for(now, cost)
+        } else if let Some((due, _, _)) = retrying.front() {
+            due.saturating_duration_since(now)
         } else {
-            queue.wait_for(Instant::now(), cost)
+            Duration::from_secs(3600)
         };
         tokio::select! {
             event = events.recv() => {
@@ -78,9 +99,14 @@ pub(super) async fn run(weak: WeakNode) {
         }
         let pushes = batch.into_iter().map(|key| {
             let node = node.clone();
-            async move { node.repair_blob(key).await }
+            async move { (key, node.repair_blob(key).await) }
         });
-        futures_util::future::join_all(pushes).await;
+        for (key, done) in futures_util::future::join_all(pushes).await {
+            let tried = attempts.remove(&key).unwrap_or(0) + 1;
+            if !done && tried < RETRIES && retrying.len() < MAX_RETRYING {
+                retrying.push_back((Instant::now() + RETRY_AFTER * tried as u32, key, tried));
+            }
+        }
     }
 }
 
