@@ -81,6 +81,8 @@ pub struct DemuxSocket {
     side: Mutex<Option<mpsc::Sender<Datagram>>>,
     diverted: AtomicU64,
     dropped: AtomicU64,
+    /// Set by [`DemuxSocket::mute`]: nothing leaves any more.
+    muted: std::sync::atomic::AtomicBool,
     /// Outgoing packets of each virtual path, by synthetic address.
     virtual_out: Mutex<HashMap<SocketAddr, mpsc::Sender<Bytes>>>,
     inject_tx: mpsc::Sender<(SocketAddr, Bytes)>,
@@ -106,6 +108,7 @@ impl DemuxSocket {
             side: Mutex::new(None),
             diverted: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            muted: Default::default(),
             virtual_out: Mutex::default(),
             inject_tx,
             inject_rx: Mutex::new(inject_rx),
@@ -170,9 +173,22 @@ impl DemuxSocket {
         rx
     }
 
+    /// From now on every packet is dropped instead of sent (a crash, as
+    /// peers see it: not even a connection close goes out).
+    pub(crate) fn mute(&self) {
+        self.muted.store(true, Ordering::SeqCst);
+    }
+
+    fn is_muted(&self) -> bool {
+        self.muted.load(Ordering::Relaxed)
+    }
+
     /// Sends a raw datagram from the shared port (STUN requests, punch packets).
     /// Best effort like any UDP send: `WouldBlock` means the socket buffer is full.
     pub fn send_raw(&self, to: SocketAddr, data: &[u8]) -> io::Result<()> {
+        if self.is_muted() {
+            return Ok(());
+        }
         self.inner.try_send(&Transmit {
             destination: to,
             ecn: None,
@@ -236,6 +252,9 @@ impl AsyncUdpSocket for DemuxSocket {
     }
 
     fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
+        if self.is_muted() {
+            return Ok(());
+        }
         if is_virtual(transmit.destination) {
             self.send_virtual(transmit);
             return Ok(());

@@ -529,3 +529,43 @@ async fn a_departing_node_says_goodbye_to_its_known_hosts() {
     let after = a.ping(b.addr()).await;
     assert!(matches!(after, Err(butter::Error::Shutdown)), "{after:?}");
 }
+
+/// A node dropped without `shutdown()` still closes its connections as a
+/// node that stops ("shutdown"): its known hosts drop it at once, without
+/// waiting for a liveness check (a minute away here). A crash (nothing
+/// leaves, not even a close) is left to the liveness checks.
+#[tokio::test]
+async fn a_node_dropped_without_shutdown_leaves_its_hosts_tables_at_once() {
+    let slow_liveness = |n: butter::NodeBuilder| {
+        n.listen("127.0.0.1:0".parse().unwrap())
+            .lan_discovery(false)
+            .liveness_interval(Duration::from_secs(60))
+    };
+    let b = slow_liveness(Node::builder()).spawn().await.unwrap();
+    for crash in [false, true] {
+        let a = slow_liveness(Node::builder()).spawn().await.unwrap();
+        let a_id = a.id();
+        within(10, "b knows a", b.add_known_host(a.addr()))
+            .await
+            .unwrap();
+        within(10, "a knows b", a.add_known_host(b.addr()))
+            .await
+            .unwrap();
+        if crash {
+            a.crash();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            assert!(
+                b.known_hosts().iter().any(|h| h.addr.id == a_id),
+                "a silent crash is not a goodbye"
+            );
+        } else {
+            drop(a);
+            within(5, "b drops a at once", async {
+                while b.known_hosts().iter().any(|h| h.addr.id == a_id) {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+            .await;
+        }
+    }
+}

@@ -57,6 +57,9 @@ struct Args {
     /// the library's, 600).
     #[arg(long, default_value_t = 600)]
     republish_secs: u64,
+    /// Nodes leave by shutting down (goodbye) instead of crashing.
+    #[arg(long)]
+    graceful: bool,
     /// Seed of every random choice of the run.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -127,14 +130,19 @@ impl Net {
         (bytes, calls, repairs)
     }
 
-    /// Kills node `i` (no goodbye: its handles are dropped, its sockets close).
-    fn kill(&mut self, i: usize) {
+    /// Kills node `i` as a crash would: not a packet more leaves it (no
+    /// goodbye, no connection close); with `--graceful`, it shuts down.
+    async fn kill(&mut self, i: usize) {
         let node = self.nodes.swap_remove(i);
         let s = node.stats();
         self.dead_repair_bytes += s.repair_bytes;
         self.dead_calls += s.calls_made;
         self.dead_repairs += s.repairs;
-        drop(node);
+        if self.args.graceful {
+            node.shutdown().await;
+        } else {
+            node.crash();
+        }
     }
 }
 
@@ -218,7 +226,7 @@ async fn main() -> Result<()> {
             let mut i = 0;
             while i < net.nodes.len() {
                 if rng.random_bool(net.args.p) {
-                    net.kill(i);
+                    net.kill(i).await;
                     died += 1;
                     // Replaced: a fresh node joins through a live one.
                     let boot = net.random_live().addr();

@@ -102,6 +102,21 @@ pub(super) async fn serve_connection(shared: Arc<Shared>, peer: NodeId, conn: qu
             }
             Err(e) => {
                 tracing::trace!(peer = %peer.short(), reason = %e, "connection ended");
+                // Closed by the peer or gone silent: if it is a known host,
+                // it is checked now rather than at the next liveness round
+                // (a dead holder noticed in milliseconds is repaired before
+                // its fellow holders die too).
+                match &e {
+                    quinn::ConnectionError::LocallyClosed => {}
+                    // A node that shuts down closes its connections so; the
+                    // connection authenticates it, as a goodbye would.
+                    quinn::ConnectionError::ApplicationClosed(close)
+                        if close.reason.as_ref() == b"shutdown" =>
+                    {
+                        shared.members.remove(&peer, "shut down");
+                    }
+                    _ => shared.members.suspect(&peer),
+                }
                 break;
             }
         }

@@ -48,6 +48,15 @@ impl Service for GoodbyeService {
 }
 
 impl Node {
+    /// Stops the node as a crash would, for tests and the testbed: nothing
+    /// more leaves its socket (no goodbye, no connection close), and its
+    /// tasks end with this handle (and any other).
+    #[doc(hidden)]
+    pub fn crash(self) {
+        self.socket().mute();
+        self.shared().tasks.cancel();
+    }
+
     /// Says goodbye to the known hosts (waiting briefly for them to hear it),
     /// closes every connection, cancels the node's tasks and waits (briefly)
     /// until they have ended. Calls made afterwards fail with

@@ -157,9 +157,24 @@ async fn upkeep(node: WeakNode) {
     let mut interval = crate::backoff::Adaptive::new(base);
     // Ask for hosts soon after start rather than a full interval later.
     let mut wait = Duration::from_millis(200);
+    let Some(members) = node.upgrade().map(|n| n.shared().members.clone()) else {
+        return;
+    };
     loop {
-        tokio::time::sleep(jitter(wait)).await;
+        let suspects_only = tokio::select! {
+            _ = tokio::time::sleep(jitter(wait)) => false,
+            _ = members.suspected() => true,
+        };
         let Some(node) = node.upgrade() else { return };
+        if suspects_only {
+            // A connection ended: those hosts now, the round keeps its time.
+            let suspects = node.members().take_suspects();
+            let deaths = check_hosts(&node, suspects).await;
+            if deaths > 0 {
+                interval.after(true);
+            }
+            continue;
+        }
         let deaths = check_liveness(&node).await;
         let next = interval.after(deaths > 0);
         if node.members().wants_more() {
@@ -177,6 +192,12 @@ async fn check_liveness(node: &Node) -> usize {
     let hosts = node
         .members()
         .due_for_check(settings.liveness_interval / 2, CHECKS_PER_ROUND);
+    check_hosts(node, hosts).await
+}
+
+/// Pings `hosts`; those that do not answer in time leave the table.
+async fn check_hosts(node: &Node, hosts: Vec<HostInfo>) -> usize {
+    let settings = &node.members().settings;
     let mut checks: FuturesUnordered<_> = hosts
         .into_iter()
         .map(|h| async move {

@@ -126,6 +126,9 @@ pub struct PeerRecord {
     pub quality: Quality,
 }
 
+/// Suspected hosts waiting for their check at most.
+pub const MAX_SUSPECTS: usize = 256;
+
 /// Failed calls in a row that take a host out of the table.
 pub const CALL_FAILURES: u32 = 3;
 
@@ -166,6 +169,9 @@ pub(crate) struct Membership {
     /// Candidates being verified now, and recent failures (not retried at once).
     verifying: Mutex<HashSet<NodeId>>,
     failed: Mutex<HashMap<NodeId, Instant>>,
+    /// Known hosts whose connection ended: checked at once.
+    suspects: Mutex<HashSet<NodeId>>,
+    suspected: tokio::sync::Notify,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -192,6 +198,8 @@ impl Membership {
             known_by: Default::default(),
             verifying: Default::default(),
             failed: Default::default(),
+            suspects: Default::default(),
+            suspected: tokio::sync::Notify::new(),
         }
     }
 
@@ -348,6 +356,32 @@ impl Membership {
             let _ = self.events.send(PeerEvent::Added(addr));
         }
         removed
+    }
+
+    /// A known host's connection ended: it is checked at once (bounded: at
+    /// most [`MAX_SUSPECTS`] wait; the rest wait for the next round).
+    pub(crate) fn suspect(&self, id: &NodeId) {
+        if !self.contains(id) {
+            return;
+        }
+        let mut s = lock(&self.suspects);
+        if s.len() < MAX_SUSPECTS && s.insert(*id) {
+            self.suspected.notify_one();
+        }
+    }
+
+    /// Waits until a host is suspected.
+    pub(crate) async fn suspected(&self) {
+        self.suspected.notified().await
+    }
+
+    /// The suspects, taken.
+    pub(crate) fn take_suspects(&self) -> Vec<HostInfo> {
+        let ids: Vec<NodeId> = lock(&self.suspects).drain().collect();
+        let t = lock(&self.table);
+        ids.iter()
+            .filter_map(|id| t.buckets.get(id).map(|e| t.info(e)))
+            .collect()
     }
 
     /// Records that `peer` keeps us in its table.
