@@ -516,3 +516,19 @@ async fn kill_9_during_a_large_store_leaves_it_whole_or_empty() {
     cmd.args(["ping", &addr]);
     assert!(run(cmd, None).await.ok);
 }
+
+/// `butter demo`, the README's main job: a network in one process shares,
+/// loses the sharer, and still fetches the file intact.
+#[tokio::test]
+async fn the_demo_spreads_a_file_and_fetches_it_after_the_sharer_left() {
+    let mut cmd = butter();
+    cmd.args(["demo", "--nodes", "6"]);
+    let out = run(cmd, None).await;
+    assert!(out.ok, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("has left the network"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("identical: true"), "{}", out.stdout);
+}
