@@ -786,24 +786,10 @@ async fn fetch(
     let mut scratch = output.clone().into_os_string();
     scratch.push(".chunks");
     let scratch = PathBuf::from(scratch);
-    let mut builder = Node::builder()
-        .lan_discovery(false)
-        .store_path(&scratch)
-        .storage(1 << 40)
-        .dht(butter::DhtSettings {
-            serve: false,
-            bootstrap,
-            ..Default::default()
-        })
-        .nat(butter::NatSettings {
-            introducers,
-            upnp: upnp_settings(true, None, 0),
-            ..Default::default()
-        });
-    if let Some(dir) = data_dir {
-        builder = builder.data_dir(dir);
-    }
-    let node = builder.spawn().await?;
+    let node = guest_with(data_dir, introducers, bootstrap, |b| {
+        b.store_path(&scratch).storage(1 << 40)
+    })
+    .await?;
     let started = std::time::Instant::now();
     let bar = if std::io::stderr().is_terminal() {
         let bar = indicatif::ProgressBar::new(0);
@@ -929,7 +915,17 @@ async fn guest(
     introducers: Vec<NodeAddr>,
     bootstrap: Vec<NodeAddr>,
 ) -> Result<Node> {
-    let mut builder = Node::builder()
+    guest_with(data_dir, introducers, bootstrap, |b| b).await
+}
+
+/// [`guest`], with more settings on the builder.
+async fn guest_with(
+    data_dir: Option<PathBuf>,
+    introducers: Vec<NodeAddr>,
+    bootstrap: Vec<NodeAddr>,
+    more: impl FnOnce(butter::NodeBuilder) -> butter::NodeBuilder,
+) -> Result<Node> {
+    let mut builder = more(Node::builder())
         .lan_discovery(false)
         .dht(butter::DhtSettings {
             serve: false,
