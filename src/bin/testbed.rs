@@ -53,6 +53,9 @@ struct Args {
     /// Base liveness interval of the nodes, in milliseconds.
     #[arg(long, default_value_t = 5000)]
     liveness_ms: u64,
+    /// Interval of the neighbour watch in milliseconds (0 turns it off).
+    #[arg(long, default_value_t = 1000)]
+    neighbour_ms: u64,
     /// Seconds between republishing rounds of every node (the default is
     /// the library's, 600).
     #[arg(long, default_value_t = 600)]
@@ -98,6 +101,7 @@ impl Net {
             .lan_discovery(false)
             .membership(MembershipSettings {
                 liveness_interval: Duration::from_millis(self.args.liveness_ms),
+                neighbour_interval: Duration::from_millis(self.args.neighbour_ms),
                 ..Default::default()
             })
             .content(ContentSettings {
@@ -168,6 +172,11 @@ async fn under_replicated(net: &Net, items: &[(Hash, Vec<Hash>)]) -> usize {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
+    // Quiet unless RUST_LOG asks (e.g. RUST_LOG=butter=debug).
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
     let mut rng = StdRng::seed_from_u64(args.seed);
     let mut csv = std::fs::File::create(&args.csv)
         .with_context(|| format!("cannot write {}", args.csv.display()))?;

@@ -41,6 +41,21 @@ pub fn should_repair(me: &NodeId, key: &NodeId, gone: &NodeId, live: &[NodeId], 
     was_holder && closer(&d_me) < r
 }
 
+/// Whether this node (`me`) should hand `key` to `joined`, a host that
+/// has just entered its table: `joined` is now among the `r` closest to
+/// `key` of those known (`live`, which holds it), and so is `me` (a holder
+/// hands over what the newcomer should now hold; the rule of the Kademlia
+/// paper's joins).
+pub fn should_hand_over(
+    me: &NodeId,
+    key: &NodeId,
+    joined: &NodeId,
+    live: &[NodeId],
+    r: usize,
+) -> bool {
+    me != joined && should_hold(joined, key, live, r) && should_hold(me, key, live, r)
+}
+
 /// Whether this node is among the `r` closest to `key` of itself and
 /// `live`: a blob it should hold (and republish).
 pub fn should_hold(me: &NodeId, key: &NodeId, live: &[NodeId], r: usize) -> bool {
@@ -203,6 +218,29 @@ mod tests {
             let far: Vec<NodeId> = by_distance.iter().copied().skip(r + 1).collect();
             for n in far {
                 assert!(!should_repair(&n, &key, &gone, &live, r));
+            }
+        }
+    }
+
+    /// When a node joins among a key's closest, every holder that stays
+    /// among them hands it over, and nobody else does.
+    #[test]
+    fn a_newcomer_among_the_closest_is_handed_the_blob() {
+        let mut rng = StdRng::seed_from_u64(6);
+        for _ in 0..500 {
+            let r = rng.random_range(1..5);
+            let mut live: Vec<NodeId> =
+                (0..rng.random_range(r..40)).map(|_| id(&mut rng)).collect();
+            let key = id(&mut rng);
+            let joined = id(&mut rng);
+            live.push(joined);
+            let mut by_distance = live.clone();
+            by_distance.sort_by_key(|n| distance(n, &key));
+            let closest = &by_distance[..r];
+            for me in &live {
+                let hands = should_hand_over(me, &key, &joined, &live, r);
+                let expect = *me != joined && closest.contains(&joined) && closest.contains(me);
+                assert_eq!(hands, expect);
             }
         }
     }

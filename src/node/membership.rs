@@ -61,6 +61,7 @@ impl Service for PeersService {
 
     fn start(&self, ctx: &ServiceContext) {
         ctx.spawn(upkeep(ctx.node()));
+        ctx.spawn(super::neighbours::watch(ctx.node()));
     }
 }
 

@@ -12,6 +12,7 @@
 //! | `info` | `butter/ping`, `butter/stats` |
 //! | `goodbye` | `butter/goodbye`, [`Node::shutdown`] |
 //! | `membership` | `butter/peers`, liveness, peer exchange, verification |
+//! | `neighbours` | the quick checks of the closest hosts (repair hears of their deaths fast) |
 //! | `lan` | multicast discovery |
 //! | `introducers` | the introducer client (registration, introductions) |
 //! | `udp` | STUN answers and STUN client, punch packets seen |
@@ -44,6 +45,7 @@ mod info;
 mod introducers;
 mod lan;
 mod membership;
+mod neighbours;
 mod predict;
 mod punch;
 mod reach;

@@ -80,6 +80,14 @@ pub struct MembershipSettings {
     pub liveness_interval: Duration,
     /// Time a host has to answer a liveness check.
     pub liveness_timeout: Duration,
+    /// The hosts closest to this node watched more often than the rest:
+    /// they hold the same content (the closest nodes to a key are close to
+    /// each other), so their deaths are the ones repair must hear of fast.
+    pub neighbours: usize,
+    /// How often the neighbours are checked (those heard from within this
+    /// interval are not); a neighbour that misses two quick checks in a row
+    /// (each a few round trips long) leaves the table.
+    pub neighbour_interval: Duration,
     /// Storage this node offers, reported to others.
     pub storage_bytes: u64,
     /// Whether this node is an introducer, reported to others.
@@ -97,6 +105,8 @@ impl Default for MembershipSettings {
             lan_exempt: true,
             liveness_interval: Duration::from_secs(5),
             liveness_timeout: Duration::from_secs(2),
+            neighbours: 8,
+            neighbour_interval: Duration::from_secs(1),
             storage_bytes: 0,
             introducer: false,
         }
@@ -230,6 +240,16 @@ impl Membership {
             .collect()
     }
 
+    /// [`closest`](Self::closest), with what is known of each.
+    pub(crate) fn closest_hosts(&self, target: &NodeId, n: usize) -> Vec<HostInfo> {
+        let t = lock(&self.table);
+        t.buckets
+            .closest(target, n)
+            .into_iter()
+            .map(|e| t.info(e))
+            .collect()
+    }
+
     /// Buckets not touched for `interval` (each deserves a refresh lookup).
     pub(crate) fn stale_buckets(&self, interval: Duration) -> Vec<usize> {
         lock(&self.table)
@@ -253,6 +273,19 @@ impl Membership {
             .collect();
         due.sort_by_key(|e| e.last_seen);
         due.into_iter().take(max).map(|e| t.info(e)).collect()
+    }
+
+    /// The `n` hosts closest to this node not heard from for `age`.
+    pub(crate) fn neighbours_due(&self, n: usize, age: Duration) -> Vec<HostInfo> {
+        let now = Instant::now();
+        let t = lock(&self.table);
+        let local = *t.buckets.local();
+        t.buckets
+            .closest(&local, n)
+            .into_iter()
+            .filter(|e| now.saturating_duration_since(e.last_seen) >= age)
+            .map(|e| t.info(e))
+            .collect()
     }
 
     pub(crate) fn wants_more(&self) -> bool {

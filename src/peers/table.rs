@@ -200,6 +200,11 @@ impl KBuckets {
         self.len == 0
     }
 
+    /// The id the table is centred on.
+    pub fn local(&self) -> &NodeId {
+        &self.local
+    }
+
     /// The entry of `id`.
     pub fn get(&self, id: &NodeId) -> Option<&Entry> {
         self.bucket_of(id)
@@ -214,8 +219,14 @@ impl KBuckets {
     /// The `n` hosts closest to `target`.
     pub fn closest(&self, target: &NodeId, n: usize) -> Vec<&Entry> {
         let mut all: Vec<&Entry> = self.entries().collect();
+        if n == 0 {
+            return Vec::new();
+        }
+        if all.len() > n {
+            all.select_nth_unstable_by_key(n - 1, |e| distance(&e.addr.id, target));
+            all.truncate(n);
+        }
         all.sort_by_key(|e| distance(&e.addr.id, target));
-        all.truncate(n);
         all
     }
 

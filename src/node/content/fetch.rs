@@ -64,18 +64,49 @@ impl Node {
     }
 
     /// Pushes one held blob to the `replicas` closest nodes to its hash
-    /// (this node may be one of them); returns on how many it now lives,
-    /// and on how many it could (fewer in a small network).
+    /// (this node may be one of them; found by a lookup, the next in line
+    /// taking the place of one that fails); returns on how many it now
+    /// lives, and on how many it could (fewer in a small network).
     pub(crate) async fn push_blob(&self, hash: Hash) -> (usize, usize) {
-        let (placed, wanted, _) = self.push_blob_to_closest(hash, false).await;
+        let closest = match self.dht().closest(hash.to_key()).await {
+            Ok((closest, _)) => closest,
+            Err(e) => {
+                tracing::debug!(blob = %hash.short(), error = %e, "no node to push to");
+                return (0, 0);
+            }
+        };
+        let candidates = closest.into_iter().map(|a| (a, None)).collect();
+        let (placed, wanted, _) = self.place_blob(hash, candidates).await;
         (placed, wanted)
     }
 
-    /// A repair: [`push_blob`](Self::push_blob), asking each target first
-    /// whether it holds the blob already (then nothing is sent).
-    /// Returns whether the blob is on all the holders there are.
+    /// A repair: the blob brought back onto the `replicas` closest live
+    /// nodes to its hash. The candidates come from this node's own table
+    /// (a holder is near the hash, and a table knows its neighbourhood
+    /// best; a lookup only if the table is too small), nearest first; each
+    /// is asked whether it holds the blob already (then nothing is sent),
+    /// with a timeout of a few of its round trips: one that does not answer
+    /// is suspected (checked at once) and the next candidate takes its
+    /// place. Returns whether the blob is on all the holders there are.
     pub(crate) async fn repair_blob(&self, hash: Hash) -> bool {
-        let (placed, wanted, sent) = self.push_blob_to_closest(hash, true).await;
+        let r = self.content().settings.replicas;
+        let key = hash.to_key();
+        let liveness = self.members().settings.liveness_timeout;
+        let mut candidates: Vec<_> = self
+            .members()
+            .closest_hosts(&key, 2 * r)
+            .into_iter()
+            .map(|h| {
+                let ask = crate::node::neighbours::check_timeout(h.rtt, liveness);
+                (h.addr, Some(ask))
+            })
+            .collect();
+        if candidates.len() < r {
+            if let Ok((found, _)) = self.dht().closest(key).await {
+                candidates = found.into_iter().map(|a| (a, Some(liveness))).collect();
+            }
+        }
+        let (placed, wanted, sent) = self.place_blob(hash, candidates).await;
         if sent > 0 {
             self.counters().repairs.fetch_add(1, Ordering::Relaxed);
             self.counters()
@@ -83,70 +114,113 @@ impl Node {
                 .fetch_add(sent, Ordering::Relaxed);
             tracing::debug!(blob = %hash.short(), holders = placed, bytes = sent, "repaired");
         }
-        placed >= wanted.min(self.content().settings.replicas)
+        placed >= wanted
     }
 
-    /// Pushes `hash` to its closest nodes: (holders now, holders possible,
-    /// bytes sent).
-    async fn push_blob_to_closest(&self, hash: Hash, ask_first: bool) -> (usize, usize, u64) {
+    /// Puts a held blob on the `replicas` nearest of `candidates` (any
+    /// order) that take it, this node counting as one if it is among them:
+    /// in waves of as many as holders are missing, nearest first, until
+    /// enough hold it or none is left. A candidate with an ask timeout is
+    /// asked first whether it holds the blob. Returns (holders now, holders
+    /// possible, bytes sent).
+    async fn place_blob(
+        &self,
+        hash: Hash,
+        mut candidates: Vec<(crate::addr::NodeAddr, Option<std::time::Duration>)>,
+    ) -> (usize, usize, u64) {
         let state = self.content();
         let store = state.store.clone();
         let Ok(Ok(Some(bytes))) = tokio::task::spawn_blocking(move || store.get(&hash.0)).await
         else {
             return (0, 0, 0);
         };
-        let replicas = state.settings.replicas;
-        let closest = match self.dht().closest(hash.to_key()).await {
-            Ok((closest, _)) => closest,
-            Err(e) => {
-                tracing::debug!(blob = %hash.short(), error = %e, "no node to push to");
-                return (0, 0, 0);
-            }
-        };
-        // Is this node itself among the closest? Then it is one holder.
+        let r = state.settings.replicas;
+        let key = hash.to_key();
         let me = self.id();
-        let mine = crate::peers::table::distance(&me, &hash.to_key());
-        let closer_than_me = closest
+        candidates.retain(|(a, _)| a.id != me);
+        candidates.sort_by_key(|(a, _)| crate::peers::table::distance(&a.id, &key));
+        candidates.truncate(2 * r);
+        let mine = crate::peers::table::distance(&me, &key);
+        let closer_than_me = candidates
             .iter()
-            .filter(|a| crate::peers::table::distance(&a.id, &hash.to_key()) < mine)
+            .filter(|(a, _)| crate::peers::table::distance(&a.id, &key) < mine)
             .count();
         // (A guest leaves: it never counts as a holder.)
-        let here = usize::from(self.dht_state().settings.serve && closer_than_me < replicas);
+        let here = usize::from(self.dht_state().settings.serve && closer_than_me < r);
+        let wanted = (here + candidates.len()).min(r);
         let mut body = Vec::with_capacity(32 + bytes.len());
         body.extend_from_slice(&hash.0);
         body.extend_from_slice(&bytes);
         let body = bytes::Bytes::from(body);
-        let timeout = state.settings.holder_timeout;
-        let wanted = (here + closest.len()).min(replicas);
-        let pushes = closest.into_iter().take(replicas - here).map(|addr| {
-            let body = body.clone();
-            async move {
-                if ask_first {
-                    let held = tokio::time::timeout(
-                        timeout,
-                        self.call(Target::Addr(addr.clone()), HAS_ROUTE, hash.0.to_vec()),
-                    )
-                    .await;
-                    if let Ok(Ok(reply)) = held {
-                        if reply.first() == Some(&1) {
-                            return (true, 0);
-                        }
-                    }
-                }
-                let sent = body.len() as u64;
-                let put =
-                    tokio::time::timeout(timeout, self.call(Target::Addr(addr), PUT_ROUTE, body));
-                let ok = matches!(put.await, Ok(Ok(_)));
-                (ok, if ok { sent } else { 0 })
+        let mut placed = here;
+        let mut sent = 0u64;
+        let mut next = candidates.into_iter();
+        while placed < wanted {
+            let wave: Vec<_> = next.by_ref().take(wanted - placed).collect();
+            if wave.is_empty() {
+                break;
             }
-        });
-        let results = futures_util::future::join_all(pushes).await;
-        let placed = results.iter().filter(|(ok, _)| *ok).count();
-        let sent: u64 = results.iter().map(|(_, n)| n).sum();
-        self.counters()
-            .blobs_pushed
-            .fetch_add(placed as u64, Ordering::Relaxed);
-        (placed + here, wanted, sent)
+            let tries = wave
+                .into_iter()
+                .map(|(addr, ask)| self.hand_blob(addr, hash, body.clone(), ask));
+            for bytes in futures_util::future::join_all(tries)
+                .await
+                .into_iter()
+                .flatten()
+            {
+                placed += 1;
+                sent += bytes;
+            }
+        }
+        (placed, wanted, sent)
+    }
+
+    /// One target: asked whether it holds `hash` (if there is an `ask`
+    /// timeout), sent `body` if not. `Some(bytes sent)` once it holds the
+    /// blob; `None` if it did not answer (then it is suspected) or refused.
+    async fn hand_blob(
+        &self,
+        addr: crate::addr::NodeAddr,
+        hash: Hash,
+        body: bytes::Bytes,
+        ask: Option<std::time::Duration>,
+    ) -> Option<u64> {
+        let id = addr.id;
+        let target = Target::Addr(addr);
+        if let Some(ask) = ask {
+            let held = self.call(target.clone(), HAS_ROUTE, hash.0.to_vec());
+            match tokio::time::timeout(ask, held).await {
+                Ok(Ok(reply)) if reply.first() == Some(&1) => return Some(0),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(peer = %id.short(), error = %e, "holder check failed");
+                    self.members().suspect(&id);
+                    return None;
+                }
+                Err(_) => {
+                    tracing::debug!(peer = %id.short(), timeout = ?ask, "holder check timed out");
+                    self.members().suspect(&id);
+                    return None;
+                }
+            }
+        }
+        let sent = body.len() as u64;
+        let timeout = self.content().settings.holder_timeout;
+        let put = tokio::time::timeout(timeout, self.call(target, PUT_ROUTE, body));
+        match put.await {
+            Ok(Ok(_)) => {
+                self.counters().blobs_pushed.fetch_add(1, Ordering::Relaxed);
+                Some(sent)
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(peer = %id.short(), error = %e, "blob push failed");
+                None
+            }
+            Err(_) => {
+                tracing::debug!(peer = %id.short(), "blob push timed out");
+                None
+            }
+        }
     }
 
     /// One blob, verified: from the store, or from the closest holder that

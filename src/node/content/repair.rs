@@ -1,6 +1,7 @@
 //! The repair task: when a known host leaves, the blobs this node holds
 //! that the host was one of the closest holders of (and this node is one
-//! now) are pushed to their new closest nodes; every republish interval,
+//! now) are pushed to their new closest nodes; when one joins among the
+//! closest of a blob this node holds, it is handed the blob; every republish interval,
 //! everything this node should hold is pushed again (the backstop). Both go
 //! through one bounded, paced queue ([`RepairQueue`]); a target that holds
 //! a blob already is asked first and sent nothing.
@@ -8,7 +9,7 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crate::content::repair::{should_hold, should_repair, Pace, RepairQueue};
+use crate::content::repair::{should_hand_over, should_hold, should_repair, Pace, RepairQueue};
 use crate::content::Hash;
 use crate::identity::NodeId;
 use crate::node::service::WeakNode;
@@ -69,19 +70,29 @@ pub(super) async fn run(weak: WeakNode) {
         tokio::select! {
             event = events.recv() => {
                 let Some(node) = weak.upgrade() else { return };
-                match event {
-                    Ok(PeerEvent::Removed { id, .. }) => scan(&node, Some(id), &mut queue).await,
-                    Ok(PeerEvent::Added(_)) => {}
-                    // Missed some: treat as a republish.
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                        scan(&node, None, &mut queue).await
+                // This event and those that came with it: one scan for all.
+                let mut changes = Changes::default();
+                let mut next = Some(event);
+                while let Some(event) = next.take() {
+                    match event {
+                        Ok(PeerEvent::Removed { id, .. }) => changes.gone.push(id),
+                        Ok(PeerEvent::Added(addr)) => changes.joined.push(addr.id),
+                        // Missed some: treat as a republish.
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                            changes.everything = true
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                     }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    if changes.gone.len() + changes.joined.len() < MAX_BATCH {
+                        next = events.try_recv().ok().map(Ok);
+                    }
                 }
+                scan(&node, &changes, &mut queue).await;
             }
             _ = republish.tick() => {
                 let Some(node) = weak.upgrade() else { return };
-                scan(&node, None, &mut queue).await;
+                let all = Changes { everything: true, ..Default::default() };
+                scan(&node, &all, &mut queue).await;
             }
             _ = tokio::time::sleep(wait) => {}
         }
@@ -110,10 +121,38 @@ pub(super) async fn run(weak: WeakNode) {
     }
 }
 
-/// Queues the held blobs that need pushing: after `gone` left, those it
-/// was a holder of (and this node is now); without, all this node should
+/// Table changes one scan of the store answers.
+#[derive(Default)]
+struct Changes {
+    /// Hosts that left: what they were among the closest holders of.
+    gone: Vec<NodeId>,
+    /// Hosts that joined: what they should now hold.
+    joined: Vec<NodeId>,
+    /// Everything this node should hold (the republish).
+    everything: bool,
+}
+
+/// Table changes read from the events at once, at most (the rest wait for
+/// the next scan).
+const MAX_BATCH: usize = 256;
+
+/// Queues the held blobs that need pushing: those a host that left was a
+/// holder of (and this node is now), those a host that joined should now
+/// hold (and this node does), or, for a republish, all this node should
 /// hold.
-async fn scan(node: &Node, gone: Option<NodeId>, queue: &mut RepairQueue) {
+async fn scan(node: &Node, changes: &Changes, queue: &mut RepairQueue) {
+    let before = queue.len();
+    scan_pages(node, changes, queue).await;
+    tracing::debug!(
+        gone = changes.gone.len(),
+        joined = changes.joined.len(),
+        republish = changes.everything,
+        queued = queue.len().saturating_sub(before),
+        "store scanned for repairs"
+    );
+}
+
+async fn scan_pages(node: &Node, changes: &Changes, queue: &mut RepairQueue) {
     let r = node.content().settings.replicas;
     let me = node.id();
     let mut after: Option<[u8; 32]> = None;
@@ -136,10 +175,15 @@ async fn scan(node: &Node, gone: Option<NodeId>, queue: &mut RepairQueue) {
                 .into_iter()
                 .map(|a| a.id)
                 .collect();
-            let due = match &gone {
-                Some(g) => should_repair(&me, &target, g, &live, r),
-                None => should_hold(&me, &target, &live, r),
-            };
+            let due = (changes.everything && should_hold(&me, &target, &live, r))
+                || changes
+                    .gone
+                    .iter()
+                    .any(|g| should_repair(&me, &target, g, &live, r))
+                || changes
+                    .joined
+                    .iter()
+                    .any(|j| should_hand_over(&me, &target, j, &live, r));
             if due {
                 queue.push(Hash(*key));
             }

@@ -1,5 +1,7 @@
 //! The content routes: `butter/content/get` serves a held blob (request:
-//! its 32-byte hash; reply: its bytes), `butter/content/put` takes a replica
+//! its 32-byte hash; reply: its bytes), `butter/content/has` says whether
+//! one is held (request: its hash; reply: one byte, 1 if held, so a repair
+//! sends nothing to a node that has it), `butter/content/put` takes a replica
 //! (request: hash ‖ bytes), verified, within the store's budget and the
 //! sender's share of it.
 
@@ -55,6 +57,19 @@ impl Service for ContentService {
                     }
                     None => Err(Error::NotFound(format!("blob {}", hash.short()))),
                 }
+            }
+        });
+        let n = routes.node();
+        routes.buffered(HAS_ROUTE, 32, move |req: crate::Request| {
+            let node = upgrade(&n);
+            async move {
+                let node = node?;
+                let hash = hash_of(req.body())?;
+                let store = node.content().store.clone();
+                let held = tokio::task::spawn_blocking(move || store.has(&hash.0))
+                    .await
+                    .map_err(|e| Error::Storage(e.to_string()))??;
+                Ok(vec![u8::from(held)])
             }
         });
         let n = routes.node();
