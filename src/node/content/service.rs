@@ -34,6 +34,17 @@ fn hash_of(body: &[u8]) -> Result<Hash> {
         .map_err(|_| Error::Malformed("a blob request starts with its 32-byte hash".into()))
 }
 
+/// Runs `f` on the node's store off the async threads (redb blocks).
+async fn on_store<T: Send + 'static>(
+    node: &Node,
+    f: impl FnOnce(&crate::store::Store) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let store = node.content().store.clone();
+    tokio::task::spawn_blocking(move || f(&store))
+        .await
+        .map_err(|e| Error::Storage(e.to_string()))?
+}
+
 impl Service for ContentService {
     fn name(&self) -> &'static str {
         "content"
@@ -46,10 +57,7 @@ impl Service for ContentService {
             async move {
                 let node = node?;
                 let hash = hash_of(req.body())?;
-                let store = node.content().store.clone();
-                let blob = tokio::task::spawn_blocking(move || store.get(&hash.0))
-                    .await
-                    .map_err(|e| Error::Storage(e.to_string()))??;
+                let blob = on_store(&node, move |s| s.get(&hash.0)).await?;
                 match blob {
                     Some(bytes) => {
                         node.counters().blobs_served.fetch_add(1, Ordering::Relaxed);
@@ -65,10 +73,7 @@ impl Service for ContentService {
             async move {
                 let node = node?;
                 let hash = hash_of(req.body())?;
-                let store = node.content().store.clone();
-                let held = tokio::task::spawn_blocking(move || store.has(&hash.0))
-                    .await
-                    .map_err(|e| Error::Storage(e.to_string()))??;
+                let held = on_store(&node, move |s| s.has(&hash.0)).await?;
                 Ok(vec![u8::from(held)])
             }
         });
