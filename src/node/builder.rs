@@ -462,6 +462,14 @@ impl NodeBuilder {
             verify_slots: Arc::new(tokio::sync::Semaphore::new(
                 super::membership::VERIFY_AT_ONCE,
             )),
+            verify_waiting: std::sync::Mutex::new(
+                crate::peers::waiting::Waiting::new(
+                    super::membership::WAITING,
+                    super::membership::WAITING_PER_PREFIX,
+                    super::membership::MAX_WAIT,
+                )
+                .lan_exempt(members.settings.lan_exempt),
+            ),
             limits: self.limits,
             stats,
             identity,

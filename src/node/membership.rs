@@ -5,9 +5,10 @@
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::service::{Routes, Service, ServiceContext, WeakNode};
 use super::Node;
@@ -27,6 +28,12 @@ const CHECKS_PER_ROUND: usize = 64;
 
 /// Candidates verified at once (each is a handshake, maybe a traversal).
 pub(super) const VERIFY_AT_ONCE: usize = 8;
+
+/// Candidates waiting for a verification slot at most, in all and from one
+/// /24 or /64, and how long each may wait.
+pub(super) const WAITING: usize = 64;
+pub(super) const WAITING_PER_PREFIX: usize = 4;
+pub(super) const MAX_WAIT: Duration = Duration::from_secs(30);
 
 /// How a candidate may be reached for its verification.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,20 +120,32 @@ impl Node {
         outcome
     }
 
-    /// Hands a candidate to verification if the table might take it and a
-    /// verification slot is free; otherwise it is dropped (counted).
+    /// Hands a candidate to verification if the table might take it; when
+    /// every verification slot is busy it waits for one (bounded: see
+    /// [`Waiting`](crate::peers::waiting::Waiting)), and only a candidate
+    /// the queue refuses is dropped (counted).
     pub(super) fn offer_candidate(&self, addr: NodeAddr, reach: Reach) {
         let id = addr.id;
         if id == self.id() || self.members().contains(&id) {
             return;
         }
         let Ok(permit) = self.shared().verify_slots.clone().try_acquire_owned() else {
-            self.counters()
-                .candidates_dropped
-                .fetch_add(1, Ordering::Relaxed);
+            let queued = lock(&self.shared().verify_waiting).push(addr, reach, Instant::now());
+            if !queued {
+                self.counters()
+                    .candidates_dropped
+                    .fetch_add(1, Ordering::Relaxed);
+            }
             return;
         };
+        self.verify_with(permit, addr, reach);
+    }
+
+    fn verify_with(&self, permit: OwnedSemaphorePermit, addr: NodeAddr, reach: Reach) {
+        let id = addr.id;
         if !self.members().start_verifying(id) {
+            // Its slot goes to the next waiting candidate.
+            self.next_waiting(permit);
             return;
         }
         // Bounded (a handshake and a ping, each timed out); holds the node
@@ -134,10 +153,32 @@ impl Node {
         tracing::trace!(peer = %id.short(), ?reach, "verifying a candidate");
         let node = self.clone();
         self.shared().tasks.spawn(async move {
-            verify(node, addr, reach).await;
-            drop(permit);
+            verify(node.clone(), addr, reach).await;
+            node.next_waiting(permit);
         });
     }
+
+    /// Gives a freed verification slot to the candidate that has waited
+    /// longest and is still worth verifying.
+    fn next_waiting(&self, permit: OwnedSemaphorePermit) {
+        loop {
+            let next = lock(&self.shared().verify_waiting).pop(Instant::now());
+            let Some((addr, reach)) = next else { return };
+            let id = addr.id;
+            let worth = !self.members().contains(&id)
+                && addr
+                    .addrs
+                    .first()
+                    .is_none_or(|a| self.members().would_consider(&id, *a));
+            if worth {
+                return self.verify_with(permit, addr, reach);
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// `interval` ± 20 %.

@@ -92,6 +92,8 @@ struct Shared {
     predictions: crate::nat::predict::Predictions,
     /// Candidates verified at once.
     verify_slots: Arc<tokio::sync::Semaphore>,
+    /// Candidates waiting for a verification slot (bounded per prefix).
+    verify_waiting: std::sync::Mutex<crate::peers::waiting::Waiting<membership::Reach>>,
     limits: Limits,
     stats: Arc<Stats>,
     identity: Identity,

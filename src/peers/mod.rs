@@ -6,6 +6,7 @@
 
 pub mod quality;
 pub mod table;
+pub mod waiting;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
