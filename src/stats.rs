@@ -74,7 +74,8 @@ counters! {
     candidates_spoofed,
     /// Candidates that did not answer.
     candidates_unreachable,
-    /// Candidates dropped unverified: every verification slot was busy.
+    /// Candidates dropped unverified: every verification slot was busy and
+    /// the queue of waiting candidates (or their prefix's share of it) full.
     candidates_dropped,
     /// Multicast beacons ignored: over the rate for their source.
     mcast_limited,
@@ -136,4 +137,6 @@ counters! {
     repair_bytes,
     /// Repairs dropped: the queue was full (the next republish finds them).
     repairs_dropped,
+    /// Candidates that waited for a verification slot (all were busy).
+    candidates_queued,
 }

@@ -703,6 +703,7 @@ async fn share(
     let len = std::fs::metadata(&file)
         .with_context(|| format!("cannot read {}", file.display()))?
         .len();
+    let introduced = !introducers.is_empty();
     // A one-shot sharer stores the file in a scratch store on disk (never
     // whole in memory), removed when it exits.
     let scratch = std::env::temp_dir().join(format!("butter-share-{}", std::process::id()));
@@ -728,6 +729,7 @@ async fn share(
         builder = builder.data_dir(dir);
     }
     let node = builder.spawn().await?;
+    first_host(&node, introduced).await;
     let outcome = share_on(&node, &file, serve).await;
     if !serve {
         node.shutdown().await;
@@ -857,15 +859,7 @@ async fn dht(
     if bootstrap.is_empty() && introducers.is_empty() {
         anyhow::bail!("a lookup needs somewhere to start: --bootstrap NODEID@IP:PORT or --introducer NODEID@IP:PORT");
     }
-    let introduced = !introducers.is_empty();
     let node = guest(data_dir, introducers, bootstrap).await?;
-    if introduced {
-        // Introductions arrive in the background: wait (briefly) for a first host.
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while node.known_hosts().is_empty() && std::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
     let dht = node.dht();
     let outcome = match command {
         DhtCommand::FindNode { id } => dht.find_node(id).await.map(|found| {
@@ -925,6 +919,7 @@ async fn guest_with(
     bootstrap: Vec<NodeAddr>,
     more: impl FnOnce(butter::NodeBuilder) -> butter::NodeBuilder,
 ) -> Result<Node> {
+    let introduced = !introducers.is_empty();
     let mut builder = more(Node::builder())
         .lan_discovery(false)
         .dht(butter::DhtSettings {
@@ -940,7 +935,27 @@ async fn guest_with(
     if let Some(dir) = data_dir {
         builder = builder.data_dir(dir);
     }
-    Ok(builder.spawn().await?)
+    let node = builder.spawn().await?;
+    first_host(&node, introduced).await;
+    Ok(node)
+}
+
+/// Introductions arrive in the background: a node that has only introducers
+/// to start from waits (briefly) for a first host before it looks anything up.
+async fn first_host(node: &Node, introduced: bool) {
+    use tokio::sync::broadcast::error::RecvError;
+    if !introduced {
+        return;
+    }
+    let mut events = node.events();
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        while node.known_hosts().is_empty() {
+            if let Err(RecvError::Closed) = events.recv().await {
+                return;
+            }
+        }
+    })
+    .await;
 }
 
 #[tokio::main]

@@ -131,11 +131,11 @@ impl Node {
         }
         let Ok(permit) = self.shared().verify_slots.clone().try_acquire_owned() else {
             let queued = lock(&self.shared().verify_waiting).push(addr, reach, Instant::now());
-            if !queued {
-                self.counters()
-                    .candidates_dropped
-                    .fetch_add(1, Ordering::Relaxed);
-            }
+            let counter = match queued {
+                true => &self.counters().candidates_queued,
+                false => &self.counters().candidates_dropped,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
             return;
         };
         self.verify_with(permit, addr, reach);
