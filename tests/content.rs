@@ -282,3 +282,142 @@ async fn a_blob_whose_holders_die_is_repaired_back_to_r() {
     println!("repaired: {repairs} pushes, {bytes} bytes");
     assert!(repairs >= 1);
 }
+
+/// A serving node that fetched a whole item announces itself as a provider
+/// of it; when every node that held the item's blobs is gone (crashed at
+/// once, before anyone repaired), a fresh node still gets it from that
+/// provider. Identities are chosen so that the outcome does not depend on
+/// chance: the item's two blobs and every other node sit in one half of
+/// the key space, the provider in the other (never among the closest).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_fetched_an_item_serves_it_when_every_holder_is_gone() {
+    use butter::content::Hash;
+    use butter::Identity;
+    const N: usize = 16;
+    let top = |b: &[u8; 32]| b[0] >> 7;
+    // No liveness checks during the test: the holders' deaths go unnoticed
+    // (nothing is repaired), so only the provider can serve.
+    let quiet = || butter::MembershipSettings {
+        neighbours: 0,
+        liveness_interval: Duration::from_secs(600),
+        ..Default::default()
+    };
+    let in_half = |half: u8| loop {
+        let id = Identity::generate();
+        if top(id.id().as_bytes()) == half {
+            return id;
+        }
+    };
+    let spawn =
+        |i: usize, id: Identity, boot: Option<butter::NodeAddr>, dir: Option<&std::path::Path>| {
+            let mut b = Node::builder()
+                .listen(at(100 + i))
+                .lan_discovery(false)
+                .identity(id)
+                .membership(quiet());
+            if let Some(boot) = boot {
+                b = b.bootstrap(boot);
+            }
+            if let Some(dir) = dir {
+                b = b.data_dir(dir);
+            }
+            b.spawn()
+        };
+    // One chunk and its manifest, both keys in one half (found by trying
+    // contents on a lone node, which only stores them).
+    let lone = node(99, None).await;
+    let mut found = None;
+    for seed in 0u8.. {
+        let data = pattern(200_000, seed);
+        let key = within(10, "lone put", lone.put(data.clone()))
+            .await
+            .unwrap();
+        let half = top(&key.0);
+        if top(&Hash::of(&data).0) == half {
+            found = Some((data, key, half));
+            break;
+        }
+    }
+    let (data, key, half) = found.unwrap();
+    let first = spawn(0, in_half(half), None, None).await.unwrap();
+    let mut nodes = vec![first.clone()];
+    for i in 1..N {
+        nodes.push(
+            spawn(i, in_half(half), Some(first.addr()), None)
+                .await
+                .unwrap(),
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let fetcher = spawn(N, in_half(1 - half), Some(first.addr()), Some(dir.path()))
+        .await
+        .unwrap();
+    nodes.push(fetcher.clone());
+    for a in &nodes {
+        for b in &nodes {
+            if a.id() != b.id() {
+                within(10, "known", a.add_known_host(b.addr()))
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+    assert_eq!(
+        within(30, "put", nodes[0].put(data.clone())).await.unwrap(),
+        key
+    );
+    let got = within(60, "fetch", fetcher.get(key)).await.unwrap();
+    assert!(got == data);
+    // Announced: another node finds the fetcher among the providers.
+    within(30, "announced", async {
+        loop {
+            let found: Vec<_> =
+                futures_util::StreamExt::collect::<Vec<_>>(nodes[1].dht().providers(key.to_key()))
+                    .await;
+            if found.iter().any(|p| p.id == fetcher.id()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    // Every node holding a blob, the sharer first, crashes (nothing leaves
+    // its socket); the fetcher and the nodes holding nothing remain.
+    let mut crashed = 0;
+    let mut live = Vec::new();
+    for n in nodes {
+        if n.id() != fetcher.id() && n.storage().used > 0 {
+            n.crash();
+            crashed += 1;
+        } else {
+            live.push(n);
+        }
+    }
+    assert!((3..=7).contains(&crashed), "{crashed} nodes held blobs");
+    let fresh = spawn(N + 1, Identity::generate(), Some(live[0].addr()), None)
+        .await
+        .unwrap();
+    for n in &live {
+        within(10, "known", fresh.add_known_host(n.addr()))
+            .await
+            .unwrap();
+    }
+    let out = tempfile::tempdir().unwrap();
+    let path = out.path().join("item");
+    let fetched = within(
+        120,
+        "fetch with every holder gone",
+        fresh.get_to_file(key, &path),
+    )
+    .await
+    .unwrap();
+    assert!(std::fs::read(&path).unwrap() == data);
+    println!(
+        "{crashed} holders crashed; {} chunk fetched; {} blobs from the provider",
+        fetched.chunks_fetched, fetched.chunks_from_providers
+    );
+    assert_eq!(
+        fetched.chunks_from_providers, 2,
+        "the chunk and its manifest"
+    );
+}

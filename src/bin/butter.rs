@@ -827,12 +827,16 @@ async fn fetch(
     let _ = std::fs::remove_file(&scratch);
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
-        "fetched {} in {:.1} s ({:.1} MiB/s), verified; {} chunks fetched, {} held already",
+        "fetched {} in {:.1} s ({:.1} MiB/s), verified; {} chunks fetched, {} held already{}",
         human(f.size),
         secs,
         f.size as f64 / (1u64 << 20) as f64 / secs.max(1e-9),
         f.chunks_fetched,
-        f.chunks_held
+        f.chunks_held,
+        match f.chunks_from_providers {
+            0 => String::new(),
+            n => format!(" ({n} blobs from nodes that fetched it before)"),
+        }
     );
     Ok(())
 }

@@ -225,54 +225,62 @@ impl Node {
 
     /// One blob, verified: from the store, or from the closest holder that
     /// serves bytes with the right hash (kept here afterwards, as a cache).
-    pub(crate) async fn fetch_blob(&self, hash: Hash) -> Result<Vec<u8>> {
-        Ok(self.fetch_blob_counted(hash).await?.0)
-    }
-
-    /// [`fetch_blob`](Self::fetch_blob), saying whether it was held here.
-    pub(crate) async fn fetch_blob_counted(&self, hash: Hash) -> Result<(Vec<u8>, bool)> {
+    /// As part of `item`'s fetch, the nodes that announced the whole item
+    /// are asked when every closest holder fails. Says whether the blob was
+    /// held here already.
+    pub(crate) async fn fetch_blob_in(
+        &self,
+        hash: Hash,
+        item: Option<&ItemFetch>,
+    ) -> Result<(Vec<u8>, bool)> {
         let state = self.content();
         let store = state.store.clone();
         if let Ok(Ok(Some(bytes))) = tokio::task::spawn_blocking(move || store.get(&hash.0)).await {
             return Ok((bytes, true));
         }
-        let (holders, _) = self.dht().closest(hash.to_key()).await?;
-        let timeout = state.settings.holder_timeout;
         let mut last = None;
-        for holder in holders {
-            let id = holder.id;
-            let answer = tokio::time::timeout(
-                timeout,
-                self.call(Target::Addr(holder), GET_ROUTE, hash.0.to_vec()),
-            )
-            .await;
-            match answer {
-                Ok(Ok(bytes)) => {
-                    if let Err(e) = verify(&hash, &bytes) {
-                        // Wrong bytes: reported, and the holder loses standing.
-                        self.counters().blobs_bad.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(peer = %id.short(), blob = %hash.short(), "a holder served wrong bytes");
-                        self.members().call_failed(&id);
-                        last = Some(e);
-                        continue;
+        let mut tried = std::collections::HashSet::new();
+        let mut rest = Vec::new();
+        match self.dht().closest(hash.to_key()).await {
+            Ok((mut holders, _)) => {
+                // The blob lives on the `r` closest; a few more are asked
+                // (a newcomer repair has not reached yet), then providers,
+                // then the rest of the lookup's answer.
+                let first = (2 * state.settings.replicas).max(1);
+                rest = holders.split_off(first.min(holders.len()));
+                for holder in holders {
+                    tried.insert(holder.id);
+                    match self.fetch_from(holder, hash, item).await {
+                        Ok(bytes) => return Ok((bytes, false)),
+                        Err(e) => last = Some(e),
                     }
-                    self.counters()
-                        .blobs_fetched
-                        .fetch_add(1, Ordering::Relaxed);
-                    // Kept as a cache (and so a fetch that starts again
-                    // need not fetch it twice) when the store is on disk; a
-                    // full store simply does not keep it, and a store in
-                    // memory never does (a large fetch would fill memory).
-                    if state.store.is_persistent() {
-                        let store = state.store.clone();
-                        let keep = bytes.clone();
-                        let _ =
-                            tokio::task::spawn_blocking(move || store.put(&hash.0, &keep)).await;
-                    }
-                    return Ok((bytes.to_vec(), false));
                 }
-                Ok(Err(e)) => last = Some(e),
-                Err(_) => last = Some(Error::Timeout("a holder of a blob")),
+            }
+            Err(e) => last = Some(e),
+        }
+        // The closest holders failed (gone before repair caught up, or
+        // wrong bytes): whoever fetched the whole item and announced it.
+        if let Some(item) = item {
+            for provider in item.providers(self).await {
+                if provider.id == self.id() || !tried.insert(provider.id) {
+                    continue;
+                }
+                match self.fetch_from(provider.clone(), hash, Some(item)).await {
+                    Ok(bytes) => {
+                        item.from_providers.fetch_add(1, Ordering::Relaxed);
+                        return Ok((bytes, false));
+                    }
+                    Err(e) => last = Some(e),
+                }
+            }
+        }
+        for holder in rest {
+            if !tried.insert(holder.id) {
+                continue;
+            }
+            match self.fetch_from(holder, hash, item).await {
+                Ok(bytes) => return Ok((bytes, false)),
+                Err(e) => last = Some(e),
             }
         }
         Err(match last {
@@ -284,15 +292,73 @@ impl Node {
         })
     }
 
+    /// One blob from one holder, verified and kept here (as a cache, when
+    /// the store is on disk); a holder serving wrong bytes is reported and
+    /// loses standing.
+    async fn fetch_from(
+        &self,
+        holder: crate::addr::NodeAddr,
+        hash: Hash,
+        item: Option<&ItemFetch>,
+    ) -> Result<Vec<u8>> {
+        let state = self.content();
+        let id = holder.id;
+        let answer = tokio::time::timeout(
+            state.settings.holder_timeout,
+            self.call(Target::Addr(holder), GET_ROUTE, hash.0.to_vec()),
+        )
+        .await
+        .map_err(|_| Error::Timeout("a holder of a blob"))??;
+        if let Err(e) = verify(&hash, &answer) {
+            self.counters().blobs_bad.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(peer = %id.short(), blob = %hash.short(), "a holder served wrong bytes");
+            self.members().call_failed(&id);
+            return Err(e);
+        }
+        self.counters()
+            .blobs_fetched
+            .fetch_add(1, Ordering::Relaxed);
+        // Kept as a cache (and so a fetch that starts again need not fetch
+        // it twice) when the store is on disk; a full store simply does not
+        // keep it, and a store in memory never does (a large fetch would
+        // fill memory).
+        let mut kept = false;
+        if state.store.is_persistent() {
+            let store = state.store.clone();
+            let keep = answer.clone();
+            kept = matches!(
+                tokio::task::spawn_blocking(move || store.put(&hash.0, &keep)).await,
+                Ok(Ok(_))
+            );
+        }
+        if !kept {
+            if let Some(item) = item {
+                item.all_kept.store(false, Ordering::Relaxed);
+            }
+        }
+        Ok(answer.to_vec())
+    }
+
     /// Walks the tree under `root`, handing `each` every chunk in order
     /// with whether it was held here already (many fetched at once, one
     /// leaf manifest at a time).
     pub(crate) async fn fetch_tree(
         &self,
-        root: Hash,
+        item: &ItemFetch,
+        each: impl FnMut(Vec<u8>, bool) -> Result<()>,
+    ) -> Result<Manifest> {
+        let top = Manifest::decode(&self.fetch_blob_in(item.root, Some(item)).await?.0)?;
+        self.walk_tree(item, top, each).await
+    }
+
+    /// [`fetch_tree`](Self::fetch_tree) from its root manifest, fetched
+    /// already.
+    pub(crate) async fn walk_tree(
+        &self,
+        item: &ItemFetch,
+        top: Manifest,
         mut each: impl FnMut(Vec<u8>, bool) -> Result<()>,
     ) -> Result<Manifest> {
-        let top = Manifest::decode(&self.fetch_blob(root).await?)?;
         let parallel = self.content().settings.parallel.max(1);
         // Depth first, children in order: (manifest, next child).
         let mut stack: Vec<(std::sync::Arc<Manifest>, usize)> =
@@ -301,7 +367,7 @@ impl Node {
             match &m.entries {
                 Entries::Chunks(chunks) => {
                     let mut fetched = stream::iter(chunks.iter().copied())
-                        .map(|h| self.fetch_blob_counted(h))
+                        .map(|h| self.fetch_blob_in(h, Some(item)))
                         .buffered(parallel);
                     while let Some(chunk) = fetched.next().await {
                         let (bytes, local) = chunk?;
@@ -316,7 +382,8 @@ impl Node {
                         return Err(Error::Malformed("manifest tree too deep".into()));
                     }
                     stack.push((m.clone(), i + 1));
-                    let sub = Manifest::decode(&self.fetch_blob(child.hash).await?)?;
+                    let sub =
+                        Manifest::decode(&self.fetch_blob_in(child.hash, Some(item)).await?.0)?;
                     if sub.size != child.size || sub.chunk_size != m.chunk_size {
                         return Err(Error::Malformed(
                             "a child manifest does not match its parent".into(),
@@ -327,5 +394,48 @@ impl Node {
             }
         }
         Ok(top)
+    }
+}
+
+/// Providers asked at most when a blob's closest holders fail.
+const MAX_PROVIDERS_ASKED: usize = 20;
+
+/// One item's fetch: its root, the nodes that announced the whole item
+/// (looked up once, the first time a blob's closest holders all fail), and
+/// whether every blob fetched was kept here (then this node announces
+/// itself as a provider of the item).
+pub(crate) struct ItemFetch {
+    pub(crate) root: Hash,
+    providers: tokio::sync::OnceCell<Vec<crate::addr::NodeAddr>>,
+    all_kept: std::sync::atomic::AtomicBool,
+    /// Blobs that came from providers rather than the closest holders.
+    pub(crate) from_providers: std::sync::atomic::AtomicU64,
+}
+
+impl ItemFetch {
+    pub(crate) fn new(root: Hash) -> Self {
+        ItemFetch {
+            root,
+            providers: Default::default(),
+            all_kept: true.into(),
+            from_providers: 0.into(),
+        }
+    }
+
+    /// Whether every blob fetched for it is kept in this node's store.
+    pub(crate) fn all_kept(&self) -> bool {
+        self.all_kept.load(Ordering::Relaxed)
+    }
+
+    async fn providers(&self, node: &Node) -> &[crate::addr::NodeAddr] {
+        self.providers
+            .get_or_init(|| async {
+                node.dht()
+                    .providers(self.root.to_key())
+                    .take(MAX_PROVIDERS_ASKED)
+                    .collect()
+                    .await
+            })
+            .await
     }
 }

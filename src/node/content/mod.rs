@@ -32,6 +32,8 @@ use bytes::Bytes;
 
 pub(super) use service::ContentService;
 
+use fetch::ItemFetch;
+
 use super::Node;
 use crate::content::chunk::DEFAULT_CHUNK_SIZE;
 use crate::content::manifest::MAX_NAME;
@@ -149,6 +151,7 @@ impl Node {
         let data = data.into();
         let (root, blobs) = self.store_locally(data, None).await?;
         self.push_all(&blobs, 3).await;
+        self.announce_item(&ItemFetch::new(root));
         Ok(root)
     }
 
@@ -167,12 +170,34 @@ impl Node {
     /// Fetches the content under `key` (or reads it here), verified.
     pub async fn get(&self, key: Hash) -> Result<Bytes> {
         let mut out = Vec::new();
-        self.fetch_tree(key, |chunk, _| {
+        let item = ItemFetch::new(key);
+        self.fetch_tree(&item, |chunk, _| {
             out.extend_from_slice(&chunk);
             Ok(())
         })
         .await?;
+        self.announce_item(&item);
         Ok(out.into())
+    }
+
+    /// A serving node that holds a whole item it fetched (or shared)
+    /// announces itself as a provider of it (in the background, renewed
+    /// with its other provider records): fetchers ask providers when the
+    /// closest holders of a blob are gone.
+    fn announce_item(&self, item: &ItemFetch) {
+        if !self.dht_state().settings.serve
+            || !self.content().store.is_persistent()
+            || !item.all_kept()
+        {
+            return;
+        }
+        let node = self.clone();
+        let key = item.root.to_key();
+        self.shared().tasks.spawn(async move {
+            if let Err(e) = node.dht().provide(key).await {
+                tracing::debug!(error = %e, "announcing a fetched item failed");
+            }
+        });
     }
 
     /// Stores the file at `path` on the network, read as a stream (never
@@ -193,6 +218,7 @@ impl Node {
             .store_reader(std::io::BufReader::new(file), len, name)
             .await?;
         let placement = self.push_all(&blobs, 3).await;
+        self.announce_item(&ItemFetch::new(root));
         Ok(Shared {
             key: root,
             size: len,
@@ -233,14 +259,16 @@ impl Node {
             Ok(())
         });
         // The root first: the size and name are known from the start.
-        let root = crate::content::Manifest::decode(&self.fetch_blob(key).await?)?;
+        let item = ItemFetch::new(key);
+        let root =
+            crate::content::Manifest::decode(&self.fetch_blob_in(key, Some(&item)).await?.0)?;
         let mut report = Fetched {
             size: root.size,
             name: root.name.clone(),
             ..Fetched::default()
         };
         let walked = self
-            .fetch_tree(key, |chunk, local| {
+            .walk_tree(&item, root, |chunk, local| {
                 report.bytes += chunk.len() as u64;
                 if local {
                     report.chunks_held += 1;
@@ -261,7 +289,11 @@ impl Node {
         written?;
         report.size = manifest.size;
         report.name = manifest.name;
+        report.chunks_from_providers = item
+            .from_providers
+            .load(std::sync::atomic::Ordering::Relaxed);
         std::fs::rename(&part, &path)?;
+        self.announce_item(&item);
         Ok(report)
     }
 
@@ -327,4 +359,7 @@ pub struct Fetched {
     pub chunks_fetched: u64,
     /// Chunks held here already (not fetched again).
     pub chunks_held: u64,
+    /// Blobs fetched from nodes that announced the item (its closest
+    /// holders failed) rather than from the closest holders.
+    pub chunks_from_providers: u64,
 }
