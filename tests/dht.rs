@@ -340,3 +340,66 @@ async fn records_are_republished_before_they_expire() {
     assert!(later.seq > first.seq, "{} <= {}", later.seq, first.seq);
     assert_eq!(later.value, b"yes");
 }
+
+/// A node restarted on its data dir still holds the records and provider
+/// records it held for others (kept as a snapshot in its store), and serves
+/// them with their publisher gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_still_holds_records_and_providers() {
+    let dir = tempfile::tempdir().unwrap();
+    let holder = || {
+        Node::builder()
+            .listen(at(200))
+            .lan_discovery(false)
+            .data_dir(dir.path())
+            .spawn()
+    };
+    let a = holder().await.unwrap();
+    let b = node(201, Some(&a)).await;
+    within(10, "b knows a", b.add_known_host(a.addr()))
+        .await
+        .unwrap();
+    within(10, "a knows b", a.add_known_host(b.addr()))
+        .await
+        .unwrap();
+    let put = within(
+        30,
+        "put",
+        b.dht().put_record(b"kept", b"across restarts".to_vec()),
+    )
+    .await
+    .unwrap();
+    assert!(put.stored >= 1);
+    let content = NodeId::from_bytes(*blake3::hash(b"kept content").as_bytes());
+    let provided = within(30, "provide", b.dht().provide(content))
+        .await
+        .unwrap();
+    assert!(provided.stored >= 1);
+    let b_id = b.id();
+    within(10, "b leaves", b.shutdown()).await;
+    within(10, "a stops", a.shutdown()).await;
+    drop(a);
+
+    let a = holder().await.unwrap();
+    // Held here: answered without asking anyone (no host is known yet).
+    assert!(a.known_hosts().is_empty());
+    let got = within(10, "get", a.dht().get_record(put.key))
+        .await
+        .unwrap();
+    assert_eq!(got.record.value, b"across restarts");
+    assert_eq!(got.record.publisher, b_id);
+    let providers: Vec<_> = within(10, "providers", a.dht().providers(content).collect()).await;
+    assert!(
+        providers.iter().any(|p| p.id == b_id),
+        "the provider record is gone: {providers:?}"
+    );
+    // And served to others.
+    let c = node(202, Some(&a)).await;
+    within(10, "c knows a", c.add_known_host(a.addr()))
+        .await
+        .unwrap();
+    let got = within(30, "get from c", c.dht().get_record(put.key))
+        .await
+        .unwrap();
+    assert_eq!(got.record.value, b"across restarts");
+}

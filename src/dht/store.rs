@@ -1,7 +1,8 @@
 //! What a node holds for others: records and provider records, in memory,
 //! bounded in all, per key, per publisher and per source address and prefix
 //! (identities are free, addresses are not). Plain data driven by `now`
-//! (unix seconds); the content issue moves it into the persistent store.
+//! (unix seconds); a node keeps a snapshot of both in its persistent store
+//! ([`held`](RecordStore::held), [`restore`](ProviderStore::restore)).
 //!
 //! ```
 //! use butter::dht::record::Record;
@@ -215,6 +216,12 @@ impl RecordStore {
             .filter(|r| r.expires > now)
     }
 
+    /// Every record held (live or not yet swept), with the address it came
+    /// from: what a snapshot keeps.
+    pub fn held(&self) -> impl Iterator<Item = (&Record, IpAddr)> {
+        self.records.values().map(|h| (&h.record, h.source))
+    }
+
     /// Drops expired records.
     pub fn expire(&mut self, now: u64) {
         let gone: Vec<NodeId> = self
@@ -351,6 +358,43 @@ impl ProviderStore {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// Every provider record held: (key, provider, source, expiry), what a
+    /// snapshot keeps.
+    pub fn held(&self) -> impl Iterator<Item = (NodeId, &NodeAddr, IpAddr, u64)> {
+        self.keys
+            .iter()
+            .flat_map(|(k, l)| l.iter().map(move |p| (*k, &p.addr, p.source, p.expires)))
+    }
+
+    /// Takes back a provider record from a snapshot, with the expiry it had
+    /// (through every bound, like [`add`](Self::add)); an expired one is
+    /// refused.
+    pub fn restore(
+        &mut self,
+        key: NodeId,
+        provider: &NodeAddr,
+        source: IpAddr,
+        expires: u64,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        if expires <= now {
+            return Err(StoreError::Full("expired"));
+        }
+        if self
+            .get(&key, usize::MAX, now)
+            .iter()
+            .any(|p| p.id == provider.id)
+        {
+            return Ok(());
+        }
+        let expires = expires.min(now.saturating_add(self.limits.provider_ttl_secs));
+        let addr = NodeAddr::new(
+            provider.id,
+            provider.addrs.iter().copied().take(PROVIDER_ADDRS),
+        );
+        self.try_add(key, addr, source, expires)
     }
 
     /// Drops expired provider records.

@@ -450,6 +450,15 @@ impl NodeBuilder {
             }
             (None, _) => crate::store::Store::in_memory(budget_bytes)?,
         };
+        let dht = Arc::new(super::dht::DhtState::new(self.dht));
+        let restored = super::dht::persist::restore(&dht, &store);
+        if restored != Default::default() {
+            tracing::debug!(
+                records = restored.records,
+                providers = restored.providers,
+                "DHT entries taken back from the store"
+            );
+        }
         let shared = Arc::new(Shared {
             endpoint,
             router,
@@ -474,7 +483,7 @@ impl NodeBuilder {
             stats,
             identity,
             members,
-            dht: super::dht::DhtState::new(self.dht),
+            dht,
             content: super::content::ContentState::new(self.content, store),
             stun: Default::default(),
             nat: self.nat,

@@ -98,7 +98,7 @@ struct Shared {
     stats: Arc<Stats>,
     identity: Identity,
     members: Arc<Membership>,
-    dht: dht::DhtState,
+    dht: Arc<dht::DhtState>,
     content: content::ContentState,
     stun: crate::nat::PendingStun,
     nat: NatSettings,

@@ -32,6 +32,8 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::error::{Error, Result};
 
+mod state;
+
 /// Blob bytes by hash.
 const BLOBS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("blobs");
 /// Items held whole (roots of manifest trees), with their size.

@@ -30,6 +30,7 @@
 //! ```
 
 mod lookups;
+pub(crate) mod persist;
 mod service;
 
 use std::collections::{HashMap, HashSet};
@@ -113,6 +114,8 @@ pub(crate) struct DhtState {
     published: Mutex<HashMap<NodeId, Record>>,
     provided: Mutex<HashSet<NodeId>>,
     last_seq: AtomicU64,
+    /// Something changed since the last snapshot ([`persist`]).
+    dirty: std::sync::atomic::AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -134,8 +137,14 @@ impl DhtState {
             published: Default::default(),
             provided: Default::default(),
             last_seq: AtomicU64::new(0),
+            dirty: Default::default(),
             settings,
         }
+    }
+
+    /// What is held or published changed: the next snapshot writes it.
+    pub(crate) fn changed(&self) {
+        self.dirty.store(true, Ordering::Release);
     }
 
     /// A sequence number above every earlier one, also across restarts
@@ -301,6 +310,7 @@ impl Dht {
             }
             published.insert(key, record.clone());
         }
+        state.changed();
         self.store_record(record).await
     }
 
@@ -318,6 +328,7 @@ impl Dht {
         ) {
             Ok(again) => {
                 lock(&state.published).insert(again.key(), again.clone());
+                state.changed();
                 again
             }
             Err(_) => record,
@@ -334,6 +345,7 @@ impl Dht {
                 std::net::Ipv6Addr::LOCALHOST.into(),
                 unix_now(),
             );
+            state.changed();
         }
         self.place(key, STORE_ROUTE, &Store { record }).await
     }
@@ -385,6 +397,7 @@ impl Dht {
             }
             provided.insert(key);
         }
+        state.changed();
         self.announce(key).await
     }
 
@@ -400,6 +413,7 @@ impl Dht {
                 std::net::Ipv6Addr::LOCALHOST.into(),
                 unix_now(),
             );
+            state.changed();
         }
         self.place(key, ADD_PROVIDER_ROUTE, &AddProvider { key, addrs })
             .await

@@ -112,6 +112,7 @@ impl Service for DhtService {
                     lock(&node.dht_state().records)
                         .put(req.record, from.ip(), unix_now())
                         .map_err(|e| Error::Refused(e.to_string()))?;
+                    node.dht_state().changed();
                     Ok(Stored {
                         closer: closer(&node, &key, &peer),
                     })
@@ -143,6 +144,7 @@ impl Service for DhtService {
                     lock(&node.dht_state().providers)
                         .add(req.key, peer, &addrs, from.ip(), unix_now())
                         .map_err(|e| Error::Refused(e.to_string()))?;
+                    node.dht_state().changed();
                     Ok(Stored {
                         closer: closer(&node, &req.key, &peer),
                     })
@@ -171,6 +173,13 @@ impl Service for DhtService {
 
     fn start(&self, ctx: &ServiceContext) {
         ctx.spawn(upkeep(ctx.node()));
+        if let Some(node) = ctx.node().upgrade() {
+            super::persist::keep(
+                ctx.tasks(),
+                node.shared().dht.clone(),
+                node.content().store.clone(),
+            );
+        }
     }
 }
 
