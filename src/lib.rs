@@ -36,6 +36,7 @@ pub mod discovery;
 mod endpoint;
 mod error;
 pub mod identity;
+pub mod introducer;
 pub mod nat;
 pub mod net;
 pub mod node;

@@ -531,4 +531,10 @@ async fn the_demo_spreads_a_file_and_fetches_it_after_the_sharer_left() {
         out.stdout
     );
     assert!(out.stdout.contains("identical: true"), "{}", out.stdout);
+    // Every node registered with the demo's introducer.
+    assert!(
+        out.stdout.contains("6 registered with the introducer"),
+        "{}",
+        out.stdout
+    );
 }

@@ -1,10 +1,6 @@
 //! `butter-introducer`: the public rendezvous service of a Butter network
 //! (registration, introductions, STUN, hole-punch coordination, relay).
 
-mod limits;
-mod registry;
-mod service;
-
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -12,7 +8,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 
-use butter::{MembershipSettings, Node, NodeAddr};
+use butter::introducer::{self, Introducer};
+use butter::NodeAddr;
 
 /// Butter introducer: rendezvous, STUN, hole punching and relay for Butter peers.
 #[derive(Parser, Debug)]
@@ -102,7 +99,7 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let service = service::Introducer::new(service::Config {
+    let service = Introducer::new(introducer::Config {
         max_registrations: args.max_registrations,
         max_per_source: args.max_per_source,
         ttl: Duration::from_secs(args.ttl_secs.max(1)),
@@ -115,33 +112,15 @@ async fn main() -> anyhow::Result<()> {
         relay_idle: Duration::from_secs(args.relay_idle_secs.max(1)),
         relay_lifetime: Duration::from_secs(args.relay_lifetime_secs.max(1)),
     });
-    let limits = butter::Limits {
+    let limits = introducer::limits(butter::Limits {
         max_connections: args.max_connections,
         max_connections_per_addr: args.max_connections_per_addr,
         max_connections_per_prefix: args.max_connections_per_addr.saturating_mul(4),
-        // A STUN server for everyone: more answers in all than a plain node.
-        stun_per_source: 20.0,
-        stun_total: 20_000.0,
         ..Default::default()
-    };
-    let membership = MembershipSettings {
-        introducer: true,
-        ..Default::default()
-    };
-    let builder = Node::builder()
-        .listen(args.listen)
+    });
+    let builder = introducer::builder(args.listen)
         .data_dir(&args.data_dir)
-        .lan_discovery(false)
-        .limits(limits)
-        // A public service: nothing to map, and no business with the LAN's gateway.
-        .nat(butter::NatSettings {
-            upnp: butter::UpnpSettings {
-                enabled: false,
-                ..Default::default()
-            },
-            ..Default::default()
-        })
-        .membership(membership);
+        .limits(limits);
     let node = builder
         .service(service.clone())
         .spawn()

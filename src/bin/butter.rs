@@ -610,7 +610,15 @@ async fn demo(count: usize, file: Option<PathBuf>) -> Result<()> {
         }
     };
     let started = std::time::Instant::now();
-    println!("starting {count} nodes on loopback (127.0.3.x), each joining through the first");
+    // The introducer: rendezvous, STUN, punching and relay for the others
+    // (on loopback nobody needs the last three; it still holds no data).
+    let rendezvous = butter::introducer::Introducer::new(Default::default());
+    let intro = butter::introducer::builder("127.0.3.254:0".parse()?)
+        .service(rendezvous.clone())
+        .spawn()
+        .await?;
+    println!("introducer at {}", intro.addr());
+    println!("starting {count} nodes on loopback (127.0.3.x), each registering with the introducer and joining the DHT through the first");
     let mut nodes: Vec<Node> = Vec::new();
     for i in 0..count {
         let listen: SocketAddr = format!("127.0.3.{}:0", i + 1).parse()?;
@@ -618,6 +626,7 @@ async fn demo(count: usize, file: Option<PathBuf>) -> Result<()> {
             .listen(listen)
             .lan_discovery(false)
             .nat(butter::NatSettings {
+                introducers: vec![intro.addr()],
                 upnp: upnp_settings(true, None, 0),
                 ..Default::default()
             })
@@ -633,10 +642,11 @@ async fn demo(count: usize, file: Option<PathBuf>) -> Result<()> {
     }
     let sizes: Vec<usize> = nodes.iter().map(|n| n.known_hosts().len()).collect();
     println!(
-        "network formed in {:.1} s: each node knows {}..{} others (its Kademlia table)",
+        "network formed in {:.1} s: each node knows {}..{} others (its Kademlia table); {} registered with the introducer",
         started.elapsed().as_secs_f64(),
         sizes.iter().min().unwrap_or(&0),
-        sizes.iter().max().unwrap_or(&0)
+        sizes.iter().max().unwrap_or(&0),
+        rendezvous.stats().registrations
     );
     let sharer = 1.min(count - 1);
     let t = std::time::Instant::now();
@@ -670,6 +680,14 @@ async fn demo(count: usize, file: Option<PathBuf>) -> Result<()> {
     let fetched = nodes[reader].get_to_file(shared.key, &out).await?;
     let secs = t.elapsed().as_secs_f64();
     let same = std::fs::read(&out)? == std::fs::read(&file)?;
+    // The paths the reader's connections took (all direct on loopback;
+    // across NATs: punched, predicted or relayed).
+    let mut paths: std::collections::BTreeMap<String, usize> = Default::default();
+    for h in nodes[reader].known_hosts() {
+        if let Some(info) = nodes[reader].connection_info(&h.addr.id) {
+            *paths.entry(info.path.to_string()).or_default() += 1;
+        }
+    }
     println!(
         "the last node fetches it: {} in {:.2} s ({:.0} MiB/s), every chunk verified, {} from the network, {} it held; identical: {same}",
         human(fetched.size),
@@ -678,9 +696,18 @@ async fn demo(count: usize, file: Option<PathBuf>) -> Result<()> {
         fetched.chunks_fetched,
         fetched.chunks_held
     );
+    println!(
+        "the reader's connections: {}",
+        paths
+            .iter()
+            .map(|(p, n)| format!("{n} {p}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     for n in &nodes {
         n.shutdown().await;
     }
+    intro.shutdown().await;
     drop(nodes);
     let _ = std::fs::remove_dir_all(&scratch);
     anyhow::ensure!(same, "the fetched file differs");

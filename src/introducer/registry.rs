@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use butter::nat::protocol::MAX_ADDRS;
-use butter::{NodeAddr, NodeId};
+use crate::nat::protocol::MAX_ADDRS;
+use crate::{NodeAddr, NodeId};
 use rand::seq::SliceRandom;
 
 /// One registered node.
@@ -75,6 +75,11 @@ impl Registry {
         self.regs.len()
     }
 
+    /// Whether nobody is registered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Adds or refreshes a registration.
     pub fn register(
         &mut self,
@@ -86,7 +91,7 @@ impl Registry {
         addrs.truncate(MAX_ADDRS);
         // Never unusable addresses; loopback only from a node on loopback.
         addrs.retain(|a| {
-            !butter::nat::scope::is_unusable(*a)
+            !crate::nat::scope::is_unusable(*a)
                 && (!a.ip().is_loopback() || observed.ip().is_loopback())
         });
         let source = observed.ip();
@@ -170,7 +175,7 @@ impl Registry {
 }
 
 fn same_subnet(a: IpAddr, b: IpAddr) -> bool {
-    butter::source::same_site(a, b)
+    crate::source::same_site(a, b)
 }
 
 #[cfg(test)]
@@ -178,7 +183,7 @@ mod tests {
     use super::*;
 
     fn id() -> NodeId {
-        butter::Identity::generate().id()
+        crate::Identity::generate().id()
     }
 
     fn at(s: &str) -> SocketAddr {

@@ -1,5 +1,5 @@
 //! A byte-rate pacer for relay tunnels. (Request rate limits per source are
-//! the library's [`butter::ratelimit::RateLimiter`].)
+//! the library's [`crate::ratelimit::RateLimiter`].)
 
 use std::time::{Duration, Instant};
 

@@ -11,14 +11,14 @@ use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use butter::nat::protocol::*;
-use butter::node::{Routes, Service};
-use butter::wire::{self, MAX_HEADER};
-use butter::{Body, Error, Node, NodeAddr, NodeId, StreamRequest, WeakNode};
+use crate::nat::protocol::*;
+use crate::node::{Routes, Service};
+use crate::wire::{self, MAX_HEADER};
+use crate::{Body, Error, Node, NodeAddr, NodeId, StreamRequest, WeakNode};
 
-use crate::limits::Pacer;
-use crate::registry::Registry;
-use butter::ratelimit::RateLimiter;
+use super::limits::Pacer;
+use super::registry::Registry;
+use crate::ratelimit::RateLimiter;
 
 /// What an operator can tune.
 #[derive(Debug, Clone)]
@@ -52,7 +52,7 @@ pub struct Config {
 /// Open tunnels, counted per peer and per source.
 struct Relays {
     per_peer: std::collections::HashMap<NodeId, usize>,
-    per_source: butter::source::SourceCounts,
+    per_source: crate::source::SourceCounts,
     total: usize,
 }
 
@@ -236,7 +236,7 @@ fn in_scope(candidates: &mut Vec<SocketAddr>, asker_seen: IpAddr) {
     }
     let seen = candidates[0];
     let mut own = candidates.split_off(1);
-    butter::nat::scope::filter(&mut own, seen.ip(), asker_seen);
+    crate::nat::scope::filter(&mut own, seen.ip(), asker_seen);
     candidates.extend(own);
 }
 
@@ -250,7 +250,7 @@ impl Introducer {
         let limiter = RateLimiter::new(config.rate, config.burst, 100_000);
         let relays = Relays {
             per_peer: Default::default(),
-            per_source: butter::source::SourceCounts::new(
+            per_source: crate::source::SourceCounts::new(
                 config.relay_per_source as u64,
                 config.relay_per_source as u64 * 2,
                 config.relay_max.max(1),
@@ -340,7 +340,7 @@ impl Service for Introducer {
                 // target tells from that whether the caller's NAT keeps ports).
                 // All of them: their ports tell each side how its peer's NAT
                 // maps; each side sends packets only to those in scope for it
-                // (`butter::nat::scope`).
+                // (`crate::nat::scope`).
                 let mut theirs = vec![remote];
                 theirs.extend(req.addrs.into_iter().take(MAX_ADDRS));
                 theirs.truncate(MAX_ADDRS);
