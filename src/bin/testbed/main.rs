@@ -3,13 +3,15 @@
 //! items stored, then for T seconds every node dies each second with
 //! probability p (killed: no goodbye) and is replaced by a fresh one joining
 //! through a random live node; after a settle time a fresh node fetches
-//! every item. Prints retention, repair traffic and maintenance messages;
-//! writes a CSV per second (live nodes, under-replicated items, repair
-//! bytes).
+//! every item. Prints retention, repair traffic, maintenance messages and
+//! memory per node; writes a CSV per second (live nodes, under-replicated
+//! items, repair bytes) and an SVG plot of it.
 //!
 //! ```text
 //! cargo run --release --bin testbed -- --nodes 250 --p 0.02 --seconds 30
 //! ```
+
+mod plot;
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -69,6 +71,21 @@ struct Args {
     /// Where to write the per-second CSV.
     #[arg(long, default_value = "testbed.csv")]
     csv: std::path::PathBuf,
+    /// Where to write the plot of the CSV.
+    #[arg(long, default_value = "testbed.svg")]
+    svg: std::path::PathBuf,
+}
+
+/// Resident memory of this process, in bytes (Linux; 0 elsewhere).
+fn rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib * 1024)
 }
 
 struct Net {
@@ -194,6 +211,7 @@ async fn main() -> Result<()> {
         dead_repairs: 0,
     };
     let started = Instant::now();
+    let rss_before = rss();
     let first = net.spawn(None).await?;
     net.nodes.push(first.clone());
     for _ in 1..net.args.nodes {
@@ -207,6 +225,11 @@ async fn main() -> Result<()> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let tables: Vec<usize> = net.nodes.iter().map(|n| n.known_hosts().len()).collect();
+    let per_node = rss().saturating_sub(rss_before) / net.nodes.len().max(1) as u64;
+    eprintln!(
+        "memory: {:.1} MiB per node (process RSS / nodes)",
+        per_node as f64 / (1u64 << 20) as f64
+    );
     eprintln!(
         "{} nodes up in {:.1} s; tables {}..{} hosts",
         net.nodes.len(),
@@ -229,6 +252,7 @@ async fn main() -> Result<()> {
     eprintln!("{} items stored", items.len());
     let churn_started = Instant::now();
     let (mut died, mut node_seconds) = (0usize, 0u64);
+    let mut rows = Vec::new();
     for second in 0..net.args.seconds + net.args.settle {
         let tick = Instant::now();
         if second < net.args.seconds {
@@ -259,6 +283,12 @@ async fn main() -> Result<()> {
             net.nodes.len(),
             bytes - bytes0
         )?;
+        rows.push(plot::Row {
+            second,
+            live: net.nodes.len(),
+            under_replicated: short.parse().ok(),
+            repair_bytes: bytes - bytes0,
+        });
         let spent = tick.elapsed();
         if spent < Duration::from_secs(1) {
             tokio::time::sleep(Duration::from_secs(1) - spent).await;
@@ -316,6 +346,19 @@ async fn main() -> Result<()> {
     for (why, n) in missing {
         println!("  lost {n}: {why}");
     }
-    println!("per-second CSV: {}", net.args.csv.display());
+    let title = format!(
+        "{} nodes, p = {} for {} s, r = {}: retention {:.2} %",
+        net.args.nodes,
+        net.args.p,
+        net.args.seconds,
+        net.args.replicas,
+        100.0 * kept as f64 / items.len().max(1) as f64
+    );
+    plot::write(&net.args.svg, &rows, net.args.seconds, &title)?;
+    println!(
+        "per-second CSV: {}; plot: {}",
+        net.args.csv.display(),
+        net.args.svg.display()
+    );
     Ok(())
 }

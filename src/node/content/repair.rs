@@ -20,9 +20,13 @@ use crate::peers::PeerEvent;
 const PAGE: usize = 1024;
 
 /// A repair that could not reach every holder (one was dead too, and not
-/// yet known to be) is tried again this many times, this long apart.
-const RETRIES: u8 = 3;
+/// yet known to be; a newcomer still joining) is tried again this many
+/// times, after 2 s, 4 s, 8 s... at most [`RETRY_MAX`] apart (about two
+/// minutes in all): churn that outlasts a few seconds must not leave a
+/// blob short until the next republish.
+const RETRIES: u8 = 8;
 const RETRY_AFTER: Duration = Duration::from_secs(2);
+const RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// Repairs waiting to be tried again at most.
 const MAX_RETRYING: usize = 10_000;
@@ -115,7 +119,12 @@ pub(super) async fn run(weak: WeakNode) {
         for (key, done) in futures_util::future::join_all(pushes).await {
             let tried = attempts.remove(&key).unwrap_or(0) + 1;
             if !done && tried < RETRIES && retrying.len() < MAX_RETRYING {
-                retrying.push_back((Instant::now() + RETRY_AFTER * tried as u32, key, tried));
+                let after = (RETRY_AFTER * (1u32 << (tried - 1).min(8))).min(RETRY_MAX);
+                // Kept in due order (the waits only grow with the attempt,
+                // so a later-due entry sorts after).
+                let due = Instant::now() + after;
+                let at = retrying.partition_point(|(d, _, _)| *d <= due);
+                retrying.insert(at, (due, key, tried));
             }
         }
     }
