@@ -167,6 +167,9 @@ impl Net {
     }
 }
 
+/// Items whose holders are counted each time (a random sample).
+const SAMPLE: usize = 100;
+
 /// Items with a blob on fewer than `r` live nodes.
 async fn under_replicated(net: &Net, items: &[(Hash, Vec<Hash>)]) -> usize {
     let mut count = 0;
@@ -199,7 +202,7 @@ async fn main() -> Result<()> {
         .with_context(|| format!("cannot write {}", args.csv.display()))?;
     writeln!(
         csv,
-        "second,live_nodes,under_replicated_items,repair_bytes,repairs"
+        "second,live_nodes,under_replicated_of_{SAMPLE}_sampled,repair_bytes,repairs"
     )?;
     let mut net = Net {
         rng: StdRng::seed_from_u64(args.seed ^ 0x5eed),
@@ -251,14 +254,36 @@ async fn main() -> Result<()> {
     let (bytes0, calls0, _) = net.totals();
     eprintln!("{} items stored", items.len());
     let churn_started = Instant::now();
-    let (mut died, mut node_seconds) = (0usize, 0u64);
+    let (mut died, mut node_seconds) = (0usize, 0f64);
     let mut rows = Vec::new();
-    for second in 0..net.args.seconds + net.args.settle {
-        let tick = Instant::now();
-        if second < net.args.seconds {
+    // Under-replication is counted on a sample (every holder of every blob
+    // of every item would take longer than the second it describes).
+    let sample: Vec<(Hash, Vec<Hash>)> = {
+        use rand::seq::IndexedRandom;
+        items
+            .sample(&mut rng, items.len().min(SAMPLE))
+            .cloned()
+            .collect()
+    };
+    // The churn runs on wall-clock time: a tick that took longer than a
+    // second (nodes starting, the sample counted) kills with the
+    // probability of the time it took, so p holds per real second.
+    let churn = Duration::from_secs(net.args.seconds);
+    let end = Duration::from_secs(net.args.seconds + net.args.settle);
+    let mut last = Instant::now();
+    let mut next_count = Duration::from_secs(5);
+    loop {
+        let now = churn_started.elapsed();
+        if now >= end {
+            break;
+        }
+        let dt = last.elapsed().as_secs_f64();
+        last = Instant::now();
+        if now < churn {
+            let p = 1.0 - (1.0 - net.args.p).powf(dt);
             let mut i = 0;
             while i < net.nodes.len() {
-                if rng.random_bool(net.args.p) {
+                if rng.random_bool(p.clamp(0.0, 1.0)) {
                     net.kill(i).await;
                     died += 1;
                     // Replaced: a fresh node joins through a live one.
@@ -270,26 +295,29 @@ async fn main() -> Result<()> {
                 }
             }
         }
-        node_seconds += net.nodes.len() as u64;
+        node_seconds += net.nodes.len() as f64 * dt;
         let (bytes, _, repairs) = net.totals();
-        let short = if second % 5 == 4 || second + 1 == net.args.seconds + net.args.settle {
-            under_replicated(&net, &items).await.to_string()
+        let second = now.as_secs();
+        let short = if now >= next_count || now + Duration::from_secs(1) >= end {
+            next_count += Duration::from_secs(5);
+            Some(under_replicated(&net, &sample).await)
         } else {
-            String::new()
+            None
         };
         writeln!(
             csv,
-            "{second},{},{short},{},{repairs}",
+            "{second},{},{},{},{repairs}",
             net.nodes.len(),
+            short.map(|n| n.to_string()).unwrap_or_default(),
             bytes - bytes0
         )?;
         rows.push(plot::Row {
             second,
             live: net.nodes.len(),
-            under_replicated: short.parse().ok(),
+            under_replicated: short,
             repair_bytes: bytes - bytes0,
         });
-        let spent = tick.elapsed();
+        let spent = last.elapsed();
         if spent < Duration::from_secs(1) {
             tokio::time::sleep(Duration::from_secs(1) - spent).await;
         }
@@ -339,7 +367,7 @@ async fn main() -> Result<()> {
     println!(
         "repair: {repairs} pushes, {:.1} MiB; maintenance: {:.1} calls per node per second; fetch latency median {:?}, p99 {:?}",
         (bytes - bytes0) as f64 / (1u64 << 20) as f64,
-        (calls - calls0) as f64 / node_seconds.max(1) as f64,
+        (calls - calls0) as f64 / node_seconds.max(1.0),
         pct(0.5),
         pct(0.99)
     );

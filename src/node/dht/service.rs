@@ -188,32 +188,7 @@ impl Service for DhtService {
 async fn upkeep(weak: WeakNode) {
     let Some(node) = weak.upgrade() else { return };
     let settings = node.dht_state().settings.clone();
-    for addr in &settings.bootstrap {
-        let node = node.clone();
-        let addr = addr.clone();
-        // Each retried with backoff until it answers once (bounded: the
-        // bootstrap list is the user's).
-        node.shared().tasks.clone().spawn(async move {
-            let mut backoff =
-                crate::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
-            loop {
-                match tokio::time::timeout(
-                    Duration::from_secs(10),
-                    node.add_known_host(addr.clone()),
-                )
-                .await
-                {
-                    Ok(Ok(())) => return,
-                    Ok(Err(e)) => {
-                        tracing::debug!(peer = %addr.id.short(), error = %e, "bootstrap failed")
-                    }
-                    Err(_) => tracing::debug!(peer = %addr.id.short(), "bootstrap timed out"),
-                }
-                let wait = backoff.next(&mut rand::rng());
-                tokio::time::sleep(wait).await;
-            }
-        });
-    }
+    bootstrap(&node, &settings.bootstrap);
     drop(node);
     let mut had_hosts = false;
     let mut last_republish = tokio::time::Instant::now();
@@ -236,6 +211,12 @@ async fn upkeep(weak: WeakNode) {
                 Err(e) => tracing::debug!(error = %e, "self-lookup failed"),
             }
         }
+        if had_hosts && !has_hosts {
+            // Alone again (every host left or failed): back to the
+            // bootstrap nodes, as on start.
+            tracing::info!("no known hosts left: bootstrapping again");
+            bootstrap(&node, &settings.bootstrap);
+        }
         had_hosts = has_hosts;
         if !has_hosts {
             continue;
@@ -245,6 +226,39 @@ async fn upkeep(weak: WeakNode) {
             last_republish = tokio::time::Instant::now();
             republish(&node, &dht).await;
         }
+    }
+}
+
+/// Verifies each bootstrap node, retried with backoff until it answers
+/// once (bounded: the bootstrap list is the user's; each task ends with
+/// the node).
+fn bootstrap(node: &Node, addrs: &[crate::addr::NodeAddr]) {
+    for addr in addrs {
+        let node = node.downgrade();
+        let addr = addr.clone();
+        let tasks = match node.upgrade() {
+            Some(n) => n.shared().tasks.clone(),
+            None => return,
+        };
+        tasks.spawn(async move {
+            let mut backoff =
+                crate::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
+            loop {
+                let Some(n) = node.upgrade() else { return };
+                match tokio::time::timeout(Duration::from_secs(10), n.add_known_host(addr.clone()))
+                    .await
+                {
+                    Ok(Ok(())) => return,
+                    Ok(Err(e)) => {
+                        tracing::debug!(peer = %addr.id.short(), error = %e, "bootstrap failed")
+                    }
+                    Err(_) => tracing::debug!(peer = %addr.id.short(), "bootstrap timed out"),
+                }
+                drop(n);
+                let wait = backoff.next(&mut rand::rng());
+                tokio::time::sleep(wait).await;
+            }
+        });
     }
 }
 

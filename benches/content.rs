@@ -1,0 +1,243 @@
+//! Content benchmark: fetching a large file (1 GiB by default) on loopback
+//! from 1 and from 3 holders, written to disk and every chunk verified, next
+//! to raw quinn downloading the same number of bytes on one stream (same TLS
+//! and transport parameters, nothing written, nothing verified) in the same
+//! run. Prints figures (no assertions): each the median of several rounds,
+//! alternating.
+//!
+//! `cargo bench --bench content` (`BUTTER_BENCH_FETCH_MIB` sets the size,
+//! `BUTTER_BENCH_ROUNDS` the rounds).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use butter::identity::tls;
+use butter::{ContentSettings, DhtSettings, Identity, Limits, Node, TransportSettings};
+
+const CHUNK: usize = 256 * 1024;
+
+fn lo(i: u8) -> std::net::SocketAddr {
+    format!("127.0.4.{i}:0").parse().unwrap()
+}
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Raw quinn: a server that sends as many bytes as asked for on the stream
+/// the request came on.
+async fn raw_pair() -> (quinn::Endpoint, quinn::Endpoint, quinn::Connection) {
+    let transport = butter::transport_config(&Limits::default(), &TransportSettings::default());
+    let server_id = Identity::generate();
+    let mut server_config =
+        quinn::ServerConfig::with_crypto(tls::server_crypto(&server_id).unwrap());
+    server_config.transport_config(transport.clone());
+    let server = quinn::Endpoint::server(server_config, lo(200)).unwrap();
+    let addr = server.local_addr().unwrap();
+    let accept = server.clone();
+    tokio::spawn(async move {
+        while let Some(incoming) = accept.accept().await {
+            tokio::spawn(async move {
+                let Ok(conn) = incoming.await else { return };
+                while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                    tokio::spawn(async move {
+                        let Ok(ask) = recv.read_to_end(8).await else {
+                            return;
+                        };
+                        let mut left = u64::from_le_bytes(ask.try_into().unwrap_or([0; 8]));
+                        let chunk = bytes::Bytes::from(vec![7u8; CHUNK]);
+                        while left > 0 {
+                            let n = left.min(CHUNK as u64) as usize;
+                            if send.write_chunk(chunk.slice(..n)).await.is_err() {
+                                return;
+                            }
+                            left -= n as u64;
+                        }
+                        let _ = send.finish();
+                    });
+                }
+            });
+        }
+    });
+    let mut client = quinn::Endpoint::client(lo(201)).unwrap();
+    let mut client_config =
+        quinn::ClientConfig::new(tls::client_crypto(&Identity::generate()).unwrap());
+    client_config.transport_config(transport);
+    client.set_default_client_config(client_config);
+    let conn = client
+        .connect(addr, &tls::server_name(&server_id.id()))
+        .unwrap()
+        .await
+        .unwrap();
+    (server, client, conn)
+}
+
+async fn raw_download(conn: &quinn::Connection, bytes: u64) -> Duration {
+    let t = Instant::now();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&bytes.to_le_bytes()).await.unwrap();
+    send.finish().unwrap();
+    let mut got = 0u64;
+    while let Some(chunk) = recv.read_chunk(usize::MAX, true).await.unwrap() {
+        got += chunk.bytes.len() as u64;
+    }
+    assert_eq!(got, bytes);
+    t.elapsed()
+}
+
+/// `holders` nodes (each holding the whole file: r = holders) and a guest
+/// that fetches (it serves nothing, keeps nothing: every chunk crosses the
+/// network each round).
+async fn network(
+    holders: usize,
+    dir: &Path,
+    file: &Path,
+) -> (Vec<Node>, Node, butter::content::Hash) {
+    let mut nodes: Vec<Node> = Vec::new();
+    for i in 0..holders {
+        let mut b = Node::builder()
+            .listen(lo(10 * holders as u8 + i as u8))
+            .lan_discovery(false)
+            .data_dir(dir.join(format!("h{holders}-{i}")))
+            .content(ContentSettings {
+                replicas: holders,
+                storage_bytes: 8 << 30,
+                ..Default::default()
+            });
+        if let Some(first) = nodes.first() {
+            b = b.bootstrap(first.addr());
+        }
+        nodes.push(b.spawn().await.unwrap());
+    }
+    for a in &nodes {
+        for b in &nodes {
+            if a.id() != b.id() {
+                a.add_known_host(b.addr()).await.unwrap();
+            }
+        }
+    }
+    let shared = nodes[0].share_file(file).await.unwrap();
+    assert_eq!(shared.short, 0);
+    assert_eq!(shared.holders, holders);
+    let reader = Node::builder()
+        .listen(lo(10 * holders as u8 + 9))
+        .lan_discovery(false)
+        .dht(DhtSettings {
+            serve: false,
+            bootstrap: vec![nodes[0].addr()],
+            ..Default::default()
+        })
+        .spawn()
+        .await
+        .unwrap();
+    for n in &nodes {
+        reader.add_known_host(n.addr()).await.unwrap();
+    }
+    (nodes, reader, shared.key)
+}
+
+async fn fetch(reader: &Node, key: butter::content::Hash, out: &Path, want: &[u8; 32]) -> Duration {
+    let t = Instant::now();
+    let fetched = reader.get_to_file(key, out).await.unwrap();
+    let took = t.elapsed();
+    assert_eq!(fetched.chunks_held, 0);
+    // The file on disk is the one shared (hashed outside the timing).
+    let got = hash_file(out);
+    assert_eq!(&got, want, "the fetched file differs");
+    std::fs::remove_file(out).unwrap();
+    took
+}
+
+fn hash_file(path: &Path) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update_reader(std::fs::File::open(path).unwrap()).unwrap();
+    *h.finalize().as_bytes()
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn mib_s(bytes: u64, d: Duration) -> f64 {
+    bytes as f64 / (1u64 << 20) as f64 / d.as_secs_f64()
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(run());
+}
+
+async fn run() {
+    let mib = env("BUTTER_BENCH_FETCH_MIB", 1024);
+    let rounds = env("BUTTER_BENCH_ROUNDS", 3).max(1) as usize;
+    let bytes = mib << 20;
+    let dir =
+        tempfile::tempdir_in(std::env::var("BUTTER_BENCH_DIR").unwrap_or(".".into())).unwrap();
+    let file = dir.path().join("shared.bin");
+    {
+        use std::io::Write;
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&file).unwrap());
+        let mut xof = blake3::Hasher::new()
+            .update(b"content bench")
+            .finalize_xof();
+        let mut buf = vec![0u8; 1 << 20];
+        for _ in 0..mib {
+            xof.fill(&mut buf);
+            out.write_all(&buf).unwrap();
+        }
+    }
+    let want = hash_file(&file);
+    println!("content benchmark: {mib} MiB, {rounds} rounds, loopback, release build");
+    let t = Instant::now();
+    let (one, one_reader, one_key) = network(1, dir.path(), &file).await;
+    println!("1 holder ready in {:.1} s", t.elapsed().as_secs_f64());
+    let t = Instant::now();
+    let (three, three_reader, three_key) = network(3, dir.path(), &file).await;
+    println!(
+        "3 holders ready in {:.1} s (shared, every blob on 3)",
+        t.elapsed().as_secs_f64()
+    );
+    let (_server, _client, conn) = raw_pair().await;
+    let out = dir.path().join("fetched.bin");
+    let (mut raw, mut from1, mut from3) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..rounds {
+        raw.push(raw_download(&conn, bytes).await);
+        from1.push(fetch(&one_reader, one_key, &out, &want).await);
+        from3.push(fetch(&three_reader, three_key, &out, &want).await);
+        println!(
+            "round {}: raw quinn {:.0} MiB/s, 1 holder {:.0} MiB/s, 3 holders {:.0} MiB/s",
+            round + 1,
+            mib_s(bytes, raw[round]),
+            mib_s(bytes, from1[round]),
+            mib_s(bytes, from3[round])
+        );
+    }
+    let (raw, from1, from3) = (median(raw), median(from1), median(from3));
+    println!("| measure | MiB/s | × raw quinn |");
+    println!("| --- | --- | --- |");
+    println!(
+        "| raw quinn, one stream, {mib} MiB (no disk, no hashing) | {:.0} | 1.00 |",
+        mib_s(bytes, raw)
+    );
+    for (name, d) in [("1 holder", from1), ("3 holders", from3)] {
+        println!(
+            "| Butter fetch from {name}, {mib} MiB, to disk, verified | {:.0} | {:.2} |",
+            mib_s(bytes, d),
+            raw.as_secs_f64() / d.as_secs_f64()
+        );
+    }
+    for n in one
+        .into_iter()
+        .chain(three)
+        .chain([one_reader, three_reader])
+    {
+        n.shutdown().await;
+    }
+}
