@@ -43,7 +43,8 @@ impl Admission {
                     limits.max_connections_per_addr as u64,
                     limits.max_connections_per_prefix as u64,
                     limits.max_connections.max(1),
-                ),
+                )
+                .lan_exempt(limits.lan_prefix_exempt),
                 handshakes: 0,
             }),
             max_total: limits.max_connections,
@@ -139,26 +140,67 @@ mod tests {
     #[test]
     fn per_address_and_prefix_limits_hold_and_free_up() {
         let a = Admission::new(&limits());
-        let mut held = vec![accept(&a, "10.0.0.1"), accept(&a, "10.0.0.1")];
+        let mut held = vec![accept(&a, "198.51.100.1"), accept(&a, "198.51.100.1")];
         for s in &mut held {
             s.handshake_done();
         }
         assert_eq!(
-            a.consider("10.0.0.1".parse().unwrap(), false),
+            a.consider("198.51.100.1".parse().unwrap(), false),
             Verdict::Refuse
         );
-        let mut third = accept(&a, "10.0.0.2");
+        let mut third = accept(&a, "198.51.100.2");
         third.handshake_done();
         assert_eq!(
-            a.consider("10.0.0.3".parse().unwrap(), false),
+            a.consider("198.51.100.3".parse().unwrap(), false),
             Verdict::Refuse,
             "/24 full"
         );
-        let mut other = accept(&a, "10.0.1.1");
+        let mut other = accept(&a, "198.51.101.1");
         other.handshake_done();
         held.pop();
-        let _again = accept(&a, "10.0.0.1");
+        let _again = accept(&a, "198.51.100.1");
         assert_eq!(a.connections(), 4);
+    }
+
+    #[test]
+    fn a_lan_prefix_is_bounded_per_address_and_in_all_only() {
+        let a = Admission::new(&limits());
+        // Five addresses of one private /24 (over the prefix cap of 3), one
+        // of them twice: six, the total.
+        let done = |ip: &str| {
+            let mut s = accept(&a, ip);
+            s.handshake_done();
+            s
+        };
+        let mut held: Vec<Slot> = (1..=5)
+            .map(|i| done(&format!("10.0.0.{i}")))
+            .chain([done("10.0.0.1")])
+            .collect();
+        assert_eq!(a.connections(), 6);
+        // The total holds.
+        assert_eq!(
+            a.consider("10.0.0.9".parse().unwrap(), true),
+            Verdict::Refuse
+        );
+        // And so does the per-address cap (two).
+        drop(held.remove(4));
+        assert_eq!(
+            a.consider("10.0.0.1".parse().unwrap(), true),
+            Verdict::Refuse
+        );
+        let _ninth = accept(&a, "10.0.0.9");
+        // Without the exemption the /24 is full after three.
+        let strict = Admission::new(&Limits {
+            lan_prefix_exempt: false,
+            ..limits()
+        });
+        let _three: Vec<Slot> = (1..=3)
+            .map(|i| accept(&strict, &format!("10.0.0.{i}")))
+            .collect();
+        assert_eq!(
+            strict.consider("10.0.0.4".parse().unwrap(), false),
+            Verdict::Refuse
+        );
     }
 
     #[test]

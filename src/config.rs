@@ -40,7 +40,13 @@ pub struct Limits {
     /// ... from one source address (an IPv6 /64 counts as one address).
     pub max_connections_per_addr: usize,
     /// ... from one source prefix (IPv4 /24, IPv6 /64... the same for IPv6).
+    /// Loopback and private prefixes are exempt when `lan_prefix_exempt`.
     pub max_connections_per_prefix: usize,
+    /// Sources on loopback or a private network (one operator's LAN or
+    /// container network, where a whole network of nodes shares one /24)
+    /// are bounded per address and in all, not per prefix: the routing
+    /// table's rule for them too. Off: every prefix is bounded.
+    pub lan_prefix_exempt: bool,
     /// Incoming handshakes in progress at once; beyond this, a client whose
     /// address is not validated yet is asked to retry (a stateless QUIC Retry
     /// proves it owns its address), one that is validated is refused.
@@ -69,6 +75,7 @@ impl Default for Limits {
             max_connections: 1024,
             max_connections_per_addr: 16,
             max_connections_per_prefix: 64,
+            lan_prefix_exempt: true,
             max_handshakes: 128,
             stun_per_source: 10.0,
             stun_total: 1000.0,

@@ -71,6 +71,26 @@ pub fn address_key(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// Addresses of a private network: RFC 1918, shared (CGNAT) space, link-local,
+/// IPv6 unique-local and link-local.
+pub fn is_private(ip: IpAddr) -> bool {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            v4.is_private() || v4.is_link_local() || (a == 100 && (64..128).contains(&b))
+        }
+        IpAddr::V6(v6) => {
+            let s0 = v6.segments()[0];
+            (s0 & 0xfe00) == 0xfc00 || (s0 & 0xffc0) == 0xfe80
+        }
+    }
+}
+
+/// Loopback or a private network ([`is_private`]): one operator's.
+pub fn is_lan(ip: IpAddr) -> bool {
+    ip.to_canonical().is_loopback() || is_private(ip)
+}
+
 /// Amounts per source address and per source prefix, each capped; the number of
 /// sources tracked is bounded too (entries leave when they drop to zero).
 #[derive(Debug, Clone)]
@@ -81,6 +101,7 @@ pub struct SourceCounts {
     max_per_addr: u64,
     max_per_prefix: u64,
     max_sources: usize,
+    lan_exempt: bool,
 }
 
 impl SourceCounts {
@@ -94,7 +115,15 @@ impl SourceCounts {
             max_per_addr,
             max_per_prefix,
             max_sources,
+            lan_exempt: false,
         }
+    }
+
+    /// Sources on loopback or a private network ([`is_lan`]) are capped per
+    /// address only, not per prefix.
+    pub fn lan_exempt(mut self, exempt: bool) -> Self {
+        self.lan_exempt = exempt;
+        self
     }
 
     /// Adds `n` for `ip` if neither its address nor its prefix goes over its cap
@@ -106,8 +135,9 @@ impl SourceCounts {
         if have_addr == 0 && self.per_addr.len() >= self.max_sources {
             return false;
         }
+        let prefix_capped = !(self.lan_exempt && is_lan(ip));
         if have_addr.saturating_add(n) > self.max_per_addr
-            || have_prefix.saturating_add(n) > self.max_per_prefix
+            || (prefix_capped && have_prefix.saturating_add(n) > self.max_per_prefix)
         {
             return false;
         }

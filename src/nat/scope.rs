@@ -23,20 +23,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-/// Addresses of a private network: RFC 1918, shared (CGNAT) space, link-local,
-/// IPv6 unique-local and link-local.
-pub fn is_private(ip: IpAddr) -> bool {
-    match ip.to_canonical() {
-        IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
-            v4.is_private() || v4.is_link_local() || (a == 100 && (64..128).contains(&b))
-        }
-        IpAddr::V6(v6) => {
-            let s0 = v6.segments()[0];
-            (s0 & 0xfe00) == 0xfc00 || (s0 & 0xffc0) == 0xfe80
-        }
-    }
-}
+pub use crate::source::is_private;
 
 /// Never a destination: unspecified, multicast, broadcast, reserved (240/4,
 /// where the node's relay paths live), or port 0.
