@@ -150,6 +150,13 @@ impl RepairQueue {
         Some(key)
     }
 
+    /// A blob released with an estimated `cost` took `actual` bytes: the
+    /// difference is given back (or taken), so that small blobs and targets
+    /// that held a blob already do not use up the pace.
+    pub fn settle(&mut self, cost: u64, actual: u64) {
+        self.tokens = (self.tokens + cost as f64 - actual as f64).min(self.pace.burst as f64);
+    }
+
     /// When `cost` bytes will be allowed, from `now`.
     pub fn wait_for(&mut self, now: Instant, cost: u64) -> std::time::Duration {
         self.refill(now);
@@ -282,5 +289,28 @@ mod tests {
             }
         }
         assert!((9_000..=11_500).contains(&sent), "{sent} bytes in 10 s");
+    }
+
+    #[test]
+    fn what_a_repair_did_not_send_is_given_back() {
+        let t = Instant::now();
+        let mut q = RepairQueue::new(
+            10,
+            Pace {
+                bytes_per_sec: 1000,
+                burst: 1000,
+            },
+        );
+        q.push(Hash([1; 32]));
+        q.push(Hash([2; 32]));
+        assert!(q.next(t, 1000).is_some());
+        assert!(q.next(t, 1000).is_none(), "the estimate used the burst");
+        // The target held the blob already: nothing was sent.
+        q.settle(1000, 0);
+        assert!(q.next(t, 1000).is_some(), "given back");
+        // One that took more than estimated is charged the rest.
+        q.push(Hash([3; 32]));
+        q.settle(1000, 3000);
+        assert_eq!(q.wait_for(t, 1000), Duration::from_secs(3));
     }
 }

@@ -111,7 +111,9 @@ impl Net {
         ))
     }
 
-    async fn spawn(&mut self, bootstrap: Option<NodeAddr>) -> Result<Node> {
+    /// A node joining through `bootstrap` (three random live nodes, as a
+    /// user would give several: one may die before the newcomer reaches it).
+    async fn spawn(&mut self, bootstrap: Vec<NodeAddr>) -> Result<Node> {
         let listen = SocketAddr::new(self.ip(), 0);
         let mut b = Node::builder()
             .listen(listen)
@@ -127,10 +129,16 @@ impl Net {
                 republish_interval: Duration::from_secs(self.args.republish_secs.max(1)),
                 ..Default::default()
             });
-        if let Some(addr) = bootstrap {
+        for addr in bootstrap {
             b = b.bootstrap(addr);
         }
         Ok(b.spawn().await?)
+    }
+
+    fn boot(&mut self) -> Vec<NodeAddr> {
+        (0..3.min(self.nodes.len()))
+            .map(|_| self.random_live().addr())
+            .collect()
     }
 
     fn random_live(&mut self) -> Node {
@@ -215,11 +223,11 @@ async fn main() -> Result<()> {
     };
     let started = Instant::now();
     let rss_before = rss();
-    let first = net.spawn(None).await?;
+    let first = net.spawn(Vec::new()).await?;
     net.nodes.push(first.clone());
     for _ in 1..net.args.nodes {
-        let boot = net.random_live().addr();
-        let n = net.spawn(Some(boot)).await?;
+        let boot = net.boot();
+        let n = net.spawn(boot).await?;
         net.nodes.push(n);
     }
     // Joined: every table holds a few hosts.
@@ -287,8 +295,8 @@ async fn main() -> Result<()> {
                     net.kill(i).await;
                     died += 1;
                     // Replaced: a fresh node joins through a live one.
-                    let boot = net.random_live().addr();
-                    let fresh = net.spawn(Some(boot)).await?;
+                    let boot = net.boot();
+                    let fresh = net.spawn(boot).await?;
                     net.nodes.push(fresh);
                 } else {
                     i += 1;
@@ -327,9 +335,50 @@ async fn main() -> Result<()> {
         churn_started.elapsed().as_secs_f64()
     );
     let (bytes, calls, repairs) = net.totals();
+    // How well the live nodes know each other: in how many live tables is
+    // each live node (one in none cannot be found by a lookup).
+    {
+        let live: std::collections::HashSet<_> = net.nodes.iter().map(|n| n.id()).collect();
+        let mut known_by: HashMap<butter::NodeId, usize> = live.iter().map(|id| (*id, 0)).collect();
+        let mut dead_entries = 0;
+        for n in &net.nodes {
+            for h in n.known_hosts() {
+                match known_by.get_mut(&h.addr.id) {
+                    Some(c) => *c += 1,
+                    None => dead_entries += 1,
+                }
+            }
+        }
+        for n in &net.nodes {
+            if known_by.get(&n.id()) == Some(&0) {
+                let s = n.stats();
+                eprintln!(
+                    "  unknown node {}: knows {} hosts; calls made {} served {}, handshakes in {} out {} failed {}, candidates verified {} unreachable {}, refused {}",
+                    n.id().short(),
+                    n.known_hosts().len(),
+                    s.calls_made,
+                    s.calls_served,
+                    s.handshakes_in,
+                    s.handshakes_out,
+                    s.handshakes_failed,
+                    s.candidates_verified,
+                    s.candidates_unreachable,
+                    s.connections_refused
+                );
+            }
+        }
+        let mut counts: Vec<usize> = known_by.values().copied().collect();
+        counts.sort();
+        eprintln!(
+            "tables after settling: live nodes known by 0 others: {}, by < 3: {}, median {}; entries for dead nodes: {dead_entries}",
+            counts.iter().filter(|c| **c == 0).count(),
+            counts.iter().filter(|c| **c < 3).count(),
+            counts.get(counts.len() / 2).copied().unwrap_or(0)
+        );
+    }
     // A fresh node fetches every item.
-    let boot = net.random_live().addr();
-    let reader = net.spawn(Some(boot)).await?;
+    let boot = net.boot();
+    let reader = net.spawn(boot).await?;
     let deadline = Instant::now() + Duration::from_secs(20);
     while reader.known_hosts().len() < 5 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -337,17 +386,49 @@ async fn main() -> Result<()> {
     let mut kept = 0;
     let mut latencies = Vec::new();
     let mut missing: HashMap<String, usize> = HashMap::new();
-    for (key, _) in &items {
+    // Of the items not fetched: how many live nodes still held each blob
+    // (0: lost; more: held but not found where a lookup looks).
+    let mut stranded: HashMap<usize, usize> = HashMap::new();
+    for (key, blobs) in &items {
         let t = Instant::now();
-        match tokio::time::timeout(Duration::from_secs(30), reader.get(*key)).await {
+        let why = match tokio::time::timeout(Duration::from_secs(30), reader.get(*key)).await {
             Ok(Ok(data)) if data.len() == net.args.item_size => {
                 kept += 1;
                 latencies.push(t.elapsed());
+                continue;
             }
-            Ok(Ok(_)) => *missing.entry("wrong size".into()).or_default() += 1,
-            Ok(Err(e)) => *missing.entry(e.to_string()).or_default() += 1,
-            Err(_) => *missing.entry("timed out".into()).or_default() += 1,
+            Ok(Ok(_)) => "wrong size".to_string(),
+            Ok(Err(butter::Error::NotFound(_))) => "not found".to_string(),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "timed out".into(),
+        };
+        *missing.entry(why).or_default() += 1;
+        let mut fewest = usize::MAX;
+        for blob in blobs {
+            let mut holders = Vec::new();
+            for n in &net.nodes {
+                if n.holds(*blob).await.unwrap_or(false) {
+                    holders.push(n.id());
+                }
+            }
+            fewest = fewest.min(holders.len());
+            if !holders.is_empty() {
+                // Where the holders stand among the live nodes, nearest to
+                // the blob's key first (a lookup returns the 20 nearest).
+                let key = blob.to_key();
+                let mut ids: Vec<_> = net.nodes.iter().map(|n| n.id()).collect();
+                ids.sort_by_key(|id| butter::peers::table::distance(id, &key));
+                let ranks: Vec<usize> = holders
+                    .iter()
+                    .filter_map(|h| ids.iter().position(|id| id == h))
+                    .collect();
+                eprintln!(
+                    "  blob {} not fetched: held by the live nodes ranked {ranks:?} by distance",
+                    blob.short()
+                );
+            }
         }
+        *stranded.entry(fewest).or_default() += 1;
     }
     latencies.sort();
     let pct = |p: f64| {
@@ -372,7 +453,12 @@ async fn main() -> Result<()> {
         pct(0.99)
     );
     for (why, n) in missing {
-        println!("  lost {n}: {why}");
+        println!("  not fetched {n}: {why}");
+    }
+    let mut stranded: Vec<_> = stranded.into_iter().collect();
+    stranded.sort();
+    for (holders, n) in stranded {
+        println!("  not fetched {n} whose least-held blob is on {holders} live nodes");
     }
     let title = format!(
         "{} nodes, p = {} for {} s, r = {}: retention {:.2} %",

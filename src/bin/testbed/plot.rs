@@ -39,7 +39,11 @@ pub fn write(path: &Path, rows: &[Row], churn: u64, title: &str) -> Result<()> {
         .collect();
     for (area, (name, points, color)) in panels.iter().zip([
         ("live nodes", live, BLUE),
-        ("sampled items with a blob on fewer than r live nodes", short, RED),
+        (
+            "sampled items with a blob on fewer than r live nodes",
+            short,
+            RED,
+        ),
         ("repair traffic (MiB, cumulative)", mib, GREEN),
     ]) {
         let max = points.iter().map(|p| p.1).fold(1.0, f64::max) * 1.1;

@@ -87,8 +87,9 @@ impl Node {
     /// is asked whether it holds the blob already (then nothing is sent),
     /// with a timeout of a few of its round trips: one that does not answer
     /// is suspected (checked at once) and the next candidate takes its
-    /// place. Returns whether the blob is on all the holders there are.
-    pub(crate) async fn repair_blob(&self, hash: Hash) -> bool {
+    /// place. Returns whether the blob is on all the holders there are, and
+    /// the bytes sent.
+    pub(crate) async fn repair_blob(&self, hash: Hash) -> (bool, u64) {
         let r = self.content().settings.replicas;
         let key = hash.to_key();
         let liveness = self.members().settings.liveness_timeout;
@@ -114,7 +115,7 @@ impl Node {
                 .fetch_add(sent, Ordering::Relaxed);
             tracing::debug!(blob = %hash.short(), holders = placed, bytes = sent, "repaired");
         }
-        placed >= wanted
+        (placed >= wanted, sent)
     }
 
     /// Puts a held blob on the `replicas` nearest of `candidates` (any
@@ -342,23 +343,29 @@ impl Node {
     /// Walks the tree under `root`, handing `each` every chunk in order
     /// with whether it was held here already (many fetched at once, one
     /// leaf manifest at a time).
-    pub(crate) async fn fetch_tree(
+    pub(crate) async fn fetch_tree<F>(
         &self,
         item: &ItemFetch,
-        each: impl FnMut(Vec<u8>, bool) -> Result<()>,
-    ) -> Result<Manifest> {
+        each: impl FnMut(Vec<u8>, bool) -> F,
+    ) -> Result<Manifest>
+    where
+        F: std::future::Future<Output = Result<()>>,
+    {
         let top = Manifest::decode(&self.fetch_blob_in(item.root, Some(item)).await?.0)?;
         self.walk_tree(item, top, each).await
     }
 
     /// [`fetch_tree`](Self::fetch_tree) from its root manifest, fetched
     /// already.
-    pub(crate) async fn walk_tree(
+    pub(crate) async fn walk_tree<F>(
         &self,
         item: &ItemFetch,
         top: Manifest,
-        mut each: impl FnMut(Vec<u8>, bool) -> Result<()>,
-    ) -> Result<Manifest> {
+        mut each: impl FnMut(Vec<u8>, bool) -> F,
+    ) -> Result<Manifest>
+    where
+        F: std::future::Future<Output = Result<()>>,
+    {
         let parallel = self.content().settings.parallel.max(1);
         // Depth first, children in order: (manifest, next child).
         let mut stack: Vec<(std::sync::Arc<Manifest>, usize)> =
@@ -371,7 +378,7 @@ impl Node {
                         .buffered(parallel);
                     while let Some(chunk) = fetched.next().await {
                         let (bytes, local) = chunk?;
-                        each(bytes, local)?;
+                        each(bytes, local).await?;
                     }
                 }
                 Entries::Manifests(children) => {

@@ -173,7 +173,7 @@ impl Node {
         let item = ItemFetch::new(key);
         self.fetch_tree(&item, |chunk, _| {
             out.extend_from_slice(&chunk);
-            Ok(())
+            std::future::ready(Ok(()))
         })
         .await?;
         self.announce_item(&item);
@@ -185,10 +185,7 @@ impl Node {
     /// with its other provider records): fetchers ask providers when the
     /// closest holders of a blob are gone.
     fn announce_item(&self, item: &ItemFetch) {
-        if !self.dht_state().settings.serve
-            || !self.content().store.is_persistent()
-            || !item.all_kept()
-        {
+        if !self.dht_state().settings.serve || !item.all_kept() {
             return;
         }
         let node = self.clone();
@@ -246,13 +243,14 @@ impl Node {
         let mut part = path.clone().into_os_string();
         part.push(".part");
         let part = std::path::PathBuf::from(part);
-        // Chunks go to a writer thread (file writes block) a few at a time.
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+        // Chunks go to a writer thread (file writes block) a few at a time;
+        // the fetch waits (without blocking its thread) when the disk lags.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
         let writer_path = part.clone();
         let writer = tokio::task::spawn_blocking(move || -> Result<()> {
             use std::io::Write;
             let mut out = std::io::BufWriter::new(std::fs::File::create(&writer_path)?);
-            for chunk in rx {
+            while let Some(chunk) = rx.blocking_recv() {
                 out.write_all(&chunk)?;
             }
             out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
@@ -275,10 +273,13 @@ impl Node {
                 } else {
                     report.chunks_fetched += 1;
                 }
-                tx.send(chunk)
-                    .map_err(|_| Error::Storage("the file writer stopped".into()))?;
                 progress(&report);
-                Ok(())
+                let tx = tx.clone();
+                async move {
+                    tx.send(chunk)
+                        .await
+                        .map_err(|_| Error::Storage("the file writer stopped".into()))
+                }
             })
             .await;
         drop(tx);

@@ -116,7 +116,8 @@ pub(super) async fn run(weak: WeakNode) {
             let node = node.clone();
             async move { (key, node.repair_blob(key).await) }
         });
-        for (key, done) in futures_util::future::join_all(pushes).await {
+        for (key, (done, sent)) in futures_util::future::join_all(pushes).await {
+            queue.settle(cost, sent);
             let tried = attempts.remove(&key).unwrap_or(0) + 1;
             if !done && tried < RETRIES && retrying.len() < MAX_RETRYING {
                 let after = (RETRY_AFTER * (1u32 << (tried - 1).min(8))).min(RETRY_MAX);
