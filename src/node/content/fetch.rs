@@ -71,8 +71,11 @@ impl Node {
         let closest = match self.dht().closest(hash.to_key()).await {
             Ok((closest, _)) => closest,
             Err(e) => {
+                // Nobody else to hold it (a network of one, or none
+                // reachable): this node, if it serves, is the one holder.
                 tracing::debug!(blob = %hash.short(), error = %e, "no node to push to");
-                return (0, 0);
+                let here = usize::from(self.dht_state().settings.serve);
+                return (here, here);
             }
         };
         let candidates = closest.into_iter().map(|a| (a, None)).collect();
@@ -242,7 +245,23 @@ impl Node {
         let mut last = None;
         let mut tried = std::collections::HashSet::new();
         let mut rest = Vec::new();
-        match self.dht().closest(hash.to_key()).await {
+        // A table smaller than k most likely holds the whole network (a LAN,
+        // a small swarm): its nearest are the holders, asked before a lookup
+        // costs a few round trips per blob. A wrong guess costs one "not
+        // found" each; the lookup follows.
+        let key = hash.to_key();
+        let k = self.dht_state().settings.k;
+        if self.members().len() < k {
+            let near = self.members().closest(&key, state.settings.replicas);
+            for holder in near {
+                tried.insert(holder.id);
+                match self.fetch_from(holder, hash, item).await {
+                    Ok(bytes) => return Ok((bytes, false)),
+                    Err(e) => last = Some(e),
+                }
+            }
+        }
+        match self.dht().closest(key).await {
             Ok((mut holders, _)) => {
                 // The blob lives on the `r` closest; a few more are asked
                 // (a newcomer repair has not reached yet), then providers,
@@ -250,7 +269,9 @@ impl Node {
                 let first = (2 * state.settings.replicas).max(1);
                 rest = holders.split_off(first.min(holders.len()));
                 for holder in holders {
-                    tried.insert(holder.id);
+                    if !tried.insert(holder.id) {
+                        continue;
+                    }
                     match self.fetch_from(holder, hash, item).await {
                         Ok(bytes) => return Ok((bytes, false)),
                         Err(e) => last = Some(e),
