@@ -22,6 +22,19 @@ async fn node(i: usize, bootstrap: Option<&Node>) -> Node {
     b.spawn().await.expect("node starts")
 }
 
+/// Every node knows every other (what lookups would do over time, at once).
+async fn complete_tables(nodes: &[Node]) {
+    for a in nodes {
+        for b in nodes {
+            if a.id() != b.id() {
+                within(10, "known", a.add_known_host(b.addr()))
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+}
+
 /// Bytes that never repeat (identical chunks would be stored once).
 fn pattern(n: usize, seed: u8) -> Vec<u8> {
     let mut out = vec![0u8; n];
@@ -219,15 +232,7 @@ async fn a_blob_whose_holders_die_is_repaired_back_to_r() {
         nodes.push(node(70 + i, Some(&first)).await);
     }
     // Every table complete (what lookups would do over time, at once).
-    for a in &nodes {
-        for b in &nodes {
-            if a.id() != b.id() {
-                within(10, "known", a.add_known_host(b.addr()))
-                    .await
-                    .unwrap();
-            }
-        }
-    }
+    complete_tables(&nodes).await;
     let sharer = 0;
     let key = within(30, "put", nodes[sharer].put(pattern(100_000, 9)))
         .await
@@ -353,15 +358,7 @@ async fn a_node_that_fetched_an_item_serves_it_when_every_holder_is_gone() {
         .await
         .unwrap();
     nodes.push(fetcher.clone());
-    for a in &nodes {
-        for b in &nodes {
-            if a.id() != b.id() {
-                within(10, "known", a.add_known_host(b.addr()))
-                    .await
-                    .unwrap();
-            }
-        }
-    }
+    complete_tables(&nodes).await;
     assert_eq!(
         within(30, "put", nodes[0].put(data.clone())).await.unwrap(),
         key

@@ -242,8 +242,7 @@ impl Node {
         if let Ok(Ok(Some(bytes))) = tokio::task::spawn_blocking(move || store.get(&hash.0)).await {
             return Ok((bytes, true));
         }
-        let mut last = None;
-        let mut tried = std::collections::HashSet::new();
+        let mut asked = Asked::default();
         let mut rest = Vec::new();
         // A table smaller than k most likely holds the whole network (a LAN,
         // a small swarm): its nearest are the holders, asked before a lookup
@@ -253,12 +252,8 @@ impl Node {
         let k = self.dht_state().settings.k;
         if self.members().len() < k {
             let near = self.members().closest(&key, state.settings.replicas);
-            for holder in near {
-                tried.insert(holder.id);
-                match self.fetch_from(holder, hash, item).await {
-                    Ok(bytes) => return Ok((bytes, false)),
-                    Err(e) => last = Some(e),
-                }
+            if let Some(bytes) = self.first_serving(near, &mut asked, hash, item).await {
+                return Ok((bytes, false));
             }
         }
         match self.dht().closest(key).await {
@@ -268,43 +263,28 @@ impl Node {
                 // then the rest of the lookup's answer.
                 let first = (2 * state.settings.replicas).max(1);
                 rest = holders.split_off(first.min(holders.len()));
-                for holder in holders {
-                    if !tried.insert(holder.id) {
-                        continue;
-                    }
-                    match self.fetch_from(holder, hash, item).await {
-                        Ok(bytes) => return Ok((bytes, false)),
-                        Err(e) => last = Some(e),
-                    }
+                if let Some(bytes) = self.first_serving(holders, &mut asked, hash, item).await {
+                    return Ok((bytes, false));
                 }
             }
-            Err(e) => last = Some(e),
+            Err(e) => asked.last = Some(e),
         }
         // The closest holders failed (gone before repair caught up, or
         // wrong bytes): whoever fetched the whole item and announced it.
         if let Some(item) = item {
-            for provider in item.providers(self).await {
-                if provider.id == self.id() || !tried.insert(provider.id) {
-                    continue;
-                }
-                match self.fetch_from(provider.clone(), hash, Some(item)).await {
-                    Ok(bytes) => {
-                        item.from_providers.fetch_add(1, Ordering::Relaxed);
-                        return Ok((bytes, false));
-                    }
-                    Err(e) => last = Some(e),
-                }
+            let providers = item.providers(self).await.to_vec();
+            if let Some(bytes) = self
+                .first_serving(providers, &mut asked, hash, Some(item))
+                .await
+            {
+                item.from_providers.fetch_add(1, Ordering::Relaxed);
+                return Ok((bytes, false));
             }
         }
-        for holder in rest {
-            if !tried.insert(holder.id) {
-                continue;
-            }
-            match self.fetch_from(holder, hash, item).await {
-                Ok(bytes) => return Ok((bytes, false)),
-                Err(e) => last = Some(e),
-            }
+        if let Some(bytes) = self.first_serving(rest, &mut asked, hash, item).await {
+            return Ok((bytes, false));
         }
+        let last = asked.last;
         Err(match last {
             Some(Error::Remote(m)) if m.contains("not found") => {
                 Error::NotFound(format!("blob {}", hash.short()))
@@ -312,6 +292,27 @@ impl Node {
             Some(e) => e,
             None => Error::NotFound(format!("blob {} (no holder found)", hash.short())),
         })
+    }
+
+    /// The blob from the first of `holders` (not asked before, not this
+    /// node) that serves it.
+    async fn first_serving(
+        &self,
+        holders: Vec<crate::addr::NodeAddr>,
+        asked: &mut Asked,
+        hash: Hash,
+        item: Option<&ItemFetch>,
+    ) -> Option<Vec<u8>> {
+        for holder in holders {
+            if holder.id == self.id() || !asked.ids.insert(holder.id) {
+                continue;
+            }
+            match self.fetch_from(holder, hash, item).await {
+                Ok(bytes) => return Some(bytes),
+                Err(e) => asked.last = Some(e),
+            }
+        }
+        None
     }
 
     /// One blob from one holder, verified and kept here (as a cache, when
@@ -423,6 +424,13 @@ impl Node {
         }
         Ok(top)
     }
+}
+
+/// Who a blob was asked of during one fetch, and the last failure.
+#[derive(Default)]
+struct Asked {
+    ids: std::collections::HashSet<crate::identity::NodeId>,
+    last: Option<Error>,
 }
 
 /// Providers asked at most when a blob's closest holders fail.
