@@ -185,11 +185,13 @@ impl Node {
     /// with its other provider records): fetchers ask providers when the
     /// closest holders of a blob are gone.
     fn announce_item(&self, item: &ItemFetch) {
-        if !self.dht_state().settings.serve || !item.all_kept() {
+        let key = item.root.to_key();
+        // Once: the republish renews it (a `get` of an item announced
+        // already would otherwise place the provider record again).
+        if !self.dht_state().settings.serve || !item.all_kept() || self.dht_state().provides(&key) {
             return;
         }
         let node = self.clone();
-        let key = item.root.to_key();
         self.shared().tasks.spawn(async move {
             if let Err(e) = node.dht().provide(key).await {
                 tracing::debug!(error = %e, "announcing a fetched item failed");

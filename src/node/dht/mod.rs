@@ -142,6 +142,12 @@ impl DhtState {
         }
     }
 
+    /// Whether this node announces itself as a provider of `key` already
+    /// (renewed with the others every republish interval).
+    pub(crate) fn provides(&self, key: &NodeId) -> bool {
+        lock(&self.provided).contains(key)
+    }
+
     /// What is held or published changed: the next snapshot writes it.
     pub(crate) fn changed(&self) {
         self.dirty.store(true, Ordering::Release);
