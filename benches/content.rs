@@ -8,11 +8,12 @@
 //! `cargo bench --bench content` (`BUTTER_BENCH_FETCH_MIB` sets the size,
 //! `BUTTER_BENCH_ROUNDS` the rounds).
 
+mod raw;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use butter::identity::tls;
-use butter::{ContentSettings, DhtSettings, Identity, Limits, Node, TransportSettings};
+use butter::{ContentSettings, DhtSettings, Node};
 
 const CHUNK: usize = 256 * 1024;
 
@@ -30,12 +31,7 @@ fn env(name: &str, default: u64) -> u64 {
 /// Raw quinn: a server that sends as many bytes as asked for on the stream
 /// the request came on.
 async fn raw_pair() -> (quinn::Endpoint, quinn::Endpoint, quinn::Connection) {
-    let transport = butter::transport_config(&Limits::default(), &TransportSettings::default());
-    let server_id = Identity::generate();
-    let mut server_config =
-        quinn::ServerConfig::with_crypto(tls::server_crypto(&server_id).unwrap());
-    server_config.transport_config(transport.clone());
-    let server = quinn::Endpoint::server(server_config, lo(200)).unwrap();
+    let (server, server_id) = raw::server(lo(200));
     let addr = server.local_addr().unwrap();
     let accept = server.clone();
     tokio::spawn(async move {
@@ -62,16 +58,7 @@ async fn raw_pair() -> (quinn::Endpoint, quinn::Endpoint, quinn::Connection) {
             });
         }
     });
-    let mut client = quinn::Endpoint::client(lo(201)).unwrap();
-    let mut client_config =
-        quinn::ClientConfig::new(tls::client_crypto(&Identity::generate()).unwrap());
-    client_config.transport_config(transport);
-    client.set_default_client_config(client_config);
-    let conn = client
-        .connect(addr, &tls::server_name(&server_id.id()))
-        .unwrap()
-        .await
-        .unwrap();
+    let (client, conn) = raw::connect(lo(201), addr, &server_id).await;
     (server, client, conn)
 }
 

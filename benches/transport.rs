@@ -7,11 +7,12 @@
 //!
 //! `cargo bench --bench transport` (set `BUTTER_BENCH_BULK_MIB` to change the size).
 
+mod raw;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use butter::identity::tls;
-use butter::{Body, Identity, Limits, Node, Request, StreamRequest, TransportSettings};
+use butter::{Body, Node, Request, StreamRequest};
 use tokio::io::AsyncReadExt;
 
 const BODY: [u8; 64] = [0x5a; 64];
@@ -33,12 +34,7 @@ struct Raw {
 }
 
 async fn raw_pair() -> Raw {
-    let transport = butter::transport_config(&Limits::default(), &TransportSettings::default());
-    let server_id = Identity::generate();
-    let mut server_config =
-        quinn::ServerConfig::with_crypto(tls::server_crypto(&server_id).unwrap());
-    server_config.transport_config(transport.clone());
-    let server = quinn::Endpoint::server(server_config, lo()).unwrap();
+    let (server, server_id) = raw::server(lo());
     let addr = server.local_addr().unwrap();
     let accept = server.clone();
     tokio::spawn(async move {
@@ -69,16 +65,7 @@ async fn raw_pair() -> Raw {
             });
         }
     });
-    let mut client = quinn::Endpoint::client(lo()).unwrap();
-    let mut client_config =
-        quinn::ClientConfig::new(tls::client_crypto(&Identity::generate()).unwrap());
-    client_config.transport_config(transport);
-    client.set_default_client_config(client_config);
-    let conn = client
-        .connect(addr, &tls::server_name(&server_id.id()))
-        .unwrap()
-        .await
-        .unwrap();
+    let (client, conn) = raw::connect(lo(), addr, &server_id).await;
     Raw {
         _server: server,
         client,
