@@ -10,6 +10,7 @@
 //! unanswered (one lost packet is not a death); every removal reaches
 //! repair as a [`PeerEvent::Removed`](crate::PeerEvent).
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -17,6 +18,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use super::service::WeakNode;
 use super::Node;
 use crate::addr::Target;
+use crate::identity::NodeId;
 use crate::peers::HostInfo;
 
 /// Least time a neighbour has to answer one check.
@@ -32,7 +34,13 @@ pub(super) fn check_timeout(rtt: Duration, liveness_timeout: Duration) -> Durati
     (MIN_TIMEOUT + rtt * RTTS).min(liveness_timeout)
 }
 
-/// Runs until the node is dropped or shut down.
+/// Ticks of the watch per neighbour interval: a neighbour falls due at
+/// most a quarter of an interval before it is checked.
+const TICKS_PER_INTERVAL: u32 = 4;
+
+/// Runs until the node is dropped or shut down. Checks run alongside the
+/// ticks (a slow check, the two timeouts of a dead neighbour, holds up no
+/// other); a neighbour is checked by one check at a time.
 pub(super) async fn watch(node: WeakNode) {
     let Some((n, interval)) = node.upgrade().map(|n| {
         let s = &n.members().settings;
@@ -43,19 +51,52 @@ pub(super) async fn watch(node: WeakNode) {
     if n == 0 || interval.is_zero() {
         return;
     }
+    let tick = interval / TICKS_PER_INTERVAL;
+    let mut checking: HashSet<NodeId> = HashSet::new();
+    let mut checks = FuturesUnordered::new();
+    let mut next = tokio::time::Instant::now() + super::membership::jitter(interval);
     loop {
-        tokio::time::sleep(super::membership::jitter(interval)).await;
-        let Some(node) = node.upgrade() else { return };
-        let due = node.members().neighbours_due(n, interval);
-        let mut checks: FuturesUnordered<_> = due.into_iter().map(|h| check(&node, h)).collect();
-        while checks.next().await.is_some() {}
+        tokio::select! {
+            _ = tokio::time::sleep_until(next) => {
+                next = tokio::time::Instant::now() + tick;
+                let Some(strong) = node.upgrade() else { return };
+                for host in strong.members().neighbours_due(n, interval) {
+                    if checking.insert(host.addr.id) {
+                        let weak = node.clone();
+                        checks.push(async move {
+                            let id = host.addr.id;
+                            if let Some(node) = weak.upgrade() {
+                                check(&node, host).await;
+                            }
+                            id
+                        });
+                    }
+                }
+            }
+            Some(id) = checks.next(), if !checks.is_empty() => {
+                checking.remove(&id);
+            }
+        }
     }
+}
+
+/// Round trip to `host`: the live connection's estimate if there is one
+/// (smoothed by QUIC over every packet), else the one last measured.
+fn rtt_of(node: &Node, host: &HostInfo) -> Duration {
+    node.shared()
+        .endpoint
+        .cached(&host.addr.id)
+        .map(|c| c.rtt())
+        .unwrap_or(host.rtt)
 }
 
 /// Pings one neighbour, twice if the first goes unanswered; removes it if
 /// neither is.
 async fn check(node: &Node, host: HostInfo) {
-    let timeout = check_timeout(host.rtt, node.members().settings.liveness_timeout);
+    let timeout = check_timeout(
+        rtt_of(node, &host),
+        node.members().settings.liveness_timeout,
+    );
     let target = Target::Addr(host.addr.clone());
     for _ in 0..2 {
         match tokio::time::timeout(timeout, node.ping_with(target.clone(), true)).await {

@@ -62,7 +62,14 @@ pub struct Store {
     persistent: bool,
     /// Bytes used (mirrors META "used"; updated after each commit).
     used: Mutex<u64>,
+    /// Bytes committed without waiting for the disk since the last durable
+    /// commit.
+    unsynced: std::sync::atomic::AtomicU64,
 }
+
+/// Cached bytes committed without waiting for the disk before a durable
+/// commit follows.
+pub const SYNC_EVERY_BYTES: u64 = 32 << 20;
 
 /// What opening found and did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -115,6 +122,7 @@ impl Store {
             budget,
             persistent: true,
             used: Mutex::new(0),
+            unsynced: Default::default(),
         };
         let recovery = store.recover()?;
         let used = {
@@ -184,14 +192,46 @@ impl Store {
 
     /// Stores one blob (a no-op if held). Over budget: [`Error::StorageFull`].
     pub fn put(&self, key: &Key, bytes: &[u8]) -> Result<bool> {
-        self.write(None, &[(key, bytes)]).map(|n| n > 0)
+        self.write(None, &[(key, bytes)], true).map(|n| n > 0)
+    }
+
+    /// Stores a blob kept as a cache (a chunk fetched for a download):
+    /// committed without waiting for the disk, made durable with the next
+    /// durable commit, at the latest after [`SYNC_EVERY_BYTES`] of such
+    /// writes or at [`sync`](Self::sync). A crash loses only cached blobs
+    /// not yet synced (fetched again when needed); the store stays
+    /// consistent either way. Waiting for the disk on every chunk was what
+    /// slowed a download most.
+    pub fn put_cached(&self, key: &Key, bytes: &[u8]) -> Result<bool> {
+        let added = self.write(None, &[(key, bytes)], false)? > 0;
+        let unsynced = self
+            .unsynced
+            .fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed)
+            + bytes.len() as u64;
+        if unsynced >= SYNC_EVERY_BYTES {
+            self.sync()?;
+        }
+        Ok(added)
+    }
+
+    /// Makes every write so far durable (a no-op when none waits).
+    pub fn sync(&self) -> Result<()> {
+        if self.unsynced.swap(0, std::sync::atomic::Ordering::Relaxed) == 0 {
+            return Ok(());
+        }
+        let _used = self.lock();
+        let tx = self.db.begin_write().map_err(db)?;
+        tx.commit().map_err(db)
     }
 
     /// Writes blobs in one transaction; returns how many were new. With a
     /// batch id, new blobs are listed as pending.
-    fn write(&self, batch: Option<u64>, items: &[(&Key, &[u8])]) -> Result<usize> {
+    fn write(&self, batch: Option<u64>, items: &[(&Key, &[u8])], durable: bool) -> Result<usize> {
         let mut used = self.lock();
-        let tx = self.db.begin_write().map_err(db)?;
+        let mut tx = self.db.begin_write().map_err(db)?;
+        if !durable {
+            tx.set_durability(redb::Durability::None).map_err(db)?;
+        }
         let mut added = 0;
         let mut grew = 0u64;
         {
@@ -262,6 +302,19 @@ impl Store {
             Err(e) => return Err(db(e)),
         };
         Ok(table.get(key.as_slice()).map_err(db)?.is_some())
+    }
+
+    /// Whether each blob of `keys` is held (one read transaction).
+    pub fn has_each(&self, keys: &[Key]) -> Result<Vec<bool>> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let table = match tx.open_table(BLOBS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(vec![false; keys.len()]),
+            Err(e) => return Err(db(e)),
+        };
+        keys.iter()
+            .map(|k| Ok(table.get(k.as_slice()).map_err(db)?.is_some()))
+            .collect()
     }
 
     /// Removes a blob; returns whether it was held.
@@ -394,7 +447,7 @@ impl Batch<'_> {
             .iter()
             .map(|(k, b)| (k, b.as_slice()))
             .collect();
-        self.store.write(Some(self.id), &items)?;
+        self.store.write(Some(self.id), &items, true)?;
         self.buffered.clear();
         self.buffered_bytes = 0;
         Ok(())
@@ -500,6 +553,16 @@ fn roll_back(tx: &redb::WriteTransaction, id: u64) -> Result<(u64, u64)> {
     Ok((n, bytes))
 }
 
+impl Drop for Store {
+    /// Cached blobs not yet durable are made so (best effort: a failure
+    /// only loses cached copies).
+    fn drop(&mut self) {
+        if let Err(e) = self.sync() {
+            tracing::debug!(error = %e, "store: last sync failed");
+        }
+    }
+}
+
 impl Drop for Batch<'_> {
     fn drop(&mut self) {
         if self.finished {
@@ -559,6 +622,33 @@ mod tests {
     }
 
     #[test]
+    fn cached_blobs_count_against_the_budget_and_are_durable_after_a_sync_or_a_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let (k1, b1) = blob(1, 1000);
+        let (k2, b2) = blob(2, 1000);
+        let (k3, b3) = blob(3, 1000);
+        {
+            let s = Store::open(&path, 2500).unwrap();
+            assert!(s.put_cached(&k1, &b1).unwrap());
+            s.sync().unwrap();
+            assert!(s.put_cached(&k2, &b2).unwrap());
+            assert!(s.has(&k2).unwrap(), "visible before it is durable");
+            assert!(matches!(
+                s.put_cached(&k3, &b3),
+                Err(Error::StorageFull { .. })
+            ));
+            assert_eq!(s.used(), 2000);
+            // Closed without a sync: the close makes it durable.
+        }
+        let s = Store::open(&path, 2500).unwrap();
+        assert_eq!(s.get(&k1).unwrap().unwrap(), b1);
+        assert_eq!(s.get(&k2).unwrap().unwrap(), b2);
+        assert!(!s.has(&k3).unwrap());
+        assert_eq!(s.used(), 2000);
+    }
+
+    #[test]
     fn a_write_over_the_budget_is_refused_whole() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path().join("s.redb"), 2500).unwrap();
@@ -567,7 +657,7 @@ mod tests {
         let (k3, b3) = blob(3, 1000);
         s.put(&k1, &b1).unwrap();
         let err = s
-            .write(None, &[(&k2, b2.as_slice()), (&k3, b3.as_slice())])
+            .write(None, &[(&k2, b2.as_slice()), (&k3, b3.as_slice())], true)
             .unwrap_err();
         assert!(
             matches!(

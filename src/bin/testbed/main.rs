@@ -22,6 +22,7 @@ use anyhow::{Context, Result};
 use butter::content::Hash;
 use butter::{ContentSettings, MembershipSettings, Node, NodeAddr};
 use clap::Parser;
+use futures_util::StreamExt;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -97,6 +98,8 @@ struct Net {
     dead_repair_bytes: u64,
     dead_calls: u64,
     dead_repairs: u64,
+    /// Every blob stored (a dying node's are logged, for tracing repairs).
+    blobs: Vec<Hash>,
 }
 
 impl Net {
@@ -163,6 +166,23 @@ impl Net {
     /// goodbye, no connection close); with `--graceful`, it shuts down.
     async fn kill(&mut self, i: usize) {
         let node = self.nodes.swap_remove(i);
+        tracing::debug!(target: "testbed", peer = %node.id().short(), "killed");
+        if tracing::enabled!(target: "testbed", tracing::Level::TRACE) {
+            if let Ok(held) = node.holds_each(self.blobs.clone()).await {
+                for (blob, held) in self.blobs.iter().zip(held) {
+                    if held {
+                        let key = blob.to_key();
+                        let d = butter::peers::table::distance(&node.id(), &key);
+                        let rank = self
+                            .nodes
+                            .iter()
+                            .filter(|n| butter::peers::table::distance(&n.id(), &key) < d)
+                            .count();
+                        tracing::trace!(target: "testbed", peer = %node.id().short(), blob = %blob.short(), rank, "killed holder");
+                    }
+                }
+            }
+        }
         let s = node.stats();
         self.dead_repair_bytes += s.repair_bytes;
         self.dead_calls += s.calls_made;
@@ -175,23 +195,52 @@ impl Net {
     }
 }
 
+/// How well live nodes know their own neighbourhood: of each node's
+/// `n` nearest live nodes, the share its table holds (the holders of a
+/// blob watch each other only if they know each other).
+fn neighbourhood(net: &Net, n: usize) -> f64 {
+    let ids: Vec<butter::NodeId> = net.nodes.iter().map(|x| x.id()).collect();
+    let (mut known, mut all) = (0usize, 0usize);
+    for node in &net.nodes {
+        let me = node.id();
+        let mut near: Vec<_> = ids.iter().filter(|id| **id != me).collect();
+        near.sort_by_key(|id| butter::peers::table::distance(id, &me));
+        let table: std::collections::HashSet<_> =
+            node.known_hosts().into_iter().map(|h| h.addr.id).collect();
+        for id in near.into_iter().take(n) {
+            all += 1;
+            known += usize::from(table.contains(id));
+        }
+    }
+    100.0 * known as f64 / all.max(1) as f64
+}
+
+/// Items stored at once before the churn.
+const PARALLEL_PUTS: usize = 16;
+
 /// Items whose holders are counted each time (a random sample).
 const SAMPLE: usize = 100;
 
-/// Items with a blob on fewer than `r` live nodes.
+/// Items with a blob on fewer than `r` live nodes (one read of each
+/// node's store: a read per blob and node took seconds, and a tick that
+/// long turns into a burst of deaths).
 async fn under_replicated(net: &Net, items: &[(Hash, Vec<Hash>)]) -> usize {
-    let mut count = 0;
-    for (_, blobs) in items {
-        let mut short = false;
-        for blob in blobs {
-            let mut holders = 0;
-            for n in &net.nodes {
-                if n.holds(*blob).await.unwrap_or(false) {
-                    holders += 1;
-                }
+    let blobs: Vec<Hash> = items.iter().flat_map(|(_, b)| b.iter().copied()).collect();
+    let mut holders = vec![0usize; blobs.len()];
+    for n in &net.nodes {
+        if let Ok(held) = n.holds_each(blobs.clone()).await {
+            for (count, held) in holders.iter_mut().zip(held) {
+                *count += usize::from(held);
             }
-            short |= holders < net.args.replicas;
         }
+    }
+    let mut at = 0;
+    let mut count = 0;
+    for (_, b) in items {
+        let short = holders[at..at + b.len()]
+            .iter()
+            .any(|h| *h < net.args.replicas);
+        at += b.len();
         count += usize::from(short);
     }
     count
@@ -220,6 +269,7 @@ async fn main() -> Result<()> {
         dead_repair_bytes: 0,
         dead_calls: 0,
         dead_repairs: 0,
+        blobs: Vec::new(),
     };
     let started = Instant::now();
     let rss_before = rss();
@@ -249,18 +299,33 @@ async fn main() -> Result<()> {
         tables.iter().max().unwrap_or(&0)
     );
     // Items, each from a random node; the blobs of each (for the CSV).
-    let mut items: Vec<(Hash, Vec<Hash>)> = Vec::new();
+    // (Stored a few at once: one at a time took minutes.)
+    let mut puts = Vec::new();
     for _ in 0..net.args.items {
         let mut data = vec![0u8; net.args.item_size];
         rng.fill(&mut data[..]);
         let built = butter::content::tree::build(&data[..], 256 * 1024, None)?;
         let node = net.random_live();
-        let key = node.put(data).await?;
-        assert_eq!(key, built.root);
-        items.push((key, built.blobs.keys().copied().collect()));
+        puts.push(async move {
+            let key = node.put(data).await?;
+            anyhow::ensure!(key == built.root, "put returned another key");
+            Ok((key, built.blobs.keys().copied().collect::<Vec<_>>()))
+        });
     }
+    let items: Vec<(Hash, Vec<Hash>)> = futures_util::stream::iter(puts)
+        .buffered(PARALLEL_PUTS)
+        .collect::<Vec<Result<_>>>()
+        .await
+        .into_iter()
+        .collect::<Result<_>>()?;
+    net.blobs = items.iter().flat_map(|(_, b)| b.iter().copied()).collect();
     let (bytes0, calls0, _) = net.totals();
-    eprintln!("{} items stored", items.len());
+    eprintln!(
+        "{} items stored; each node's 3 / 8 nearest live nodes in its table: {:.1} / {:.1} %",
+        items.len(),
+        neighbourhood(&net, 3),
+        neighbourhood(&net, 8)
+    );
     let churn_started = Instant::now();
     let (mut died, mut node_seconds) = (0usize, 0f64);
     let mut rows = Vec::new();
@@ -286,6 +351,9 @@ async fn main() -> Result<()> {
             break;
         }
         let dt = last.elapsed().as_secs_f64();
+        if dt > 1.5 {
+            tracing::debug!(target: "testbed", dt, "slow tick");
+        }
         last = Instant::now();
         if now < churn {
             let p = 1.0 - (1.0 - net.args.p).powf(dt);
@@ -308,6 +376,12 @@ async fn main() -> Result<()> {
         let second = now.as_secs();
         let short = if now >= next_count || now + Duration::from_secs(1) >= end {
             next_count += Duration::from_secs(5);
+            tracing::debug!(
+                target: "testbed",
+                second,
+                nearest3 = neighbourhood(&net, 3),
+                "neighbourhood known"
+            );
             Some(under_replicated(&net, &sample).await)
         } else {
             None
@@ -367,6 +441,11 @@ async fn main() -> Result<()> {
                 );
             }
         }
+        eprintln!(
+            "after settling, each node's 3 / 8 nearest live nodes in its table: {:.1} / {:.1} %",
+            neighbourhood(&net, 3),
+            neighbourhood(&net, 8)
+        );
         let mut counts: Vec<usize> = known_by.values().copied().collect();
         counts.sort();
         eprintln!(
@@ -412,7 +491,9 @@ async fn main() -> Result<()> {
                 }
             }
             fewest = fewest.min(holders.len());
-            if !holders.is_empty() {
+            if holders.is_empty() {
+                eprintln!("  blob {} lost: no live node holds it", blob.short());
+            } else {
                 // Where the holders stand among the live nodes, nearest to
                 // the blob's key first (a lookup returns the 20 nearest).
                 let key = blob.to_key();

@@ -350,7 +350,7 @@ impl Node {
             let store = state.store.clone();
             let keep = answer.clone();
             kept = matches!(
-                tokio::task::spawn_blocking(move || store.put(&hash.0, &keep)).await,
+                tokio::task::spawn_blocking(move || store.put_cached(&hash.0, &keep)).await,
                 Ok(Ok(_))
             );
         }

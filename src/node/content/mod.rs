@@ -144,6 +144,29 @@ impl Node {
             .map_err(|e| Error::Storage(e.to_string()))?
     }
 
+    /// Whether this node's store holds each of `hashes` (one read of the
+    /// store for all).
+    pub async fn holds_each(&self, hashes: Vec<Hash>) -> Result<Vec<bool>> {
+        let store = self.content().store.clone();
+        tokio::task::spawn_blocking(move || {
+            let keys: Vec<_> = hashes.iter().map(|h| h.0).collect();
+            store.has_each(&keys)
+        })
+        .await
+        .map_err(|e| Error::Storage(e.to_string()))?
+    }
+
+    /// Makes the chunks cached by fetches durable (see
+    /// [`Store::put_cached`](crate::store::Store::put_cached)).
+    pub(crate) async fn sync_store(&self) {
+        let store = self.content().store.clone();
+        match tokio::task::spawn_blocking(move || store.sync()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "the store could not be synced"),
+            Err(e) => tracing::warn!(error = %e, "the store sync task failed"),
+        }
+    }
+
     /// Stores `data` on the network: chunked, kept here, and every chunk
     /// and manifest pushed to the nodes closest to its hash. Returns the
     /// key (the root manifest's hash) that [`Node::get`] takes.
@@ -176,6 +199,8 @@ impl Node {
             std::future::ready(Ok(()))
         })
         .await?;
+        // Announced as a provider only with the item durable here.
+        self.sync_store().await;
         self.announce_item(&item);
         Ok(out.into())
     }
@@ -285,6 +310,9 @@ impl Node {
             })
             .await;
         drop(tx);
+        // What was fetched stays fetched, even if this fetch failed and the
+        // process ends: a new fetch resumes from it.
+        self.sync_store().await;
         let written = writer
             .await
             .map_err(|e| Error::Storage(format!("file writer: {e}")))?;
