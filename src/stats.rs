@@ -6,7 +6,11 @@ macro_rules! counters {
     ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
         /// Live counters (atomics, updated as things happen).
         #[derive(Debug, Default)]
-        pub(crate) struct Stats { $(pub(crate) $name: AtomicU64,)* }
+        pub(crate) struct Stats {
+            $(pub(crate) $name: AtomicU64,)*
+            /// The store, for the `store_bytes` gauge.
+            pub(crate) store: std::sync::OnceLock<std::sync::Arc<crate::store::Store>>,
+        }
 
         /// A snapshot of a node's counters.
         #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -22,7 +26,11 @@ macro_rules! counters {
 
         impl Stats {
             pub(crate) fn snapshot(&self) -> StatsSnapshot {
-                StatsSnapshot { $($name: self.$name.load(Ordering::Relaxed),)* }
+                let mut snapshot = StatsSnapshot { $($name: self.$name.load(Ordering::Relaxed),)* };
+                if let Some(store) = self.store.get() {
+                    snapshot.store_bytes = store.used();
+                }
+                snapshot
             }
         }
     };
@@ -139,4 +147,6 @@ counters! {
     repairs_dropped,
     /// Candidates that waited for a verification slot (all were busy).
     candidates_queued,
+    /// Bytes of content in this node's store (a gauge, not a counter).
+    store_bytes,
 }

@@ -25,6 +25,11 @@ struct Args {
         default_value = "butter-introducer-data"
     )]
     data_dir: PathBuf,
+    /// Identity key file to use (PEM, read only; e.g. a key shipped with a
+    /// deployment so that peers can be configured with the introducer's id
+    /// in advance) instead of the one kept in the data dir.
+    #[arg(long, env = "BUTTER_INTRODUCER_KEY")]
+    key: Option<PathBuf>,
     /// The address nodes should use (printed instead of the interface addresses),
     /// e.g. the public IP of a server behind a cloud's 1:1 NAT.
     #[arg(long, env = "BUTTER_INTRODUCER_PUBLIC_ADDR")]
@@ -118,9 +123,16 @@ async fn main() -> anyhow::Result<()> {
         max_connections_per_prefix: args.max_connections_per_addr.saturating_mul(4),
         ..Default::default()
     });
-    let builder = introducer::builder(args.listen)
+    let mut builder = introducer::builder(args.listen)
         .data_dir(&args.data_dir)
         .limits(limits);
+    if let Some(file) = &args.key {
+        let pem = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read the key file {}", file.display()))?;
+        let identity = butter::Identity::from_pem(&pem)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        builder = builder.identity(identity);
+    }
     let node = builder
         .service(service.clone())
         .spawn()

@@ -20,7 +20,7 @@ struct Cli {
 enum Command {
     /// Print this node's id (creating the identity if missing).
     Id {
-        #[arg(long, env = "BUTTER_DATA_DIR")]
+        #[arg(long, env = "BUTTER_DATA_DIR", value_parser = parse_dir)]
         data_dir: Option<PathBuf>,
     },
     /// Run a node. Prints `NODEID@IP:PORT[,...]` as the first line on stdout.
@@ -28,7 +28,7 @@ enum Command {
         /// UDP address to listen on.
         #[arg(long, default_value = "0.0.0.0:7400")]
         listen: SocketAddr,
-        #[arg(long, env = "BUTTER_DATA_DIR")]
+        #[arg(long, env = "BUTTER_DATA_DIR", value_parser = parse_dir)]
         data_dir: Option<PathBuf>,
         /// Do not discover peers by LAN multicast.
         #[arg(long)]
@@ -57,10 +57,10 @@ enum Command {
         #[arg(long)]
         events: bool,
         /// Introducer to register with (NODEID@IP:PORT); repeatable.
-        #[arg(long = "introducer")]
+        #[arg(long = "introducer", value_parser = parse_node_addr)]
         introducers: Vec<NodeAddr>,
         /// Node to join the DHT through (NODEID@IP:PORT); repeatable.
-        #[arg(long = "bootstrap")]
+        #[arg(long = "bootstrap", value_parser = parse_node_addr)]
         bootstrap: Vec<NodeAddr>,
         /// How often to refresh introducer registrations, in milliseconds.
         #[arg(long, default_value_t = 10_000)]
@@ -81,43 +81,49 @@ enum Command {
     },
     /// Print the known hosts of a node.
     Peers {
-        /// NODEID@IP:PORT[,IP:PORT...]
+        /// NODEID@HOST:PORT[,HOST:PORT...], or `local`: the node running
+        /// from this data dir (`BUTTER_DATA_DIR`)
+        #[arg(value_parser = parse_node_addr)]
         addr: NodeAddr,
     },
     /// Print the counters of a node.
     Stats {
-        /// NODEID@IP:PORT[,IP:PORT...]
+        /// NODEID@HOST:PORT[,HOST:PORT...], or `local`: the node running
+        /// from this data dir (`BUTTER_DATA_DIR`)
+        #[arg(value_parser = parse_node_addr)]
         addr: NodeAddr,
     },
     /// Ping a node: checks its identity and prints the round trip and path.
     Ping {
-        /// NODEID@IP:PORT[,IP:PORT...], or NODEID alone with --introducer
+        /// NODEID@HOST:PORT[,HOST:PORT...], NODEID alone with --introducer, or
+        /// `local` (the node running from this data dir, `BUTTER_DATA_DIR`)
         #[arg(value_parser = parse_target)]
         addr: Target,
         /// Introducer to reach the node through (NODEID@IP:PORT); repeatable.
-        #[arg(long = "introducer")]
+        #[arg(long = "introducer", value_parser = parse_node_addr)]
         introducers: Vec<NodeAddr>,
         /// Number of pings.
         #[arg(long, short = 'c', default_value_t = 1)]
         count: u32,
         /// Identity to call with (default: a throwaway one).
-        #[arg(long)]
+        #[arg(long, value_parser = parse_dir)]
         data_dir: Option<PathBuf>,
     },
     /// Call a route and print the reply body.
     Call {
-        /// NODEID@IP:PORT[,IP:PORT...], or NODEID alone with --introducer
+        /// NODEID@HOST:PORT[,HOST:PORT...], NODEID alone with --introducer, or
+        /// `local` (the node running from this data dir, `BUTTER_DATA_DIR`)
         #[arg(value_parser = parse_target)]
         addr: Target,
         /// Introducer to reach the node through (NODEID@IP:PORT); repeatable.
-        #[arg(long = "introducer")]
+        #[arg(long = "introducer", value_parser = parse_node_addr)]
         introducers: Vec<NodeAddr>,
         /// Route name, e.g. `reverse`.
         route: String,
         /// Request body (read from stdin if omitted).
         body: Option<String>,
         /// Identity to call with (default: a throwaway one).
-        #[arg(long)]
+        #[arg(long, value_parser = parse_dir)]
         data_dir: Option<PathBuf>,
     },
     /// DHT lookups as a guest (this process never enters anyone's table):
@@ -126,13 +132,13 @@ enum Command {
         #[command(subcommand)]
         command: DhtCommand,
         /// Node to start the lookup from (NODEID@IP:PORT); repeatable.
-        #[arg(long = "bootstrap", global = true)]
+        #[arg(long = "bootstrap", global = true, value_parser = parse_node_addr)]
         bootstrap: Vec<NodeAddr>,
         /// Introducer to find nodes through (NODEID@IP:PORT); repeatable.
-        #[arg(long = "introducer", global = true)]
+        #[arg(long = "introducer", global = true, value_parser = parse_node_addr)]
         introducers: Vec<NodeAddr>,
         /// Identity to publish and look up with (default: a throwaway one).
-        #[arg(long, global = true)]
+        #[arg(long, global = true, value_parser = parse_dir)]
         data_dir: Option<PathBuf>,
     },
     /// A whole network in one process: a dozen nodes on loopback join, one
@@ -152,13 +158,13 @@ enum Command {
         /// The file.
         file: PathBuf,
         /// Node to join through (NODEID@IP:PORT); repeatable.
-        #[arg(long = "bootstrap")]
+        #[arg(long = "bootstrap", value_parser = parse_node_addr)]
         bootstrap: Vec<NodeAddr>,
         /// Introducer to find nodes through (NODEID@IP:PORT); repeatable.
-        #[arg(long = "introducer")]
+        #[arg(long = "introducer", value_parser = parse_node_addr)]
         introducers: Vec<NodeAddr>,
         /// Identity (and, with --serve, the store) to use.
-        #[arg(long)]
+        #[arg(long, value_parser = parse_dir)]
         data_dir: Option<PathBuf>,
         /// Keep serving as a node afterwards (until Ctrl-C).
         #[arg(long)]
@@ -176,26 +182,27 @@ enum Command {
         #[arg(short = 'o', long = "output")]
         output: PathBuf,
         /// Node to start from (NODEID@IP:PORT); repeatable.
-        #[arg(long = "bootstrap")]
+        #[arg(long = "bootstrap", value_parser = parse_node_addr)]
         bootstrap: Vec<NodeAddr>,
         /// Introducer to find nodes through (NODEID@IP:PORT); repeatable.
-        #[arg(long = "introducer")]
+        #[arg(long = "introducer", value_parser = parse_node_addr)]
         introducers: Vec<NodeAddr>,
         /// Identity to fetch with.
-        #[arg(long)]
+        #[arg(long, value_parser = parse_dir)]
         data_dir: Option<PathBuf>,
     },
     /// Stream bytes to a node's `bench/sink` route (`butter node --bench`), check
     /// they arrived intact (BLAKE3) and print the throughput and path.
     Bench {
-        /// NODEID@IP:PORT[,IP:PORT...], or NODEID alone with --introducer
+        /// NODEID@HOST:PORT[,HOST:PORT...], NODEID alone with --introducer, or
+        /// `local` (the node running from this data dir, `BUTTER_DATA_DIR`)
         #[arg(value_parser = parse_target)]
         addr: Target,
         /// Bytes to send (K, M, G suffixes).
         #[arg(long, default_value = "64M", value_parser = parse_size)]
         bytes: u64,
         /// Introducer to reach the node through (NODEID@IP:PORT); repeatable.
-        #[arg(long = "introducer")]
+        #[arg(long = "introducer", value_parser = parse_node_addr)]
         introducers: Vec<NodeAddr>,
     },
 }
@@ -232,10 +239,8 @@ enum DhtCommand {
 const SINK_ROUTE: &str = "bench/sink";
 
 fn parse_target(s: &str) -> Result<Target, String> {
-    if s.contains('@') {
-        s.parse::<NodeAddr>()
-            .map(Target::Addr)
-            .map_err(|e| e.to_string())
+    if s.contains('@') || s == LOCAL {
+        parse_node_addr(s).map(Target::Addr)
     } else {
         s.parse::<butter::NodeId>().map(Target::Id).map_err(|e| {
             format!("expected NODEID@IP:PORT[,IP:PORT...], or a NODEID with --introducer ({e})")
@@ -286,6 +291,91 @@ fn parse_size(s: &str) -> Result<u64, String> {
     };
     n.checked_mul(mult)
         .ok_or_else(|| format!("too large: {s:?}"))
+}
+
+/// The address that stands for the node running from this machine's data
+/// dir (`BUTTER_DATA_DIR`, or the default): what it wrote in
+/// [`ADDR_FILE`] when it started, reached on loopback first.
+const LOCAL: &str = "local";
+
+/// Where `butter node` writes its address (`NODEID@IP:PORT[,...]`).
+const ADDR_FILE: &str = "node.addr";
+
+/// `NODEID@HOST:PORT[,HOST:PORT...]`, where a host may be a name (resolved
+/// here, e.g. a container's service name), or [`LOCAL`].
+fn parse_node_addr(s: &str) -> Result<NodeAddr, String> {
+    if s == LOCAL {
+        return local_addr();
+    }
+    if let Ok(addr) = s.parse::<NodeAddr>() {
+        return Ok(addr);
+    }
+    let (id, hosts) = s
+        .trim()
+        .split_once('@')
+        .ok_or_else(|| format!("expected NODEID@HOST:PORT[,HOST:PORT...], got {s:?}"))?;
+    let id: butter::NodeId = id.parse().map_err(|e| format!("{e}"))?;
+    let mut addrs = Vec::new();
+    for host in hosts.split(',').filter(|h| !h.is_empty()) {
+        use std::net::ToSocketAddrs;
+        let found = host
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve {host:?}: {e}"))?;
+        // IPv4 first (what a LAN or a container network mostly has).
+        let mut found: Vec<SocketAddr> = found.collect();
+        found.sort_by_key(|a| a.is_ipv6());
+        addrs.extend(found);
+    }
+    if addrs.is_empty() {
+        return Err(format!("no address in {s:?}"));
+    }
+    Ok(NodeAddr { id, addrs })
+}
+
+/// The local node's address (see [`LOCAL`]).
+fn local_addr() -> Result<NodeAddr, String> {
+    let dir = std::env::var_os("BUTTER_DATA_DIR")
+        .map(|d| expand_dir(&d.to_string_lossy()))
+        .unwrap_or_else(default_data_dir);
+    let file = dir.join(ADDR_FILE);
+    let text = std::fs::read_to_string(&file).map_err(|e| {
+        format!(
+            "no local node: cannot read {} ({e}); is `butter node` running with this data dir?",
+            file.display()
+        )
+    })?;
+    let mut addr: NodeAddr = text
+        .trim()
+        .parse()
+        .map_err(|e| format!("{}: {e}", file.display()))?;
+    // Loopback first: the node listens on every interface or on one of
+    // those listed.
+    if let Some(port) = addr.addrs.first().map(|a| a.port()) {
+        addr.addrs
+            .insert(0, SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    Ok(addr)
+}
+
+/// A data dir, with `{host}` replaced by this machine's host name: one
+/// volume serves every replica of a scaled container, each in a directory
+/// of its own that outlives a restart.
+fn expand_dir(s: &str) -> PathBuf {
+    if !s.contains("{host}") {
+        return PathBuf::from(s);
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".into());
+    PathBuf::from(s.replace("{host}", &host))
+}
+
+fn parse_dir(s: &str) -> Result<PathBuf, String> {
+    Ok(expand_dir(s))
 }
 
 fn default_data_dir() -> PathBuf {
@@ -347,6 +437,8 @@ async fn run(cli: Cli) -> Result<()> {
             upnp_lease_secs,
         } => {
             let dir = data_dir.unwrap_or_else(default_data_dir);
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
             let mut builder = Node::builder();
             for b in bootstrap {
                 builder = builder.bootstrap(b);
@@ -362,7 +454,7 @@ async fn run(cli: Cli) -> Result<()> {
                     ..Default::default()
                 })
                 .listen(listen)
-                .data_dir(dir)
+                .data_dir(dir.clone())
                 .memory(memory)
                 .storage(storage)
                 .want_hosts(want)
@@ -379,6 +471,12 @@ async fn run(cli: Cli) -> Result<()> {
             let mut upnp = node.upnp_changes();
             println!("{}", node.addr());
             std::io::stdout().flush()?;
+            // For `butter ... local` (and container health checks).
+            let addr_file = dir.join(ADDR_FILE);
+            let tmp = dir.join(format!("{ADDR_FILE}.tmp"));
+            std::fs::write(&tmp, format!("{}\n", node.addr()))
+                .and_then(|()| std::fs::rename(&tmp, &addr_file))
+                .with_context(|| format!("cannot write {}", addr_file.display()))?;
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
             loop {

@@ -494,6 +494,7 @@ impl NodeBuilder {
             tasks: tasks.clone(),
         });
         let _ = weak_shared.set(Arc::downgrade(&shared));
+        let _ = shared.stats.store.set(shared.content.store.clone());
         tasks.spawn(accept::accept_loop(
             shared.endpoint.quinn.clone(),
             Arc::downgrade(&shared),

@@ -553,6 +553,16 @@ fn roll_back(tx: &redb::WriteTransaction, id: u64) -> Result<(u64, u64)> {
     Ok((n, bytes))
 }
 
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("persistent", &self.persistent)
+            .field("budget", &self.budget)
+            .field("used", &self.used())
+            .finish()
+    }
+}
+
 impl Drop for Store {
     /// Cached blobs not yet durable are made so (best effort: a failure
     /// only loses cached copies).
