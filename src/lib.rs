@@ -44,6 +44,7 @@ mod path;
 pub mod peers;
 pub mod ratelimit;
 mod router;
+pub mod search;
 pub mod source;
 mod stats;
 pub mod store;

@@ -17,7 +17,7 @@
 //! assert_eq!(q.next(now, 600_000), Some(Hash([1; 32])));
 //! ```
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
 use super::Hash;
@@ -77,11 +77,17 @@ pub struct Pace {
 
 /// Blobs waiting to be repaired: each once, at most `max` (beyond that,
 /// new ones are dropped and counted; the periodic republish finds them
-/// again), released no faster than the pace allows.
+/// again), released no faster than the pace allows. Two lanes: a blob that
+/// lost a holder ([`push_urgent`](Self::push_urgent): it is one death
+/// nearer to being lost) goes before hand-overs to newcomers and
+/// republishing, which only add a copy to a blob that has its holders.
 #[derive(Debug)]
 pub struct RepairQueue {
-    queue: VecDeque<Hash>,
-    queued: HashSet<Hash>,
+    urgent: VecDeque<Hash>,
+    normal: VecDeque<Hash>,
+    /// Every queued blob, with whether it waits in the urgent lane (an
+    /// entry of the other lane whose flag disagrees is stale: skipped).
+    queued: HashMap<Hash, bool>,
     max: usize,
     pace: Pace,
     tokens: f64,
@@ -94,8 +100,9 @@ impl RepairQueue {
     /// An empty queue.
     pub fn new(max: usize, pace: Pace) -> Self {
         RepairQueue {
-            queue: VecDeque::new(),
-            queued: HashSet::new(),
+            urgent: VecDeque::new(),
+            normal: VecDeque::new(),
+            queued: HashMap::new(),
             max: max.max(1),
             pace,
             tokens: pace.burst as f64,
@@ -104,28 +111,62 @@ impl RepairQueue {
         }
     }
 
-    /// Queues `key` unless it is queued already or the queue is full.
+    /// Queues `key` in the normal lane unless it is queued already or the
+    /// queue is full.
     pub fn push(&mut self, key: Hash) -> bool {
-        if self.queued.contains(&key) {
-            return false;
+        self.push_in(key, false)
+    }
+
+    /// Queues `key` in the urgent lane (moving it there if it waits in the
+    /// normal one) unless it is queued there already or the queue is full.
+    pub fn push_urgent(&mut self, key: Hash) -> bool {
+        self.push_in(key, true)
+    }
+
+    fn push_in(&mut self, key: Hash, urgent: bool) -> bool {
+        match self.queued.get(&key) {
+            Some(true) => return false,
+            Some(false) if !urgent => return false,
+            Some(false) => {}
+            None if self.queued.len() >= self.max => {
+                self.dropped += 1;
+                return false;
+            }
+            None => {}
         }
-        if self.queue.len() >= self.max {
-            self.dropped += 1;
-            return false;
+        self.queued.insert(key, urgent);
+        if urgent {
+            self.urgent.push_back(key);
+        } else {
+            self.normal.push_back(key);
         }
-        self.queued.insert(key);
-        self.queue.push_back(key);
+        // Stale entries (moved to the urgent lane, or queued again after
+        // an earlier entry was released) are dropped once they could
+        // outnumber the live ones.
+        if self.urgent.len() + self.normal.len() > 2 * self.max + 16 {
+            self.compact();
+        }
         true
+    }
+
+    /// Keeps one entry per queued blob, in its lane, in order.
+    fn compact(&mut self) {
+        let mut seen = std::collections::HashSet::new();
+        let queued = &self.queued;
+        self.urgent
+            .retain(|k| queued.get(k) == Some(&true) && seen.insert(*k));
+        self.normal
+            .retain(|k| queued.get(k) == Some(&false) && seen.insert(*k));
     }
 
     /// Blobs waiting.
     pub fn len(&self) -> usize {
-        self.queue.len()
+        self.queued.len()
     }
 
     /// Whether nothing waits.
     pub fn is_empty(&self) -> bool {
-        self.queue.is_empty()
+        self.queued.is_empty()
     }
 
     fn refill(&mut self, now: Instant) {
@@ -141,13 +182,31 @@ impl RepairQueue {
     /// (a blob is charged its size times the pushes it will take).
     pub fn next(&mut self, now: Instant, cost: u64) -> Option<Hash> {
         self.refill(now);
-        if self.queue.is_empty() || self.tokens < cost.min(self.pace.burst) as f64 {
+        if self.queued.is_empty() || self.tokens < cost.min(self.pace.burst) as f64 {
             return None;
         }
-        let key = self.queue.pop_front()?;
-        self.queued.remove(&key);
+        let key = self.pop()?;
         self.tokens -= cost as f64;
         Some(key)
+    }
+
+    /// The first live entry, urgent lane first.
+    fn pop(&mut self) -> Option<Hash> {
+        for urgent in [true, false] {
+            loop {
+                let lane = if urgent {
+                    &mut self.urgent
+                } else {
+                    &mut self.normal
+                };
+                let Some(key) = lane.pop_front() else { break };
+                if self.queued.get(&key) == Some(&urgent) {
+                    self.queued.remove(&key);
+                    return Some(key);
+                }
+            }
+        }
+        None
     }
 
     /// A blob released with an estimated `cost` took `actual` bytes: the
@@ -289,6 +348,44 @@ mod tests {
             }
         }
         assert!((9_000..=11_500).contains(&sent), "{sent} bytes in 10 s");
+    }
+
+    #[test]
+    fn a_blob_that_lost_a_holder_goes_first() {
+        let t = Instant::now();
+        let pace = Pace {
+            bytes_per_sec: 1000,
+            burst: 1_000_000,
+        };
+        let mut q = RepairQueue::new(4, pace);
+        assert!(q.push(Hash([1; 32])));
+        assert!(q.push(Hash([2; 32])));
+        assert!(q.push_urgent(Hash([3; 32])));
+        // Queued already in the normal lane: moved to the urgent one.
+        assert!(q.push_urgent(Hash([2; 32])));
+        assert!(!q.push_urgent(Hash([2; 32])), "queued once per lane");
+        assert!(!q.push(Hash([3; 32])), "an urgent blob stays urgent");
+        assert_eq!(q.len(), 3);
+        assert!(q.push(Hash([4; 32])));
+        assert!(!q.push_urgent(Hash([5; 32])), "full");
+        assert_eq!(q.dropped, 1);
+        let order: Vec<u8> = std::iter::from_fn(|| q.next(t, 1).map(|h| h.0[0])).collect();
+        assert_eq!(order, vec![3, 2, 1, 4]);
+        assert!(q.is_empty());
+        // A blob released may be queued again.
+        assert!(q.push(Hash([2; 32])));
+        assert_eq!(q.next(t, 1), Some(Hash([2; 32])));
+        // Moved and released over and over while the normal lane never
+        // drains: the lanes stay bounded.
+        assert!(q.push(Hash([7; 32])));
+        for _ in 0..1000 {
+            assert!(q.push(Hash([8; 32])));
+            assert!(q.push_urgent(Hash([8; 32])));
+            assert_eq!(q.next(t, 1), Some(Hash([8; 32])));
+        }
+        assert!(q.urgent.len() + q.normal.len() <= 2 * 4 + 16 + 1);
+        assert_eq!(q.next(t, 1), Some(Hash([7; 32])));
+        assert!(q.next(t, 1).is_none());
     }
 
     #[test]

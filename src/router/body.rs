@@ -276,19 +276,41 @@ impl AsyncRead for RecvBody {
     }
 }
 
+/// Reads a whole stream of at most `limit` bytes: its chunks as quinn
+/// hands them over, in order, then joined once (one chunk is returned as it
+/// is; quinn's own `read_to_end` zeroes a buffer first and copies into it).
 pub(crate) async fn read_to_end(
     stream: &mut quinn::RecvStream,
     limit: usize,
     what: &'static str,
 ) -> Result<Bytes> {
-    match stream.read_to_end(limit).await {
-        Ok(v) => Ok(v.into()),
-        Err(quinn::ReadToEndError::TooLong) => Err(Error::TooLarge {
-            what,
-            limit: limit as u64,
-        }),
-        Err(quinn::ReadToEndError::Read(e)) => Err(read_error(e)),
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut total = 0usize;
+    while let Some(chunk) = stream
+        .read_chunk(usize::MAX, true)
+        .await
+        .map_err(read_error)?
+    {
+        total += chunk.bytes.len();
+        if total > limit {
+            return Err(Error::TooLarge {
+                what,
+                limit: limit as u64,
+            });
+        }
+        chunks.push(chunk.bytes);
     }
+    Ok(match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.pop().unwrap_or_default(),
+        _ => {
+            let mut out = BytesMut::with_capacity(total);
+            for c in chunks {
+                out.extend_from_slice(&c);
+            }
+            out.freeze()
+        }
+    })
 }
 
 pub(crate) fn read_error(e: quinn::ReadError) -> Error {

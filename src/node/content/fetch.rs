@@ -236,11 +236,11 @@ impl Node {
         &self,
         hash: Hash,
         item: Option<&ItemFetch>,
-    ) -> Result<(Vec<u8>, bool)> {
+    ) -> Result<(bytes::Bytes, bool)> {
         let state = self.content();
         let store = state.store.clone();
         if let Ok(Ok(Some(bytes))) = tokio::task::spawn_blocking(move || store.get(&hash.0)).await {
-            return Ok((bytes, true));
+            return Ok((bytes.into(), true));
         }
         let mut asked = Asked::default();
         let mut rest = Vec::new();
@@ -302,7 +302,7 @@ impl Node {
         asked: &mut Asked,
         hash: Hash,
         item: Option<&ItemFetch>,
-    ) -> Option<Vec<u8>> {
+    ) -> Option<bytes::Bytes> {
         for holder in holders {
             if holder.id == self.id() || !asked.ids.insert(holder.id) {
                 continue;
@@ -323,7 +323,7 @@ impl Node {
         holder: crate::addr::NodeAddr,
         hash: Hash,
         item: Option<&ItemFetch>,
-    ) -> Result<Vec<u8>> {
+    ) -> Result<bytes::Bytes> {
         let state = self.content();
         let id = holder.id;
         let answer = tokio::time::timeout(
@@ -359,7 +359,7 @@ impl Node {
                 item.all_kept.store(false, Ordering::Relaxed);
             }
         }
-        Ok(answer.to_vec())
+        Ok(answer)
     }
 
     /// Walks the tree under `root`, handing `each` every chunk in order
@@ -368,7 +368,7 @@ impl Node {
     pub(crate) async fn fetch_tree<F>(
         &self,
         item: &ItemFetch,
-        each: impl FnMut(Vec<u8>, bool) -> F,
+        each: impl FnMut(bytes::Bytes, bool) -> F,
     ) -> Result<Manifest>
     where
         F: std::future::Future<Output = Result<()>>,
@@ -383,7 +383,7 @@ impl Node {
         &self,
         item: &ItemFetch,
         top: Manifest,
-        mut each: impl FnMut(Vec<u8>, bool) -> F,
+        mut each: impl FnMut(bytes::Bytes, bool) -> F,
     ) -> Result<Manifest>
     where
         F: std::future::Future<Output = Result<()>>,

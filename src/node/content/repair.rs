@@ -2,12 +2,15 @@
 //! that the host was one of the closest holders of (and this node is one
 //! now) are pushed to their new closest nodes; when one joins among the
 //! closest of a blob this node holds, it is handed the blob; every republish interval,
-//! everything this node should hold is pushed again (the backstop). Both go
-//! through one bounded, paced queue ([`RepairQueue`]); a target that holds
-//! a blob already is asked first and sent nothing.
+//! everything this node should hold is pushed again (the backstop). All go
+//! through one bounded, paced queue ([`RepairQueue`]), blobs that lost a
+//! holder first; a few run at once, the next starting as soon as one ends;
+//! a target that holds a blob already is asked first and sent nothing.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
 
 use crate::content::repair::{should_hand_over, should_hold, should_repair, Pace, RepairQueue};
 use crate::content::Hash;
@@ -55,78 +58,85 @@ pub(super) async fn run(weak: WeakNode) {
         tokio::time::Instant::now() + settings.republish_interval,
         settings.republish_interval,
     );
+    // Repairs under way: as one ends, the next starts (one slow target,
+    // a dead one's timeout, holds up no other).
+    let mut running = futures_util::stream::FuturesUnordered::new();
+    // Table changes not scanned for yet: one scan answers all that came
+    // within SCAN_EVERY (under churn, one per event would be most of the
+    // work).
+    let mut pending = Changes::default();
+    let mut scan_at: Option<tokio::time::Instant> = None;
+    let mut last_scan = tokio::time::Instant::now() - SCAN_EVERY;
     loop {
         let now = Instant::now();
         while retrying.front().is_some_and(|(due, _, _)| *due <= now) {
             if let Some((_, key, n)) = retrying.pop_front() {
-                if queue.push(key) {
+                if queue.push_urgent(key) {
                     attempts.insert(key, n);
                 }
             }
         }
-        let wait = if !queue.is_empty() {
+        {
+            let Some(node) = weak.upgrade() else { return };
+            node.counters()
+                .repairs_dropped
+                .store(queue.dropped, Ordering::Relaxed);
+            while running.len() < settings.repair_parallel.max(1) {
+                let Some(key) = queue.next(Instant::now(), cost) else {
+                    break;
+                };
+                let node = node.clone();
+                running.push(async move { (key, node.repair_blob(key).await) });
+            }
+        }
+        let wait = if !queue.is_empty() && running.len() < settings.repair_parallel.max(1) {
             queue.wait_for(now, cost)
         } else if let Some((due, _, _)) = retrying.front() {
             due.saturating_duration_since(now)
         } else {
             Duration::from_secs(3600)
         };
+        if scan_at.is_none() && !pending.is_empty() {
+            scan_at = Some((last_scan + SCAN_EVERY).max(tokio::time::Instant::now()));
+        }
         tokio::select! {
             event = events.recv() => {
-                let Some(node) = weak.upgrade() else { return };
-                // This event and those that came with it: one scan for all.
-                let mut changes = Changes::default();
+                // This event and those that came with it.
                 let mut next = Some(event);
                 while let Some(event) = next.take() {
                     match event {
-                        Ok(PeerEvent::Removed { id, .. }) => changes.gone.push(id),
-                        Ok(PeerEvent::Added(addr)) => changes.joined.push(addr.id),
+                        Ok(PeerEvent::Removed { id, .. }) => pending.gone(id),
+                        Ok(PeerEvent::Added(addr)) => pending.joined(addr.id),
                         // Missed some: treat as a republish.
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                            changes.everything = true
+                            pending.everything = true
                         }
                         Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                     }
-                    if changes.gone.len() + changes.joined.len() < MAX_BATCH {
-                        next = events.try_recv().ok().map(Ok);
-                    }
+                    next = events.try_recv().ok().map(Ok);
                 }
-                scan(&node, &changes, &mut queue).await;
             }
-            _ = republish.tick() => {
+            _ = republish.tick() => pending.everything = true,
+            _ = sleep_until(scan_at), if scan_at.is_some() => {
                 let Some(node) = weak.upgrade() else { return };
-                let all = Changes { everything: true, ..Default::default() };
-                scan(&node, &all, &mut queue).await;
+                let changes = std::mem::take(&mut pending);
+                scan(&node, &changes, &mut queue).await;
+                last_scan = tokio::time::Instant::now();
+                scan_at = None;
+            }
+            Some((key, (done, sent))) = running.next(), if !running.is_empty() => {
+                queue.settle(cost, sent);
+                let tried = attempts.remove(&key).unwrap_or(0) + 1;
+                if !done && tried < RETRIES && retrying.len() < MAX_RETRYING {
+                    let after = (RETRY_AFTER * (1u32 << (tried - 1).min(8))).min(RETRY_MAX);
+                    // Kept in due order (the waits only grow with the
+                    // attempt, so a later-due entry sorts after).
+                    let due = Instant::now() + after;
+                    let at = retrying.partition_point(|(d, _, _)| *d <= due);
+                    retrying.insert(at, (due, key, tried));
+                }
             }
             _ = tokio::time::sleep(wait) => {}
-        }
-        let Some(node) = weak.upgrade() else { return };
-        node.counters()
-            .repairs_dropped
-            .store(queue.dropped, Ordering::Relaxed);
-        // As many as the pace allows, a few at once.
-        let mut batch = Vec::new();
-        while batch.len() < settings.repair_parallel.max(1) {
-            match queue.next(Instant::now(), cost) {
-                Some(key) => batch.push(key),
-                None => break,
-            }
-        }
-        let pushes = batch.into_iter().map(|key| {
-            let node = node.clone();
-            async move { (key, node.repair_blob(key).await) }
-        });
-        for (key, (done, sent)) in futures_util::future::join_all(pushes).await {
-            queue.settle(cost, sent);
-            let tried = attempts.remove(&key).unwrap_or(0) + 1;
-            if !done && tried < RETRIES && retrying.len() < MAX_RETRYING {
-                let after = (RETRY_AFTER * (1u32 << (tried - 1).min(8))).min(RETRY_MAX);
-                // Kept in due order (the waits only grow with the attempt,
-                // so a later-due entry sorts after).
-                let due = Instant::now() + after;
-                let at = retrying.partition_point(|(d, _, _)| *d <= due);
-                retrying.insert(at, (due, key, tried));
-            }
         }
     }
 }
@@ -142,9 +152,42 @@ struct Changes {
     everything: bool,
 }
 
-/// Table changes read from the events at once, at most (the rest wait for
-/// the next scan).
+impl Changes {
+    fn gone(&mut self, id: NodeId) {
+        if self.gone.len() < MAX_BATCH {
+            self.gone.push(id);
+        } else {
+            self.everything = true;
+        }
+    }
+
+    fn joined(&mut self, id: NodeId) {
+        if self.joined.len() < MAX_BATCH {
+            self.joined.push(id);
+        } else {
+            self.everything = true;
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.gone.is_empty() && self.joined.is_empty() && !self.everything
+    }
+}
+
+/// Hosts that left (or joined) one scan looks for at most; beyond that,
+/// the scan is a republish of everything.
 const MAX_BATCH: usize = 256;
+
+/// Least time between two scans of the store for repairs.
+const SCAN_EVERY: Duration = Duration::from_millis(200);
+
+/// Sleeps until `at` (forever without one).
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
 
 /// Queues the held blobs that need pushing: those a host that left was a
 /// holder of (and this node is now), those a host that joined should now
@@ -185,16 +228,20 @@ async fn scan_pages(node: &Node, changes: &Changes, queue: &mut RepairQueue) {
                 .into_iter()
                 .map(|a| a.id)
                 .collect();
-            let due = (changes.everything && should_hold(&me, &target, &live, r))
-                || changes
-                    .gone
-                    .iter()
-                    .any(|g| should_repair(&me, &target, g, &live, r))
+            // A blob that lost a holder goes first: one more death
+            // among its holders and it is lost.
+            if changes
+                .gone
+                .iter()
+                .any(|g| should_repair(&me, &target, g, &live, r))
+            {
+                queue.push_urgent(Hash(*key));
+            } else if (changes.everything && should_hold(&me, &target, &live, r))
                 || changes
                     .joined
                     .iter()
-                    .any(|j| should_hand_over(&me, &target, j, &live, r));
-            if due {
+                    .any(|j| should_hand_over(&me, &target, j, &live, r))
+            {
                 queue.push(Hash(*key));
             }
         }
