@@ -64,9 +64,9 @@ pub use error::{Error, Result};
 pub use identity::{Identity, NodeId};
 pub use nat::{ConnectionInfo, NatSettings, PathKind, PredictSettings, UpnpSettings, UpnpStatus};
 pub use node::{
-    ContentSettings, Dht, DhtSettings, Fetched, FoundNode, FoundRecord, LookupReport, Node,
-    NodeBuilder, Ping, PingReply, ProviderStream, Published, Service, SharedFile, StorageUse,
-    WeakNode,
+    ContentSettings, Dht, DhtSettings, Document, Fetched, FoundNode, FoundRecord, Hit, Indexed,
+    LookupReport, Node, NodeBuilder, PeerHit, Ping, PingReply, ProviderStream, Published, Query,
+    SearchSettings, Searched, Service, SharedFile, StorageUse, WeakNode,
 };
 pub use peers::{HostInfo, MembershipSettings, PeerEvent, Quality};
 pub use router::{Body, RecvBody, Request, StreamRequest};

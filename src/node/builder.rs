@@ -52,6 +52,7 @@ pub struct NodeBuilder {
     nat: NatSettings,
     dht: super::dht::DhtSettings,
     content: super::content::ContentSettings,
+    search: super::search::SearchSettings,
     store_path: Option<PathBuf>,
     services: Vec<Box<dyn Service>>,
     error: Option<Error>,
@@ -71,6 +72,7 @@ impl Default for NodeBuilder {
             nat: NatSettings::default(),
             dht: Default::default(),
             content: Default::default(),
+            search: Default::default(),
             store_path: None,
             services: Vec::new(),
             error: None,
@@ -266,6 +268,13 @@ impl NodeBuilder {
         self
     }
 
+    /// Replaces the search settings (index replicas, probes per query,
+    /// whether shared files are indexed).
+    pub fn search(mut self, settings: super::search::SearchSettings) -> Self {
+        self.search = settings;
+        self
+    }
+
     /// Bytes of content the node's store may hold (its own, replicas for
     /// others, what it fetched). The store lives in the data dir
     /// (`store.redb`), or in memory without one.
@@ -384,6 +393,7 @@ impl NodeBuilder {
         if self.dht.serve {
             services.push(Box::new(super::dht::DhtService));
             services.push(Box::new(super::content::ContentService));
+            services.push(Box::new(super::search::SearchService));
         }
         if let Some(socket) = lan {
             services.push(Box::new(super::lan::LanService::new(socket, discovery)));
@@ -485,6 +495,7 @@ impl NodeBuilder {
             members,
             dht,
             content: super::content::ContentState::new(self.content, store),
+            search: super::search::SearchState::new(self.search),
             stun: Default::default(),
             nat: self.nat,
             traversals: Default::default(),

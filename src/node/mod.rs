@@ -50,6 +50,7 @@ mod predict;
 mod punch;
 mod reach;
 mod relay;
+mod search;
 mod service;
 mod udp;
 mod upgrade;
@@ -75,6 +76,9 @@ pub use content::{ContentSettings, Fetched, Shared as SharedFile, StorageUse};
 pub use dht::{Dht, DhtSettings, FoundNode, FoundRecord, LookupReport, ProviderStream, Published};
 pub use goodbye::GOODBYE_ROUTE;
 pub use info::{Ping, PingReply, PingRequest, PING_ROUTE, STATS_ROUTE};
+pub use search::{
+    Document, Hit, HitStream, Indexed, PeerHit, Query, SearchReport, SearchSettings, Searched,
+};
 pub use service::{Routes, Service, ServiceContext, WeakNode};
 
 /// State shared by the node handle and its background tasks.
@@ -100,6 +104,7 @@ struct Shared {
     members: Arc<Membership>,
     dht: Arc<dht::DhtState>,
     content: content::ContentState,
+    search: search::SearchState,
     stun: crate::nat::PendingStun,
     nat: NatSettings,
     traversals: reach::Traversals,

@@ -143,6 +143,15 @@ impl Bands {
     }
 }
 
+/// The DHT key of a normalised word (a term entries are also published
+/// under, for queries of a few words).
+pub fn term_key(term: &str) -> NodeId {
+    let mut h = blake3::Hasher::new();
+    h.update(b"butter/sim/term/v1");
+    h.update(term.as_bytes());
+    NodeId::from_bytes(*h.finalize().as_bytes())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

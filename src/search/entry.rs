@@ -7,7 +7,7 @@
 //! one, and one it alters or makes up fails verification and is dropped.
 //!
 //! ```
-//! use butter::search::entry::{Entry, Subject};
+//! use butter::search::entry::{Entry, Fields, Subject};
 //! use butter::search::signature::Signature;
 //! use butter::Identity;
 //!
@@ -15,12 +15,12 @@
 //! let now = 1_800_000_000;
 //! let entry = Entry::sign(
 //!     &me,
-//!     Subject::Item { key: [7; 32], size: 1234 },
-//!     Signature(42),
-//!     "notes.txt".into(),
-//!     vec!["butter".into()],
-//!     vec![],
-//!     now + 3600,
+//!     Fields {
+//!         name: "notes.txt".into(),
+//!         keywords: vec!["butter".into()],
+//!         terms: vec!["butter".into(), "notes".into()],
+//!         ..Fields::new(Subject::Item { key: [7; 32], size: 1234 }, Signature(42), now + 3600)
+//!     },
 //! )
 //! .unwrap();
 //! entry.verify(now).unwrap();
@@ -41,12 +41,14 @@ pub const MAX_NAME: usize = 256;
 pub const MAX_KEYWORDS: usize = 16;
 /// Longest keyword, in bytes.
 pub const MAX_KEYWORD: usize = 64;
+/// Index terms per entry at most.
+pub const MAX_TERMS: usize = 16;
 /// Holder addresses per entry at most.
 pub const MAX_ADDRS: usize = 4;
 /// Longest lifetime an entry may claim (a holder republishes sooner).
 pub const MAX_LIFETIME_SECS: u64 = 24 * 3600;
 /// Largest encoded entry.
-pub const MAX_ENTRY: usize = 2048;
+pub const MAX_ENTRY: usize = 4096;
 
 /// What an entry points at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -73,6 +75,9 @@ pub struct Entry {
     pub name: String,
     /// Keywords to show.
     pub keywords: Vec<String>,
+    /// Normalised words it is also published under (a query of a few
+    /// words finds it by them; see [`term_key`](super::bands::term_key)).
+    pub terms: Vec<String>,
     /// Who published it: the holder a hit leads to.
     pub publisher: NodeId,
     /// Where the publisher listens.
@@ -100,25 +105,52 @@ pub enum EntryError {
     BadExpiry,
 }
 
-impl Entry {
-    /// An entry signed by `identity`.
-    pub fn sign(
-        identity: &Identity,
-        subject: Subject,
-        signature: Signature,
-        name: String,
-        keywords: Vec<String>,
-        addrs: Vec<SocketAddr>,
-        expires: u64,
-    ) -> Result<Entry, EntryError> {
-        let mut e = Entry {
+/// What an entry says, before it is signed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fields {
+    /// What it points at.
+    pub subject: Subject,
+    /// The subject's signature.
+    pub signature: Signature,
+    /// A name to show.
+    pub name: String,
+    /// Keywords to show.
+    pub keywords: Vec<String>,
+    /// Words it is also published under.
+    pub terms: Vec<String>,
+    /// Where the publisher listens.
+    pub addrs: Vec<SocketAddr>,
+    /// Unix seconds after which nobody serves it.
+    pub expires: u64,
+}
+
+impl Fields {
+    /// The fields of an entry with no name, keywords, terms or addresses.
+    pub fn new(subject: Subject, signature: Signature, expires: u64) -> Fields {
+        Fields {
             subject,
             signature,
-            name,
-            keywords,
-            publisher: identity.id(),
-            addrs,
+            name: String::new(),
+            keywords: Vec::new(),
+            terms: Vec::new(),
+            addrs: Vec::new(),
             expires,
+        }
+    }
+}
+
+impl Entry {
+    /// An entry signed by `identity`.
+    pub fn sign(identity: &Identity, f: Fields) -> Result<Entry, EntryError> {
+        let mut e = Entry {
+            subject: f.subject,
+            signature: f.signature,
+            name: f.name,
+            keywords: f.keywords,
+            terms: f.terms,
+            publisher: identity.id(),
+            addrs: f.addrs,
+            expires: f.expires,
             proof: Vec::new(),
         };
         e.check_sizes()?;
@@ -141,6 +173,12 @@ impl Entry {
         }
         if self.keywords.iter().any(|k| k.len() > MAX_KEYWORD) {
             return Err(EntryError::TooLarge("keyword"));
+        }
+        if self.terms.len() > MAX_TERMS {
+            return Err(EntryError::TooLarge("term list"));
+        }
+        if self.terms.iter().any(|k| k.len() > MAX_KEYWORD) {
+            return Err(EntryError::TooLarge("term"));
         }
         if self.addrs.len() > MAX_ADDRS {
             return Err(EntryError::TooLarge("address list"));
@@ -196,6 +234,7 @@ impl Entry {
     pub fn size(&self) -> usize {
         160 + self.name.len()
             + self.keywords.iter().map(|k| k.len() + 8).sum::<usize>()
+            + self.terms.iter().map(|k| k.len() + 8).sum::<usize>()
             + self.addrs.len() * 32
     }
 }
@@ -209,15 +248,20 @@ mod tests {
     fn entry(me: &Identity) -> Entry {
         Entry::sign(
             me,
-            Subject::Item {
-                key: [1; 32],
-                size: 10,
+            Fields {
+                name: "a".into(),
+                keywords: vec!["b".into()],
+                terms: vec!["c".into()],
+                addrs: vec!["127.0.0.1:1".parse().unwrap()],
+                ..Fields::new(
+                    Subject::Item {
+                        key: [1; 32],
+                        size: 10,
+                    },
+                    Signature(99),
+                    NOW + 60,
+                )
             },
-            Signature(99),
-            "a".into(),
-            vec!["b".into()],
-            vec!["127.0.0.1:1".parse().unwrap()],
-            NOW + 60,
         )
         .unwrap()
     }
@@ -246,34 +290,37 @@ mod tests {
     #[test]
     fn oversized_and_malformed_entries_are_refused() {
         let me = Identity::generate();
+        let peer = Fields::new(Subject::Peer, Signature(1), NOW + 60);
         let long = Entry::sign(
             &me,
-            Subject::Peer,
-            Signature(1),
-            "x".repeat(MAX_NAME + 1),
-            vec![],
-            vec![],
-            NOW + 60,
+            Fields {
+                name: "x".repeat(MAX_NAME + 1),
+                ..peer.clone()
+            },
         );
         assert_eq!(long, Err(EntryError::TooLarge("name")));
         let many = Entry::sign(
             &me,
-            Subject::Peer,
-            Signature(1),
-            String::new(),
-            vec!["k".into(); MAX_KEYWORDS + 1],
-            vec![],
-            NOW + 60,
+            Fields {
+                keywords: vec!["k".into(); MAX_KEYWORDS + 1],
+                ..peer.clone()
+            },
         );
         assert_eq!(many, Err(EntryError::TooLarge("keyword list")));
+        let terms = Entry::sign(
+            &me,
+            Fields {
+                terms: vec!["t".into(); MAX_TERMS + 1],
+                ..peer.clone()
+            },
+        );
+        assert_eq!(terms, Err(EntryError::TooLarge("term list")));
         let far = Entry::sign(
             &me,
-            Subject::Peer,
-            Signature(1),
-            String::new(),
-            vec![],
-            vec![],
-            NOW + MAX_LIFETIME_SECS + 10,
+            Fields {
+                expires: NOW + MAX_LIFETIME_SECS + 10,
+                ..peer.clone()
+            },
         )
         .unwrap();
         assert_eq!(far.verify(NOW), Err(EntryError::BadExpiry));
@@ -288,15 +335,20 @@ mod tests {
         // The largest legal entry fits the wire bound.
         let big = Entry::sign(
             &me,
-            Subject::Item {
-                key: [9; 32],
-                size: u64::MAX,
+            Fields {
+                name: "n".repeat(MAX_NAME),
+                keywords: vec!["k".repeat(MAX_KEYWORD); MAX_KEYWORDS],
+                terms: vec!["t".repeat(MAX_KEYWORD); MAX_TERMS],
+                addrs: vec!["[ffff::1]:65535".parse().unwrap(); MAX_ADDRS],
+                ..Fields::new(
+                    Subject::Item {
+                        key: [9; 32],
+                        size: u64::MAX,
+                    },
+                    Signature(u64::MAX),
+                    NOW + 60,
+                )
             },
-            Signature(u64::MAX),
-            "n".repeat(MAX_NAME),
-            vec!["k".repeat(MAX_KEYWORD); MAX_KEYWORDS],
-            vec!["[ffff::1]:65535".parse().unwrap(); MAX_ADDRS],
-            NOW + 60,
         )
         .unwrap();
         assert!(big.encode().len() <= MAX_ENTRY, "{}", big.encode().len());

@@ -10,7 +10,10 @@
 //!   sure bits).
 //! - [`entry`]: signed index entries (an item or a peer's profile, the
 //!   full signature, a name, keywords, the holder).
+//! - [`messages`]: the index's routes and messages.
 //! - [`store`]: the bounded store of entries a node keeps for others.
+//! - [`rank`]: how hits are ranked (the same rule for a brute-force
+//!   ranking).
 //!
 //! ```
 //! use butter::search::bands::Bands;
@@ -36,10 +39,12 @@
 
 pub mod bands;
 pub mod entry;
+pub mod messages;
+pub mod rank;
 pub mod signature;
 pub mod store;
 pub mod text;
 
-pub use bands::Bands;
-pub use entry::{Entry, Subject};
+pub use bands::{term_key, Bands};
+pub use entry::{Entry, Fields, Subject};
 pub use signature::{Signature, Sketch};

@@ -6,7 +6,7 @@
 //!
 //! ```
 //! use butter::search::bands::Bands;
-//! use butter::search::entry::{Entry, Subject};
+//! use butter::search::entry::{Entry, Fields, Subject};
 //! use butter::search::signature::Signature;
 //! use butter::search::store::{IndexLimits, IndexStore};
 //! use butter::Identity;
@@ -14,7 +14,7 @@
 //! let now = 1_800_000_000;
 //! let me = Identity::generate();
 //! let sig = Signature(0xfeed);
-//! let e = Entry::sign(&me, Subject::Peer, sig, String::new(), vec![], vec![], now + 60).unwrap();
+//! let e = Entry::sign(&me, Fields::new(Subject::Peer, sig, now + 60)).unwrap();
 //! let mut store = IndexStore::new(IndexLimits::default(), Bands::DEFAULT);
 //! let key = Bands::DEFAULT.keys(sig)[0];
 //! store.put(key, e.clone(), "192.0.2.1".parse().unwrap(), now).unwrap();
@@ -25,7 +25,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-use super::bands::Bands;
+use super::bands::{term_key, Bands};
 use super::entry::{Entry, EntryError};
 use crate::identity::NodeId;
 use crate::source::SourceCounts;
@@ -95,7 +95,8 @@ pub struct Found {
 #[derive(Debug)]
 struct Held {
     entry: Entry,
-    source: IpAddr,
+    /// Who sent it (`None`: this node's own).
+    source: Option<IpAddr>,
 }
 
 /// Index entries held for others.
@@ -134,12 +135,14 @@ impl IndexStore {
         self.entries == 0
     }
 
-    /// Whether `key` is a key (or a spill of one) of `entry`'s signature.
+    /// Whether `key` is a key (or a spill of one) of `entry`'s signature
+    /// or of one of its terms.
     pub fn belongs(&self, key: &NodeId, entry: &Entry) -> bool {
         self.bands
             .keys(entry.signature)
-            .iter()
-            .any(|k| (0..=MAX_SPILL).any(|salt| spill_key(k, salt) == *key))
+            .into_iter()
+            .chain(entry.terms.iter().map(|t| term_key(t)))
+            .any(|k| (0..=MAX_SPILL).any(|salt| spill_key(&k, salt) == *key))
     }
 
     /// Stores `entry` under `key`, sent from `source` (verified here);
@@ -149,6 +152,21 @@ impl IndexStore {
         key: NodeId,
         entry: Entry,
         source: IpAddr,
+        now: u64,
+    ) -> Result<(), IndexError> {
+        self.put_from(key, entry, Some(source), now)
+    }
+
+    /// [`put`](Self::put) of this node's own entry: no source's share.
+    pub fn put_own(&mut self, key: NodeId, entry: Entry, now: u64) -> Result<(), IndexError> {
+        self.put_from(key, entry, None, now)
+    }
+
+    fn put_from(
+        &mut self,
+        key: NodeId,
+        entry: Entry,
+        source: Option<IpAddr>,
         now: u64,
     ) -> Result<(), IndexError> {
         entry.verify(now)?;
@@ -179,7 +197,7 @@ impl IndexStore {
         &mut self,
         key: NodeId,
         entry: Entry,
-        source: IpAddr,
+        source: Option<IpAddr>,
         _now: u64,
     ) -> Result<(), IndexError> {
         if self
@@ -192,8 +210,10 @@ impl IndexStore {
         if self.entries >= self.limits.max_entries {
             return Err(IndexError::Full("entries"));
         }
-        if !self.per_source.try_add(source, 1) {
-            return Err(IndexError::Full("entries from this address"));
+        if let Some(source) = source {
+            if !self.per_source.try_add(source, 1) {
+                return Err(IndexError::Full("entries from this address"));
+            }
         }
         self.keys
             .entry(key)
@@ -219,6 +239,14 @@ impl IndexStore {
         }
     }
 
+    /// Every entry under `key`, live or not (what a repair pushes).
+    pub fn all(&self, key: &NodeId) -> Vec<Entry> {
+        self.keys
+            .get(key)
+            .map(|l| l.iter().map(|h| h.entry.clone()).collect())
+            .unwrap_or_default()
+    }
+
     /// Every key with entries.
     pub fn keys(&self) -> Vec<NodeId> {
         self.keys.keys().copied().collect()
@@ -232,7 +260,9 @@ impl IndexStore {
             list.retain(|h| {
                 let live = h.entry.expires > now;
                 if !live {
-                    per_source.remove(h.source, 1);
+                    if let Some(source) = h.source {
+                        per_source.remove(source, 1);
+                    }
                     dropped += 1;
                 }
                 live
@@ -247,7 +277,7 @@ impl IndexStore {
 mod tests {
     use super::*;
     use crate::identity::Identity;
-    use crate::search::entry::Subject;
+    use crate::search::entry::{Fields, Subject};
     use crate::search::signature::Signature;
 
     const NOW: u64 = 1_800_000_000;
@@ -255,15 +285,18 @@ mod tests {
     fn item(me: &Identity, n: u8, sig: u64, expires: u64) -> Entry {
         Entry::sign(
             me,
-            Subject::Item {
-                key: [n; 32],
-                size: 1,
+            Fields {
+                name: format!("item {n}"),
+                terms: vec![format!("term{n}")],
+                ..Fields::new(
+                    Subject::Item {
+                        key: [n; 32],
+                        size: 1,
+                    },
+                    Signature(sig),
+                    expires,
+                )
             },
-            Signature(sig),
-            format!("item {n}"),
-            vec![],
-            vec![],
-            expires,
         )
         .unwrap()
     }
@@ -290,15 +323,22 @@ mod tests {
             Err(IndexError::Entry(EntryError::BadProof))
         ));
         s.put(key, e.clone(), ip("192.0.2.1"), NOW).unwrap();
-        // Under a spill of its key, too.
+        // Under a spill of its key, too, and under its terms' keys.
         s.put(spill_key(&key, 2), e.clone(), ip("192.0.2.1"), NOW)
             .unwrap();
         assert_eq!(s.len(), 2);
+        s.put(term_key("term1"), e.clone(), ip("192.0.2.1"), NOW)
+            .unwrap();
+        assert_eq!(
+            s.put(term_key("term2"), e.clone(), ip("192.0.2.1"), NOW),
+            Err(IndexError::WrongKey)
+        );
+        assert_eq!(s.len(), 3);
         // Renewed, not duplicated.
         let renewed = item(&me, 1, 0xabcd, NOW + 120);
         s.put(key, renewed.clone(), ip("192.0.2.1"), NOW).unwrap();
         assert_eq!(s.get(&key, 10, NOW).entries, vec![renewed]);
-        assert_eq!(s.len(), 2);
+        assert_eq!(s.len(), 3);
     }
 
     #[test]

@@ -96,6 +96,27 @@ pub fn features_of_words(words: &[String]) -> Vec<Feature> {
     out
 }
 
+/// The `max` words that say most about `words` (normalised): the most
+/// frequent first, longer ones first among equals (a long word is rarer),
+/// each once.
+pub fn top_terms(words: &[String], max: usize) -> Vec<String> {
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for w in words {
+        *counts.entry(w.as_str()).or_default() += 1;
+    }
+    let mut ranked: Vec<(&str, usize)> = counts.into_iter().collect();
+    ranked.sort_by(|a, b| {
+        b.1.cmp(&a.1)
+            .then(b.0.len().cmp(&a.0.len()))
+            .then(a.0.cmp(b.0))
+    });
+    ranked
+        .into_iter()
+        .take(max)
+        .map(|(w, _)| w.to_string())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,6 +137,13 @@ mod tests {
         let many = "word ".repeat(MAX_WORDS + 10);
         assert_eq!(words(&many).len(), MAX_WORDS);
         assert!(words("").is_empty());
+    }
+
+    #[test]
+    fn top_terms_are_frequent_then_long() {
+        let w = words("zebra apple apple kiwi banana banana zebra fig");
+        assert_eq!(top_terms(&w, 3), vec!["banana", "apple", "zebra"]);
+        assert_eq!(top_terms(&w, 10).len(), 5);
     }
 
     #[test]

@@ -232,6 +232,17 @@ impl Node {
 
     /// [`Node::put_file`], saying how the placement went.
     pub async fn share_file(&self, path: impl AsRef<Path>) -> Result<Shared> {
+        self.share_file_with(path, Vec::new()).await
+    }
+
+    /// [`Node::share_file`] with keywords for the search index (where the
+    /// settings index shared files: by name, keywords and, for a text
+    /// file, its first 64 KiB).
+    pub async fn share_file_with(
+        &self,
+        path: impl AsRef<Path>,
+        keywords: Vec<String>,
+    ) -> Result<Shared> {
         let path = path.as_ref().to_path_buf();
         let name = path
             .file_name()
@@ -243,12 +254,33 @@ impl Node {
             .await?;
         let placement = self.push_all(&blobs, 3).await;
         self.announce_item(&ItemFetch::new(root));
+        let indexed = if self.search_state().settings.index_shared {
+            let doc = crate::node::Document {
+                name: path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                keywords,
+                text: text_start(&path).unwrap_or_default(),
+                embedding: None,
+            };
+            match self.index(root, len, &doc).await {
+                Ok(i) => Some(i),
+                Err(e) => {
+                    tracing::warn!(error = %e, "shared, but not indexed");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         Ok(Shared {
             key: root,
             size: len,
             blobs: blobs.len(),
             short: placement.short.len(),
             holders: placement.fewest,
+            indexed,
         })
     }
 
@@ -401,6 +433,31 @@ impl WriteBehind {
     }
 }
 
+/// Bytes of a text file read for its index entry.
+const TEXT_INDEXED: usize = 64 * 1024;
+
+/// The first [`TEXT_INDEXED`] bytes of the file at `path` if it is text
+/// (UTF-8 without NUL bytes; a character cut at the end is dropped).
+fn text_start(path: &Path) -> Option<String> {
+    use std::io::Read;
+    let mut buf = Vec::with_capacity(TEXT_INDEXED);
+    std::fs::File::open(path)
+        .ok()?
+        .take(TEXT_INDEXED as u64)
+        .read_to_end(&mut buf)
+        .ok()?;
+    if buf.contains(&0) {
+        return None;
+    }
+    match std::str::from_utf8(&buf) {
+        Ok(s) => Some(s.to_string()),
+        Err(e) if e.error_len().is_none() => {
+            Some(String::from_utf8_lossy(&buf[..e.valid_up_to()]).into_owned())
+        }
+        Err(_) => None,
+    }
+}
+
 /// What [`Node::share_file`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Shared {
@@ -416,6 +473,8 @@ pub struct Shared {
     /// Holders of the least-held blob (`replicas` at most; fewer in a
     /// network that small; 0 when a blob reached none).
     pub holders: usize,
+    /// How its search index entry was placed (`None`: not indexed).
+    pub indexed: Option<crate::node::Indexed>,
 }
 
 /// What [`Node::get_to_file`] did.

@@ -272,6 +272,23 @@ impl Dht {
         self.closest_along(target, 1).await
     }
 
+    /// The up to `n` nodes closest to `target` that answered a lookup
+    /// converging on `n` only (a few queries where [`closest`](Self::closest)
+    /// asks k): what placing and reading a small value on its `n` holders
+    /// needs.
+    pub async fn closest_n(
+        &self,
+        target: NodeId,
+        n: usize,
+    ) -> Result<(Vec<NodeAddr>, LookupReport)> {
+        let config = LookupConfig {
+            k: n.max(1),
+            ..self.state().lookup_config(1)
+        };
+        let done = lookups::run(&self.node, target, Ask::Node, config, |_, _| false).await?;
+        Ok((done.closest, done.report))
+    }
+
     async fn closest_along(
         &self,
         target: NodeId,

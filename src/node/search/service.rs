@@ -1,0 +1,179 @@
+//! The index routes: `butter/search/put` stores an entry under a key
+//! (verified, under a key of its own signature, within the store's bounds
+//! and the sender's share; `Full` when the key is: the publisher spills to
+//! the next salt), `butter/search/get` reads a key. Tasks: renewal of this
+//! node's own entries and profile, the expiry of others', and the repair of
+//! held keys when one of their holders leaves (pushed to the key's new
+//! closest nodes, as chunks are).
+
+use std::time::Duration;
+
+use super::{lock, IndexFound, IndexGet, IndexPut, PutReply, GET_ROUTE, PUT_ROUTE};
+use crate::error::Error;
+use crate::identity::NodeId;
+use crate::node::service::{Routes, Service, ServiceContext, WeakNode};
+use crate::peers::PeerEvent;
+use crate::search::entry::MAX_ENTRY;
+use crate::search::store::IndexError;
+
+/// Serves and keeps the index.
+pub(crate) struct SearchService;
+
+/// How often expired entries are swept.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// Least time between two repair scans of the held keys.
+const REPAIR_EVERY: Duration = Duration::from_millis(500);
+
+impl Service for SearchService {
+    fn name(&self) -> &'static str {
+        "search"
+    }
+
+    fn routes(&self, routes: &mut Routes<'_>) {
+        let n = routes.node();
+        routes.typed(
+            PUT_ROUTE,
+            MAX_ENTRY + 64,
+            move |_peer, from, put: IndexPut| {
+                let node = n.upgrade();
+                async move {
+                    let node = node.ok_or(Error::Shutdown)?;
+                    let now = crate::node::dht::unix_now();
+                    let stored =
+                        lock(&node.search_state().store).put(put.key, put.entry, from.ip(), now);
+                    match stored {
+                        Ok(()) => Ok(PutReply::Stored),
+                        Err(IndexError::KeyFull) => Ok(PutReply::Full),
+                        Err(IndexError::Full(what)) => {
+                            tracing::debug!(what, "index entry refused");
+                            Err(Error::Busy("the index store"))
+                        }
+                        Err(e) => Err(Error::Malformed(e.to_string())),
+                    }
+                }
+            },
+        );
+        let n = routes.node();
+        routes.typed(GET_ROUTE, 64, move |_peer, _from, get: IndexGet| {
+            let node = n.upgrade();
+            async move {
+                let node = node.ok_or(Error::Shutdown)?;
+                let now = crate::node::dht::unix_now();
+                let found = lock(&node.search_state().store).get(&get.key, usize::MAX, now);
+                Ok(IndexFound {
+                    entries: found.entries,
+                    full: found.full,
+                })
+            }
+        });
+    }
+
+    fn start(&self, ctx: &ServiceContext) {
+        ctx.spawn(renew(ctx.node()));
+        ctx.spawn(sweep(ctx.node()));
+        ctx.spawn(repair(ctx.node()));
+    }
+}
+
+/// Renews this node's entries and profile every republish interval (and
+/// the profile soon after it first has one).
+async fn renew(weak: WeakNode) {
+    let Some(every) = weak
+        .upgrade()
+        .map(|n| n.search_state().settings.republish_interval)
+    else {
+        return;
+    };
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        tick.tick().await;
+        let Some(node) = weak.upgrade() else { return };
+        node.republish_index().await;
+    }
+}
+
+async fn sweep(weak: WeakNode) {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    loop {
+        tick.tick().await;
+        let Some(node) = weak.upgrade() else { return };
+        lock(&node.search_state().store).expire(crate::node::dht::unix_now());
+    }
+}
+
+/// When a known host leaves, the keys this node holds that it was one of
+/// the closest holders of (and this node is one now) are pushed to the
+/// keys' closest nodes; when one joins among a key's closest, it is handed
+/// the key's entries.
+async fn repair(weak: WeakNode) {
+    let Some(mut events) = weak.upgrade().map(|n| n.events()) else {
+        return;
+    };
+    loop {
+        let mut gone: Vec<NodeId> = Vec::new();
+        let mut joined: Vec<NodeId> = Vec::new();
+        match events.recv().await {
+            Ok(PeerEvent::Removed { id, .. }) => gone.push(id),
+            Ok(PeerEvent::Added(addr)) => joined.push(addr.id),
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
+        // What else came within a short while: one scan for all.
+        tokio::time::sleep(REPAIR_EVERY).await;
+        while let Ok(event) = events.try_recv() {
+            match event {
+                PeerEvent::Removed { id, .. } if gone.len() < 256 => gone.push(id),
+                PeerEvent::Added(addr) if joined.len() < 256 => joined.push(addr.id),
+                _ => {}
+            }
+        }
+        let Some(node) = weak.upgrade() else { return };
+        let r = node.search_state().settings.replicas.max(1);
+        let me = node.id();
+        let keys = lock(&node.search_state().store).keys();
+        for key in keys {
+            let live: Vec<NodeId> = node
+                .members()
+                .closest(&key, r + 1)
+                .into_iter()
+                .map(|a| a.id)
+                .collect();
+            // A holder gone: every holder now; a newcomer among the
+            // closest: the newcomer.
+            let lost = gone
+                .iter()
+                .any(|g| crate::content::repair::should_repair(&me, &key, g, &live, r));
+            let targets: Vec<_> = node
+                .members()
+                .closest(&key, r)
+                .into_iter()
+                .filter(|a| {
+                    a.id != me
+                        && (lost
+                            || (joined.contains(&a.id)
+                                && crate::content::repair::should_hand_over(
+                                    &me, &key, &a.id, &live, r,
+                                )))
+                })
+                .collect();
+            if targets.is_empty() {
+                continue;
+            }
+            let entries = lock(&node.search_state().store).all(&key);
+            let pushes = targets.into_iter().map(|target| {
+                let node = node.clone();
+                let entries = &entries;
+                async move {
+                    for entry in entries {
+                        if let Err(e) = node.put_entry(target.clone(), key, entry).await {
+                            tracing::debug!(error = %e, "index repair push failed");
+                            return;
+                        }
+                    }
+                }
+            });
+            futures_util::future::join_all(pushes).await;
+        }
+    }
+}

@@ -1,0 +1,297 @@
+//! Similarity search on a real network on loopback: documents indexed from
+//! many nodes are found by near-duplicates and by a few of their words,
+//! not by unrelated queries; index entries survive a holder's death and
+//! expire when nobody renews them.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use butter::content::Hash;
+use butter::{Document, Node, SearchSettings};
+use common::within;
+use futures_util::StreamExt;
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+fn at(i: usize) -> SocketAddr {
+    format!("127.0.3.{}:0", i + 1).parse().unwrap()
+}
+
+async fn node(i: usize, bootstrap: Option<&Node>, search: SearchSettings) -> Node {
+    let mut b = Node::builder()
+        .listen(at(i))
+        .lan_discovery(false)
+        .search(search);
+    if let Some(boot) = bootstrap {
+        b = b.bootstrap(boot.addr());
+    }
+    b.spawn().await.expect("node starts")
+}
+
+async fn network(n: usize, search: SearchSettings) -> Vec<Node> {
+    let first = node(0, None, search.clone()).await;
+    let mut nodes = vec![first.clone()];
+    for i in 1..n {
+        nodes.push(node(i, Some(&first), search.clone()).await);
+    }
+    // Every node knows every other (what lookups would do over time).
+    for a in &nodes {
+        for b in &nodes {
+            if a.id() != b.id() {
+                within(10, "known", a.add_known_host(b.addr()))
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+    nodes
+}
+
+/// A generated vocabulary: pronounceable made-up words.
+fn vocabulary(rng: &mut StdRng, n: usize) -> Vec<String> {
+    const C: &[u8] = b"bcdfghjklmnprstvz";
+    const V: &[u8] = b"aeiou";
+    let mut out = std::collections::BTreeSet::new();
+    while out.len() < n {
+        let syllables = rng.random_range(2..4);
+        let mut w = String::new();
+        for _ in 0..syllables {
+            w.push(C[rng.random_range(0..C.len())] as char);
+            w.push(V[rng.random_range(0..V.len())] as char);
+        }
+        out.insert(w);
+    }
+    out.into_iter().collect()
+}
+
+/// A document: 50 to 80 common words (skewed: some far more frequent)
+/// and three words of its own, each twice.
+fn document(rng: &mut StdRng, common: &[String], own: &[String]) -> String {
+    let mut words: Vec<String> = (0..rng.random_range(50..80))
+        .map(|_| {
+            // Squaring skews the draw towards the start of the list.
+            let x: f64 = rng.random();
+            common[(x * x * common.len() as f64) as usize].clone()
+        })
+        .collect();
+    for w in own {
+        for _ in 0..2 {
+            let at = rng.random_range(0..=words.len());
+            words.insert(at, w.clone());
+        }
+    }
+    words.join(" ")
+}
+
+fn key_of(text: &str) -> Hash {
+    Hash(*blake3::hash(text.as_bytes()).as_bytes())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documents_are_found_by_near_duplicates_and_by_their_words() {
+    const N: usize = 30;
+    const DOCS: usize = 1000;
+    let nodes = network(N, SearchSettings::default()).await;
+    let mut rng = StdRng::seed_from_u64(19);
+    let vocab = vocabulary(&mut rng, 2000 + 3 * DOCS);
+    let (common, rare) = vocab.split_at(2000);
+    let docs: Vec<(String, Vec<String>)> = (0..DOCS)
+        .map(|i| {
+            let own = rare[3 * i..3 * i + 3].to_vec();
+            (document(&mut rng, common, &own), own)
+        })
+        .collect();
+    // Indexed from random nodes, many at once.
+    let started = std::time::Instant::now();
+    let jobs: Vec<_> = docs
+        .iter()
+        .enumerate()
+        .map(|(i, (text, _))| {
+            let node = nodes[rng.random_range(0..N)].clone();
+            let text = text.clone();
+            async move {
+                let doc = Document::text(text.clone()).named(format!("doc-{i}.txt"));
+                node.index(key_of(&text), text.len() as u64, &doc).await
+            }
+        })
+        .collect();
+    let indexed: Vec<_> = within(
+        600,
+        "indexing",
+        futures_util::stream::iter(jobs)
+            .buffer_unordered(32)
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    let mut full = 0;
+    for i in indexed {
+        let i = i.expect("indexed");
+        assert_eq!(i.bands_placed, i.bands, "{i:?}");
+        // Up to 8 terms; common words (full keys) give way to the next.
+        assert!(i.terms_placed >= 4 && i.terms_placed <= 8, "{i:?}");
+        full += i.terms_full;
+    }
+    eprintln!(
+        "{DOCS} documents indexed in {:.1} s ({full} common words passed over)",
+        started.elapsed().as_secs_f64()
+    );
+
+    let mut messages = Vec::new();
+    // Near-duplicates: three words of each changed; the original is in
+    // the top 3.
+    for d in (0..DOCS).step_by(50) {
+        let (text, _) = &docs[d];
+        let mut words: Vec<&str> = text.split(' ').collect();
+        for _ in 0..3 {
+            let at = rng.random_range(0..words.len());
+            words[at] = &common[rng.random_range(0..common.len())];
+        }
+        let query = words.join(" ");
+        let asker = &nodes[rng.random_range(0..N)];
+        let found = within(30, "search", asker.search(query.as_str(), 10))
+            .await
+            .unwrap();
+        messages.push(found.report.messages);
+        let place = found.hits.iter().position(|h| h.key == key_of(text));
+        assert!(
+            place.is_some_and(|p| p < 3),
+            "doc {d}: near-duplicate placed the original at {place:?}; hits {:?}",
+            found
+                .hits
+                .iter()
+                .map(|h| (h.name.as_str(), h.distance))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(found.report.refused, 0);
+    }
+    // A few distinctive words: the document that has them comes first.
+    for d in (7..DOCS).step_by(50) {
+        let (text, own) = &docs[d];
+        let query = own.join(" ");
+        let asker = &nodes[rng.random_range(0..N)];
+        let found = within(30, "search", asker.search(query.as_str(), 10))
+            .await
+            .unwrap();
+        messages.push(found.report.messages);
+        assert_eq!(
+            found.hits.first().map(|h| h.key),
+            Some(key_of(text)),
+            "doc {d}: words {query:?}"
+        );
+        assert_eq!(found.hits[0].name, format!("doc-{d}.txt"));
+    }
+    // Unrelated words: none of the documents above in the top 10.
+    let unrelated = "quantum marmalade telescope harbour";
+    let found = within(30, "search", nodes[3].search(unrelated, 10))
+        .await
+        .unwrap();
+    for d in (0..DOCS).step_by(50).chain((7..DOCS).step_by(50)) {
+        assert!(
+            !found.hits.iter().any(|h| h.key == key_of(&docs[d].0)),
+            "an unrelated query returned doc {d}"
+        );
+    }
+    messages.sort();
+    eprintln!(
+        "messages per query: median {}, max {}",
+        messages[messages.len() / 2],
+        messages[messages.len() - 1]
+    );
+    assert!(messages[messages.len() - 1] <= 200, "{messages:?}");
+    for n in nodes {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_survive_a_holder_and_expire_unless_renewed() {
+    // Entries live 10 s; nodes 0..11 renew theirs only hourly, node 11
+    // every second.
+    let short = SearchSettings {
+        entry_ttl: Duration::from_secs(10),
+        republish_interval: Duration::from_secs(3600),
+        ..Default::default()
+    };
+    let mut nodes = network(11, short.clone()).await;
+    let renewing = node(
+        11,
+        Some(&nodes[0]),
+        SearchSettings {
+            republish_interval: Duration::from_secs(1),
+            ..short
+        },
+    )
+    .await;
+    for n in &nodes {
+        within(10, "known", n.add_known_host(renewing.addr()))
+            .await
+            .unwrap();
+        within(10, "known", renewing.add_known_host(n.addr()))
+            .await
+            .unwrap();
+    }
+    let text = "a small library for parsing command line arguments with subcommands, \
+                defaults read from the environment and generated help text";
+    let key = key_of(text);
+    let doc = Document::text(text).keywords(["clapper"]);
+    within(30, "index", nodes[0].index(key, 1, &doc))
+        .await
+        .unwrap();
+    let kept = "an image viewer with thumbnails, slideshows and lossless rotation";
+    within(
+        30,
+        "index",
+        renewing.index(key_of(kept), 1, &Document::text(kept)),
+    )
+    .await
+    .unwrap();
+    let found = within(30, "search", nodes[5].search("clapper", 5))
+        .await
+        .unwrap();
+    assert_eq!(found.hits.first().map(|h| h.key), Some(key));
+    assert_eq!(found.hits[0].holders[0].id, nodes[0].id());
+
+    // Two of the three holders of the keyword's key crash (not the
+    // publisher): the survivor puts the entry back on three live nodes.
+    let term = butter::search::term_key("clapper");
+    let holders: Vec<usize> = (1..nodes.len())
+        .filter(|i| nodes[*i].holds_index_key(&term))
+        .collect();
+    assert!(holders.len() >= 2, "holders {holders:?}");
+    for i in holders.iter().rev().take(2) {
+        nodes.remove(*i).crash();
+    }
+    common::eventually(30, "the keyword's entries back on 3 live nodes", || {
+        nodes
+            .iter()
+            .chain([&renewing])
+            .filter(|n| n.holds_index_key(&term))
+            .count()
+            >= 3
+    })
+    .await;
+    let found = within(30, "search", nodes[2].search("clapper", 5))
+        .await
+        .unwrap();
+    assert_eq!(found.hits.first().map(|h| h.key), Some(key));
+
+    // Nobody renews the first entry: gone once its lifetime is up; the
+    // renewed one stays.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let found = within(30, "search", nodes[3].search("clapper", 5))
+        .await
+        .unwrap();
+    assert!(
+        !found.hits.iter().any(|h| h.key == key),
+        "an entry nobody renewed is still found"
+    );
+    let found = within(30, "search", nodes[3].search(kept, 5))
+        .await
+        .unwrap();
+    assert_eq!(found.hits.first().map(|h| h.key), Some(key_of(kept)));
+    for n in nodes.into_iter().chain([renewing]) {
+        n.shutdown().await;
+    }
+}
