@@ -313,9 +313,10 @@ async fn dht_commands_put_get_and_find_through_a_bootstrapped_network() {
     }
 }
 
-/// `butter share` pushes a file to the network and exits; `butter fetch`
-/// (with the sharer gone) writes it byte-identical; a key nobody shared is
-/// one clear line and a non-zero exit.
+/// `butter share` pushes a file to the network and exits; `butter search`
+/// finds it by its keywords; `butter fetch` (with the sharer gone) writes it
+/// byte-identical; a key nobody shared is one clear line and a non-zero
+/// exit.
 #[tokio::test]
 async fn share_then_fetch_with_the_sharer_gone() {
     let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
@@ -368,6 +369,8 @@ async fn share_then_fetch_with_the_sharer_gone() {
         "127.0.0.40:0",
         "--bootstrap",
         &addrs[1],
+        "--keywords",
+        "holiday,seaside",
     ]);
     let shared = run(cmd, None).await;
     assert!(shared.ok, "{}", shared.stderr);
@@ -379,7 +382,19 @@ async fn share_then_fetch_with_the_sharer_gone() {
         shared.stderr
     );
 
-    // The sharer has exited; another machine fetches.
+    // The sharer has exited; another machine finds it by its keywords:
+    // the key first on the line, then the score and the name.
+    let mut cmd = butter();
+    cmd.args(["search", "seaside holiday", "--bootstrap", &addrs[3]]);
+    let found = run(cmd, None).await;
+    assert!(found.ok, "{}", found.stderr);
+    let first = found.stdout.lines().next().unwrap_or_default().to_string();
+    let fields: Vec<&str> = first.split('\t').collect();
+    assert_eq!(fields.first(), Some(&key.as_str()), "{}", found.stdout);
+    assert_eq!(fields.get(2), Some(&"photo.bin"), "{first}");
+    assert!(found.stderr.contains("messages"), "{}", found.stderr);
+
+    // Another machine fetches.
     let out = work.path().join("fetched.bin");
     let mut cmd = butter();
     cmd.args([

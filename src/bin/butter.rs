@@ -172,6 +172,33 @@ enum Command {
         /// UDP address to listen on.
         #[arg(long, default_value = "0.0.0.0:0")]
         listen: SocketAddr,
+        /// Keywords for the search index (comma-separated or repeated).
+        #[arg(long, value_delimiter = ',')]
+        keywords: Vec<String>,
+        /// Do not index the file for `butter search`.
+        #[arg(long)]
+        no_index: bool,
+    },
+    /// Search the index for content similar to some words (or a whole
+    /// text): one hit per line, best first: key, score, name, holders.
+    Search {
+        /// What to look for.
+        query: String,
+        /// Hits at most.
+        #[arg(long, default_value_t = 10)]
+        limit: usize,
+        /// List peers whose profiles (what they hold) are similar instead.
+        #[arg(long)]
+        peers: bool,
+        /// Node to start from (NODEID@IP:PORT); repeatable.
+        #[arg(long = "bootstrap", value_parser = parse_node_addr)]
+        bootstrap: Vec<NodeAddr>,
+        /// Introducer to find nodes through (NODEID@IP:PORT); repeatable.
+        #[arg(long = "introducer", value_parser = parse_node_addr)]
+        introducers: Vec<NodeAddr>,
+        /// Identity to search with.
+        #[arg(long, value_parser = parse_dir)]
+        data_dir: Option<PathBuf>,
     },
     /// Fetch what a key stands for into a file, verified (a progress bar on
     /// stderr).
@@ -574,7 +601,20 @@ async fn run(cli: Cli) -> Result<()> {
             data_dir,
             serve,
             listen,
-        } => share(file, bootstrap, introducers, data_dir, serve, listen).await?,
+            keywords,
+            no_index,
+        } => {
+            let index = (!no_index).then_some(keywords);
+            share(file, bootstrap, introducers, data_dir, serve, listen, index).await?
+        }
+        Command::Search {
+            query,
+            limit,
+            peers,
+            bootstrap,
+            introducers,
+            data_dir,
+        } => search(query, limit, peers, bootstrap, introducers, data_dir).await?,
         Command::Fetch {
             key,
             output,
@@ -812,6 +852,7 @@ async fn demo(count: usize, file: Option<PathBuf>) -> Result<()> {
     Ok(())
 }
 
+/// `index`: the keywords to index the file with (`None`: not indexed).
 async fn share(
     file: PathBuf,
     bootstrap: Vec<NodeAddr>,
@@ -819,6 +860,7 @@ async fn share(
     data_dir: Option<PathBuf>,
     serve: bool,
     listen: SocketAddr,
+    index: Option<Vec<String>>,
 ) -> Result<()> {
     if bootstrap.is_empty() && introducers.is_empty() {
         anyhow::bail!(
@@ -844,6 +886,10 @@ async fn share(
             serve,
             bootstrap,
             ..Default::default()
+        })
+        .search(butter::SearchSettings {
+            index_shared: index.is_some(),
+            ..Default::default()
         });
     if !serve {
         builder = builder
@@ -855,7 +901,7 @@ async fn share(
     }
     let node = builder.spawn().await?;
     first_host(&node, introduced).await;
-    let outcome = share_on(&node, &file, serve).await;
+    let outcome = share_on(&node, &file, serve, index.unwrap_or_default()).await;
     if !serve {
         node.shutdown().await;
         drop(node);
@@ -864,9 +910,14 @@ async fn share(
     outcome
 }
 
-async fn share_on(node: &Node, file: &std::path::Path, serve: bool) -> Result<()> {
+async fn share_on(
+    node: &Node,
+    file: &std::path::Path,
+    serve: bool,
+    keywords: Vec<String>,
+) -> Result<()> {
     let started = std::time::Instant::now();
-    let shared = node.share_file(file).await?;
+    let shared = node.share_file_with(file, keywords).await?;
     println!("{}", shared.key);
     std::io::stdout().flush()?;
     eprintln!(
@@ -891,6 +942,53 @@ async fn share_on(node: &Node, file: &std::path::Path, serve: bool) -> Result<()
         tokio::signal::ctrl_c().await?;
         node.shutdown().await;
     }
+    Ok(())
+}
+
+async fn search(
+    query: String,
+    limit: usize,
+    peers: bool,
+    bootstrap: Vec<NodeAddr>,
+    introducers: Vec<NodeAddr>,
+    data_dir: Option<PathBuf>,
+) -> Result<()> {
+    if bootstrap.is_empty() && introducers.is_empty() {
+        anyhow::bail!(
+            "searching needs a network: --bootstrap NODEID@IP:PORT or --introducer NODEID@IP:PORT"
+        );
+    }
+    let node = guest_with(data_dir, introducers, bootstrap, |b| b).await?;
+    let found = node.search(query.as_str(), limit).await;
+    node.shutdown().await;
+    let found = found?;
+    let mut out = std::io::stdout().lock();
+    if peers {
+        for p in &found.peers {
+            writeln!(out, "{}\t{:.3}\t{}", p.peer.id, p.score, p.peer)?;
+        }
+    } else {
+        for h in &found.hits {
+            let holders: Vec<String> = h.holders.iter().map(|a| a.id.to_string()).collect();
+            writeln!(
+                out,
+                "{}\t{:.3}\t{}\t{}",
+                h.key,
+                h.score,
+                if h.name.is_empty() { "-" } else { &h.name },
+                holders.join(",")
+            )?;
+        }
+    }
+    out.flush()?;
+    eprintln!(
+        "{} hits, {} peers; {} keys looked up, {} messages, {:.0} ms",
+        found.hits.len(),
+        found.peers.len(),
+        found.report.keys,
+        found.report.messages,
+        found.report.elapsed.as_secs_f64() * 1000.0
+    );
     Ok(())
 }
 

@@ -393,7 +393,9 @@ impl NodeBuilder {
         if self.dht.serve {
             services.push(Box::new(super::dht::DhtService));
             services.push(Box::new(super::content::ContentService));
-            services.push(Box::new(super::search::SearchService));
+            services.push(Box::new(super::search::SearchService {
+                serve: self.search.serve,
+            }));
         }
         if let Some(socket) = lan {
             services.push(Box::new(super::lan::LanService::new(socket, discovery)));

@@ -1,8 +1,9 @@
 //! How hits are ranked, one rule for the network query and for a
 //! brute-force ranking of a whole corpus (which is what the search is
 //! measured against). A query of a few words (at most `max_terms` distinct
-//! ones) is a keyword query: hits that carry more of its words among their
-//! terms come first, then by signature distance. A longer query is a
+//! ones) is a keyword query: its hits are the items that carry at least
+//! one of its words among their terms, those with more first, then by
+//! signature distance. A longer query is a
 //! similarity query: by signature distance alone (its top words only widen
 //! the candidates).
 //!
@@ -14,8 +15,10 @@
 //! assert!(r.is_keyword_query());
 //! let doc = Sketch::of_text("how to churn butter at home").signature;
 //! let with = r.rank(doc, &["butter".to_string(), "churn".to_string()]);
-//! let without = r.rank(doc, &["home".to_string()]);
-//! assert!(with < without, "more of the query's words rank first");
+//! let one = r.rank(doc, &["butter".to_string()]);
+//! let none = r.rank(doc, &["home".to_string()]);
+//! assert!(with < one, "more of the query's words rank first");
+//! assert!(r.is_hit(&one) && !r.is_hit(&none));
 //! ```
 
 use super::signature::{Signature, Sketch};
@@ -63,6 +66,12 @@ impl Ranker {
             terms: Vec::new(),
             keyword: false,
         }
+    }
+
+    /// Whether an item of this rank is a hit at all (a keyword query's
+    /// hits carry at least one of its words).
+    pub fn is_hit(&self, rank: &Rank) -> bool {
+        !self.keyword || rank.missing < self.terms.len()
     }
 
     /// Whether hits are ranked by the query's words first.

@@ -81,6 +81,9 @@ pub struct SearchSettings {
     /// Whether this node publishes a profile of what it indexed (so that
     /// [`Node::similar_peers`] finds it).
     pub publish_profile: bool,
+    /// Whether this node stores index entries for others and answers
+    /// index reads (a node serving the DHT does by default).
+    pub serve: bool,
     /// What this node stores for others.
     pub limits: IndexLimits,
 }
@@ -89,8 +92,8 @@ impl Default for SearchSettings {
     fn default() -> Self {
         SearchSettings {
             replicas: 3,
-            probes: 8,
-            terms_per_doc: 8,
+            probes: 12,
+            terms_per_doc: 12,
             query_terms: 4,
             parallel: 8,
             entry_ttl: Duration::from_secs(3600),
@@ -98,6 +101,7 @@ impl Default for SearchSettings {
             max_indexed: 10_000,
             index_shared: true,
             publish_profile: true,
+            serve: true,
             limits: IndexLimits::default(),
         }
     }
@@ -484,7 +488,10 @@ impl Node {
             };
             let mut stored = 0;
             let mut full = 0;
-            if self.dht_state().settings.serve && self.should_hold_index(&at, &holders, r) {
+            if self.dht_state().settings.serve
+                && self.search_state().settings.serve
+                && self.should_hold_index(&at, &holders, r)
+            {
                 let now = super::dht::unix_now();
                 match lock(&self.search_state().store).put_own(at, entry.clone(), now) {
                     Ok(()) => stored += 1,

@@ -122,6 +122,17 @@ pub struct Searched {
     pub report: SearchReport,
 }
 
+/// One key's read.
+#[derive(Default)]
+struct Read {
+    /// Entries that verified.
+    entries: Vec<Entry>,
+    /// Entries that did not.
+    refused: usize,
+    keys: usize,
+    messages: usize,
+}
+
 /// Entries taken from one answer at most.
 const MAX_PER_ANSWER: usize = 256;
 
@@ -142,7 +153,10 @@ impl Node {
                 std::future::ready(merge(&ranker, e, &mut items, &mut peers))
             })
             .await;
-        let mut hits: Vec<Hit> = items.into_values().collect();
+        let mut hits: Vec<Hit> = items
+            .into_values()
+            .filter(|h| ranker.is_hit(&h.rank))
+            .collect();
         hits.sort_by(|a, b| a.rank.cmp(&b.rank).then(a.key.0.cmp(&b.key.0)));
         hits.truncate(limit);
         let mut peers: Vec<PeerHit> = peers.into_values().collect();
@@ -178,7 +192,9 @@ impl Node {
             let mut seen = HashSet::new();
             node.search_entries(&ranker, |e| {
                 let hit = match e.subject {
-                    Subject::Item { .. } if seen.insert(e.subject) => hit_of(&ranker, e),
+                    Subject::Item { .. } if seen.insert(e.subject) => {
+                        hit_of(&ranker, e).filter(|h| ranker.is_hit(&h.rank))
+                    }
                     _ => None,
                 };
                 let tx = tx.clone();
@@ -220,23 +236,15 @@ impl Node {
         let mut reads = stream::iter(plan)
             .map(|(key, spills)| self.read_key(key, spills))
             .buffer_unordered(state.settings.parallel.max(1));
-        let now = crate::node::dht::unix_now();
-        while let Some((entries, keys, messages)) = reads.next().await {
-            report.keys += keys;
-            report.messages += messages;
-            for e in entries {
-                match e.verify(now) {
-                    Ok(()) => {
-                        report.entries += 1;
-                        if each(e).await {
-                            report.elapsed = started.elapsed();
-                            return report;
-                        }
-                    }
-                    Err(err) => {
-                        report.refused += 1;
-                        tracing::debug!(error = %err, "index entry refused");
-                    }
+        while let Some(read) = reads.next().await {
+            report.keys += read.keys;
+            report.messages += read.messages;
+            report.refused += read.refused;
+            for e in read.entries {
+                report.entries += 1;
+                if each(e).await {
+                    report.elapsed = started.elapsed();
+                    return report;
                 }
             }
         }
@@ -245,41 +253,50 @@ impl Node {
     }
 
     /// The entries under `key` and up to `spills` of its spills (while
-    /// they say they are full): (entries, keys read, messages sent).
-    async fn read_key(&self, key: NodeId, spills: u8) -> (Vec<Entry>, usize, usize) {
+    /// they say they are full), verified. A holder whose answer does not
+    /// decode or holds an entry that does not verify is passed over for
+    /// the next (up to [`READS_PER_KEY`]): it cannot hide the others'.
+    async fn read_key(&self, key: NodeId, spills: u8) -> Read {
         let r = self.search_state().settings.replicas.max(1);
-        let mut out = Vec::new();
-        let (mut keys, mut messages) = (0, 0);
+        let mut read = Read::default();
+        let now = crate::node::dht::unix_now();
         for salt in 0..=spills.min(MAX_SPILL) {
             let at = spill_key(&key, salt);
-            keys += 1;
+            read.keys += 1;
             let mut full = false;
             let mut answered = false;
             if self.dht_state().settings.serve {
-                let found = lock(&self.search_state().store).get(
-                    &at,
-                    usize::MAX,
-                    crate::node::dht::unix_now(),
-                );
+                let found = lock(&self.search_state().store).get(&at, usize::MAX, now);
                 full = found.full;
                 answered = !found.entries.is_empty();
-                out.extend(found.entries);
+                read.entries.extend(found.entries);
             }
             if !answered {
                 let holders = match self.dht().closest_n(at, r).await {
                     Ok((closest, report)) => {
-                        messages += report.queries;
+                        read.messages += report.queries;
                         closest
                     }
                     Err(_) => Vec::new(),
                 };
                 for holder in holders.into_iter().take(READS_PER_KEY) {
-                    messages += 1;
+                    read.messages += 1;
                     match self.get_entries(holder, at).await {
                         Ok(found) => {
+                            let before = read.refused;
+                            for e in found.entries.into_iter().take(MAX_PER_ANSWER) {
+                                match e.verify(now) {
+                                    Ok(()) => read.entries.push(e),
+                                    Err(err) => {
+                                        read.refused += 1;
+                                        tracing::debug!(error = %err, "index entry refused");
+                                    }
+                                }
+                            }
                             full = found.full;
-                            out.extend(found.entries.into_iter().take(MAX_PER_ANSWER));
-                            break;
+                            if read.refused == before {
+                                break;
+                            }
                         }
                         Err(e) => tracing::debug!(error = %e, "index read failed"),
                     }
@@ -289,7 +306,7 @@ impl Node {
                 break;
             }
         }
-        (out, keys, messages)
+        read
     }
 
     async fn get_entries(&self, from: NodeAddr, key: NodeId) -> Result<IndexFound> {

@@ -16,8 +16,11 @@ use crate::peers::PeerEvent;
 use crate::search::entry::MAX_ENTRY;
 use crate::search::store::IndexError;
 
-/// Serves and keeps the index.
-pub(crate) struct SearchService;
+/// Serves and keeps the index (`serve`: the routes too, not only this
+/// node's own entries' upkeep).
+pub(crate) struct SearchService {
+    pub(crate) serve: bool,
+}
 
 /// How often expired entries are swept.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
@@ -31,6 +34,9 @@ impl Service for SearchService {
     }
 
     fn routes(&self, routes: &mut Routes<'_>) {
+        if !self.serve {
+            return;
+        }
         let n = routes.node();
         routes.typed(
             PUT_ROUTE,
