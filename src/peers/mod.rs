@@ -241,6 +241,21 @@ impl Membership {
             .collect()
     }
 
+    /// Whether the bucket `target` falls in holds fewer than k hosts: the
+    /// table then holds every host of that region this node has taken in,
+    /// and its closest to `target` are, as far as this node knows, the
+    /// closest there are (a lookup would ask them only to hear the same).
+    pub(crate) fn knows_region(&self, target: &NodeId) -> bool {
+        let t = lock(&self.table);
+        let local = *t.buckets.local();
+        let bucket = table::bucket_index(&local, target);
+        t.buckets
+            .entries()
+            .filter(|e| table::bucket_index(&local, &e.addr.id) == bucket)
+            .count()
+            < self.settings.k
+    }
+
     /// [`closest`](Self::closest), with what is known of each.
     pub(crate) fn closest_hosts(&self, target: &NodeId, n: usize) -> Vec<HostInfo> {
         let t = lock(&self.table);

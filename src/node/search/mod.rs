@@ -67,6 +67,10 @@ pub struct SearchSettings {
     /// Words of a query looked up as terms; a query of at most this many
     /// distinct words ranks hits by how many of them they carry.
     pub query_terms: usize,
+    /// Words of a longer query (a similarity query) looked up as terms
+    /// besides its bands and probes (they find documents sharing its most
+    /// frequent words).
+    pub similarity_terms: usize,
     /// Keys a query looks up at once.
     pub parallel: usize,
     /// How long an entry this node publishes lives unless renewed.
@@ -92,9 +96,10 @@ impl Default for SearchSettings {
     fn default() -> Self {
         SearchSettings {
             replicas: 3,
-            probes: 12,
+            probes: 16,
             terms_per_doc: 12,
             query_terms: 4,
+            similarity_terms: 0,
             parallel: 8,
             entry_ttl: Duration::from_secs(3600),
             republish_interval: Duration::from_secs(1200),
@@ -482,10 +487,7 @@ impl Node {
         let r = self.search_state().settings.replicas.max(1);
         for salt in 0..=spills.min(MAX_SPILL) {
             let at = spill_key(&key, salt);
-            let holders = match self.dht().closest_n(at, r).await {
-                Ok((closest, _)) => closest,
-                Err(_) => Vec::new(),
-            };
+            let holders = self.index_holders(at, r, &mut 0).await;
             let mut stored = 0;
             let mut full = 0;
             if self.dht_state().settings.serve
@@ -518,6 +520,30 @@ impl Node {
             }
         }
         Placed::Full
+    }
+
+    /// The `r` nodes closest to `key`: from the table when it knows the
+    /// key's region whole (no message), else by a lookup converging on `r`
+    /// (its queries added to `messages`).
+    pub(crate) async fn index_holders(
+        &self,
+        key: NodeId,
+        r: usize,
+        messages: &mut usize,
+    ) -> Vec<NodeAddr> {
+        if self.members().knows_region(&key) {
+            let near = self.members().closest(&key, r);
+            if near.len() >= r {
+                return near;
+            }
+        }
+        match self.dht().closest_n(key, r).await {
+            Ok((closest, report)) => {
+                *messages += report.queries;
+                closest
+            }
+            Err(_) => Vec::new(),
+        }
     }
 
     /// Whether this node is among the `r` closest to `key` of itself and

@@ -225,13 +225,25 @@ impl Node {
         let state = self.search_state();
         // Band keys spill when full; term keys do not (a full one is
         // passed over by publishers).
+        // A keyword query's hits carry its words: its term keys find them,
+        // its bands only order them (no probes).
+        let probes = if ranker.is_keyword_query() {
+            0
+        } else {
+            state.settings.probes
+        };
         let mut plan: Vec<(NodeId, u8)> = state
             .bands
-            .probes(&ranker.sketch, state.settings.probes)
+            .probes(&ranker.sketch, probes)
             .iter()
             .map(|p| (state.bands.key(p.band, p.value), MAX_SPILL))
             .collect();
-        plan.extend(ranker.terms.iter().map(|t| (term_key(t), 0)));
+        let words = if ranker.is_keyword_query() {
+            ranker.terms.len()
+        } else {
+            state.settings.similarity_terms
+        };
+        plan.extend(ranker.terms.iter().take(words).map(|t| (term_key(t), 0)));
         let mut report = SearchReport::default();
         let mut reads = stream::iter(plan)
             .map(|(key, spills)| self.read_key(key, spills))
@@ -272,13 +284,7 @@ impl Node {
                 read.entries.extend(found.entries);
             }
             if !answered {
-                let holders = match self.dht().closest_n(at, r).await {
-                    Ok((closest, report)) => {
-                        read.messages += report.queries;
-                        closest
-                    }
-                    Err(_) => Vec::new(),
-                };
+                let holders = self.index_holders(at, r, &mut read.messages).await;
                 for holder in holders.into_iter().take(READS_PER_KEY) {
                     read.messages += 1;
                     match self.get_entries(holder, at).await {
