@@ -475,3 +475,57 @@ async fn garbage_from_index_holders_is_dropped_and_refused() {
         n.shutdown().await;
     }
 }
+
+/// Who knows what: two nodes index documents on two topics; a query on
+/// one topic finds the node that holds it first, through the profile each
+/// node publishes of what it indexed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn similar_peers_are_those_holding_similar_things() {
+    let nodes = network(10, SearchSettings::default()).await;
+    let mut rng = StdRng::seed_from_u64(5);
+    let vocab = vocabulary(&mut rng, 200);
+    let topics = [&vocab[..100], &vocab[100..]];
+    let text = |rng: &mut StdRng, topic: &[String], n: usize| -> String {
+        (0..n)
+            .map(|_| topic[rng.random_range(0..topic.len())].as_str())
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let (a, b) = (&nodes[1], &nodes[2]);
+    for (node, topic) in [(a, topics[0]), (b, topics[1])] {
+        for _ in 0..20 {
+            let t = text(&mut rng, topic, 150);
+            within(
+                30,
+                "index",
+                node.index(key_of(&t), 1, &Document::text(t.clone())),
+            )
+            .await
+            .unwrap();
+        }
+    }
+    for (owner, topic) in [(a, topics[0]), (b, topics[1])] {
+        let query = text(&mut rng, topic, 300);
+        within(30, "the owner's profile is found first", async {
+            loop {
+                let peers = nodes[7].similar_peers(query.as_str(), 5).await.unwrap();
+                if peers.first().map(|p| p.peer.id) == Some(owner.id()) {
+                    break;
+                }
+                eprintln!(
+                    "owner {}: {:?}",
+                    owner.id().short(),
+                    peers
+                        .iter()
+                        .map(|p| (p.peer.id.short(), p.distance))
+                        .collect::<Vec<_>>()
+                );
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+        .await;
+    }
+    for n in nodes {
+        n.shutdown().await;
+    }
+}

@@ -280,6 +280,11 @@ pub(crate) struct SearchState {
     published: Mutex<HashMap<Hash, Published>>,
     /// The sum of the published documents' normalised votes.
     profile: Mutex<[f32; 64]>,
+    /// The profile signature last published.
+    profile_published: Mutex<Option<crate::search::Signature>>,
+    /// Told when the profile changed (the renewal task publishes it
+    /// shortly after, once for a burst of changes).
+    pub(crate) profile_changed: std::sync::Arc<tokio::sync::Notify>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -294,6 +299,8 @@ impl SearchState {
             bands,
             published: Default::default(),
             profile: Mutex::new([0.0; 64]),
+            profile_published: Mutex::new(None),
+            profile_changed: Default::default(),
             settings,
         }
     }
@@ -386,6 +393,7 @@ impl Node {
             terms,
             ..Fields::new(Subject::Item { key: key.0, size }, sketch.signature, 0)
         })?;
+        state.profile_changed.notify_one();
         Ok(self.publish_entry(entry).await)
     }
 
@@ -409,6 +417,7 @@ impl Node {
         for (p, o) in profile.iter_mut().zip(old.votes) {
             *p -= o;
         }
+        state.profile_changed.notify_one();
         true
     }
 
@@ -596,17 +605,25 @@ impl Node {
                 self.publish_entry(entry).await;
             }
         }
-        self.publish_profile().await;
+        self.publish_profile(true).await;
     }
 
     /// Publishes this node's profile (if it indexed anything and the
-    /// settings allow).
-    pub(crate) async fn publish_profile(&self) -> Option<Indexed> {
+    /// settings allow), unless it is the one published last and `renew`
+    /// is false.
+    pub(crate) async fn publish_profile(&self, renew: bool) -> Option<Indexed> {
         let state = self.search_state();
         if !state.settings.publish_profile || !self.dht_state().settings.serve {
             return None;
         }
         let sketch = state.profile()?;
+        {
+            let mut last = lock(&state.profile_published);
+            if !renew && *last == Some(sketch.signature) {
+                return None;
+            }
+            *last = Some(sketch.signature);
+        }
         let entry = self
             .sign_entry(Fields::new(Subject::Peer, sketch.signature, 0))
             .ok()?;

@@ -25,6 +25,10 @@ pub(crate) struct SearchService {
 /// How often expired entries are swept.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
+/// How long after a change of its profile a node publishes it (changes
+/// within that time are published together).
+const PROFILE_SETTLE: Duration = Duration::from_secs(1);
+
 /// Least time between two repair scans of the held keys.
 const REPAIR_EVERY: Duration = Duration::from_millis(500);
 
@@ -85,17 +89,26 @@ impl Service for SearchService {
 /// Renews this node's entries and profile every republish interval (and
 /// the profile soon after it first has one).
 async fn renew(weak: WeakNode) {
-    let Some(every) = weak
-        .upgrade()
-        .map(|n| n.search_state().settings.republish_interval)
-    else {
+    let Some((every, changed)) = weak.upgrade().map(|n| {
+        let s = n.search_state();
+        (s.settings.republish_interval, s.profile_changed.clone())
+    }) else {
         return;
     };
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     loop {
-        tick.tick().await;
-        let Some(node) = weak.upgrade() else { return };
-        node.republish_index().await;
+        tokio::select! {
+            _ = tick.tick() => {
+                let Some(node) = weak.upgrade() else { return };
+                node.republish_index().await;
+            }
+            _ = changed.notified() => {
+                // A burst of indexing: one publication at its end.
+                tokio::time::sleep(PROFILE_SETTLE).await;
+                let Some(node) = weak.upgrade() else { return };
+                node.publish_profile(false).await;
+            }
+        }
     }
 }
 
