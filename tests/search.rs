@@ -529,3 +529,68 @@ async fn similar_peers_are_those_holding_similar_things() {
         n.shutdown().await;
     }
 }
+
+/// A restarted node holds the index entries it held for others, and
+/// still knows what it indexed itself (renewed from then on).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn index_entries_survive_a_restart() {
+    let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let start = |i: usize| {
+        let dir = dirs[i].path().to_path_buf();
+        async move {
+            Node::builder()
+                .listen(at(60 + i))
+                .lan_discovery(false)
+                .data_dir(dir)
+                .spawn()
+                .await
+                .unwrap()
+        }
+    };
+    let mut nodes = Vec::new();
+    for i in 0..4 {
+        nodes.push(start(i).await);
+    }
+    for a in &nodes {
+        for b in &nodes {
+            if a.id() != b.id() {
+                within(10, "known", a.add_known_host(b.addr()))
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+    let text = "a tool to convert audio files between formats, keeping tags";
+    let key = key_of(text);
+    within(
+        30,
+        "index",
+        nodes[0].index(key, 1, &Document::text(text).keywords(["transcoder"])),
+    )
+    .await
+    .unwrap();
+    let term = butter::search::term_key("transcoder");
+    let holder = (1..4)
+        .find(|i| nodes[*i].holds_index_key(&term))
+        .expect("a holder besides the publisher");
+    // Both stop (the snapshot is written on shutdown) and start again.
+    for i in [0, holder] {
+        let old = nodes.remove(i);
+        let id = old.id();
+        old.shutdown().await;
+        drop(old);
+        nodes.insert(i, start(i).await);
+        assert_eq!(nodes[i].id(), id);
+    }
+    assert!(
+        nodes[holder].holds_index_key(&term),
+        "the entries held for others are back"
+    );
+    assert!(
+        nodes[0].unindex(key),
+        "the publisher still knows what it indexed"
+    );
+    for n in nodes {
+        n.shutdown().await;
+    }
+}

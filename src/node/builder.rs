@@ -463,6 +463,15 @@ impl NodeBuilder {
             (None, _) => crate::store::Store::in_memory(budget_bytes)?,
         };
         let dht = Arc::new(super::dht::DhtState::new(self.dht));
+        let search_state = Arc::new(super::search::SearchState::new(self.search));
+        let taken = super::search::persist::restore(&search_state, &store);
+        if taken != (0, 0) {
+            tracing::debug!(
+                held = taken.0,
+                indexed = taken.1,
+                "index entries taken back from the store"
+            );
+        }
         let restored = super::dht::persist::restore(&dht, &store);
         if restored != Default::default() {
             tracing::debug!(
@@ -497,7 +506,7 @@ impl NodeBuilder {
             members,
             dht,
             content: super::content::ContentState::new(self.content, store),
-            search: super::search::SearchState::new(self.search),
+            search: search_state,
             stun: Default::default(),
             nat: self.nat,
             traversals: Default::default(),

@@ -104,7 +104,7 @@ struct Shared {
     members: Arc<Membership>,
     dht: Arc<dht::DhtState>,
     content: content::ContentState,
-    search: search::SearchState,
+    search: Arc<search::SearchState>,
     stun: crate::nat::PendingStun,
     nat: NatSettings,
     traversals: reach::Traversals,

@@ -247,6 +247,26 @@ impl IndexStore {
             .unwrap_or_default()
     }
 
+    /// Every entry held: (key, entry, source; `None` for this node's
+    /// own), what a snapshot keeps.
+    pub fn held(&self) -> impl Iterator<Item = (NodeId, &Entry, Option<IpAddr>)> {
+        self.keys
+            .iter()
+            .flat_map(|(k, l)| l.iter().map(move |h| (*k, &h.entry, h.source)))
+    }
+
+    /// Takes back an entry from a snapshot (verified and bounded like a
+    /// new one).
+    pub fn restore(
+        &mut self,
+        key: NodeId,
+        entry: Entry,
+        source: Option<IpAddr>,
+        now: u64,
+    ) -> Result<(), IndexError> {
+        self.put_from(key, entry, source, now)
+    }
+
     /// Every key with entries.
     pub fn keys(&self) -> Vec<NodeId> {
         self.keys.keys().copied().collect()

@@ -27,7 +27,7 @@ use crate::tasks::Tasks;
 const NAME: &str = "dht";
 
 /// How long after a change the snapshot is written (at most).
-pub(super) const EVERY: Duration = Duration::from_secs(5);
+pub(crate) const EVERY: Duration = Duration::from_secs(5);
 
 /// The snapshot (postcard).
 #[derive(Serialize, Deserialize, Default)]

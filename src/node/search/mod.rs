@@ -26,6 +26,7 @@
 //! # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
 //! ```
 
+pub(crate) mod persist;
 mod query;
 mod service;
 
@@ -260,12 +261,12 @@ enum Placed {
 
 /// One document this node keeps indexed.
 #[derive(Debug, Clone)]
-struct Published {
-    sketch: Sketch,
-    name: String,
-    keywords: Vec<String>,
-    terms: Vec<String>,
-    size: u64,
+pub(crate) struct Published {
+    pub(crate) sketch: Sketch,
+    pub(crate) name: String,
+    pub(crate) keywords: Vec<String>,
+    pub(crate) terms: Vec<String>,
+    pub(crate) size: u64,
     /// Its votes, normalised, in the profile.
     votes: [f32; 64],
 }
@@ -285,6 +286,8 @@ pub(crate) struct SearchState {
     /// Told when the profile changed (the renewal task publishes it
     /// shortly after, once for a burst of changes).
     pub(crate) profile_changed: std::sync::Arc<tokio::sync::Notify>,
+    /// Something held or indexed changed since the last snapshot.
+    pub(crate) dirty: std::sync::atomic::AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -301,8 +304,54 @@ impl SearchState {
             profile: Mutex::new([0.0; 64]),
             profile_published: Mutex::new(None),
             profile_changed: Default::default(),
+            dirty: Default::default(),
             settings,
         }
+    }
+
+    /// What is held or indexed changed: the next snapshot writes it.
+    pub(crate) fn changed(&self) {
+        self.dirty.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Takes back a document this node indexed (from a snapshot).
+    pub(crate) fn restore_indexed(
+        &self,
+        key: Hash,
+        sketch: Sketch,
+        name: String,
+        keywords: Vec<String>,
+        terms: Vec<String>,
+        size: u64,
+    ) -> bool {
+        let mut published = lock(&self.published);
+        if published.len() >= self.settings.max_indexed || published.contains_key(&key) {
+            return false;
+        }
+        let votes = normalised_votes(&sketch);
+        for (p, v) in lock(&self.profile).iter_mut().zip(votes) {
+            *p += v;
+        }
+        published.insert(
+            key,
+            Published {
+                sketch,
+                name,
+                keywords,
+                terms,
+                size,
+                votes,
+            },
+        );
+        true
+    }
+
+    /// The documents this node indexed.
+    pub(crate) fn indexed(&self) -> Vec<(Hash, Published)> {
+        lock(&self.published)
+            .iter()
+            .map(|(k, p)| (*k, p.clone()))
+            .collect()
     }
 
     /// The sketch of this node's profile, if it indexed anything.
@@ -394,6 +443,7 @@ impl Node {
             ..Fields::new(Subject::Item { key: key.0, size }, sketch.signature, 0)
         })?;
         state.profile_changed.notify_one();
+        state.changed();
         Ok(self.publish_entry(entry).await)
     }
 
@@ -418,6 +468,7 @@ impl Node {
             *p -= o;
         }
         state.profile_changed.notify_one();
+        state.changed();
         true
     }
 

@@ -136,8 +136,9 @@ struct Read {
 /// Entries taken from one answer at most.
 const MAX_PER_ANSWER: usize = 256;
 
-/// Holders one key's read is tried on at most.
-const READS_PER_KEY: usize = 2;
+/// Holders one key's read is tried on at most (per pass: the table's,
+/// then a lookup's).
+const READS_PER_KEY: usize = 3;
 
 impl Node {
     /// Searches the index for content (and peers) similar to `query`: the
@@ -284,27 +285,51 @@ impl Node {
                 read.entries.extend(found.entries);
             }
             if !answered {
-                let holders = self.index_holders(at, r, &mut read.messages).await;
-                for holder in holders.into_iter().take(READS_PER_KEY) {
-                    read.messages += 1;
-                    match self.get_entries(holder, at).await {
-                        Ok(found) => {
-                            let before = read.refused;
-                            for e in found.entries.into_iter().take(MAX_PER_ANSWER) {
-                                match e.verify(now) {
-                                    Ok(()) => read.entries.push(e),
-                                    Err(err) => {
-                                        read.refused += 1;
-                                        tracing::debug!(error = %err, "index entry refused");
+                // The table's holders first (no lookup when it knows the
+                // region); if none of them answers (dead, not yet removed),
+                // the holders a lookup finds.
+                let mut asked = std::collections::HashSet::new();
+                let mut got = false;
+                for pass in 0..2 {
+                    let holders = if pass == 0 {
+                        self.index_holders(at, r, &mut read.messages).await
+                    } else {
+                        match self.dht().closest_n(at, r).await {
+                            Ok((closest, report)) => {
+                                read.messages += report.queries;
+                                closest
+                            }
+                            Err(_) => Vec::new(),
+                        }
+                    };
+                    for holder in holders.into_iter().take(READS_PER_KEY) {
+                        if !asked.insert(holder.id) {
+                            continue;
+                        }
+                        read.messages += 1;
+                        match self.get_entries(holder, at).await {
+                            Ok(found) => {
+                                got = true;
+                                let before = read.refused;
+                                for e in found.entries.into_iter().take(MAX_PER_ANSWER) {
+                                    match e.verify(now) {
+                                        Ok(()) => read.entries.push(e),
+                                        Err(err) => {
+                                            read.refused += 1;
+                                            tracing::debug!(error = %err, "index entry refused");
+                                        }
                                     }
                                 }
+                                full = found.full;
+                                if read.refused == before {
+                                    break;
+                                }
                             }
-                            full = found.full;
-                            if read.refused == before {
-                                break;
-                            }
+                            Err(e) => tracing::debug!(error = %e, "index read failed"),
                         }
-                        Err(e) => tracing::debug!(error = %e, "index read failed"),
+                    }
+                    if got {
+                        break;
                     }
                 }
             }

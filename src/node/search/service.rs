@@ -53,7 +53,10 @@ impl Service for SearchService {
                     let stored =
                         lock(&node.search_state().store).put(put.key, put.entry, from.ip(), now);
                     match stored {
-                        Ok(()) => Ok(PutReply::Stored),
+                        Ok(()) => {
+                            node.search_state().changed();
+                            Ok(PutReply::Stored)
+                        }
                         Err(IndexError::KeyFull) => Ok(PutReply::Full),
                         Err(IndexError::Full(what)) => {
                             tracing::debug!(what, "index entry refused");
@@ -80,6 +83,13 @@ impl Service for SearchService {
     }
 
     fn start(&self, ctx: &ServiceContext) {
+        if let Some(node) = ctx.node().upgrade() {
+            super::persist::keep(
+                ctx.tasks(),
+                node.shared().search.clone(),
+                node.content().store.clone(),
+            );
+        }
         ctx.spawn(renew(ctx.node()));
         ctx.spawn(sweep(ctx.node()));
         ctx.spawn(repair(ctx.node()));
