@@ -6,7 +6,8 @@
 //! alternating.
 //!
 //! `cargo bench --bench content` (`BUTTER_BENCH_FETCH_MIB` sets the size,
-//! `BUTTER_BENCH_ROUNDS` the rounds).
+//! `BUTTER_BENCH_ROUNDS` the rounds, `BUTTER_BENCH_PARALLEL` the chunks the
+//! fetcher has in flight, 16 by default as in `ContentSettings`).
 
 mod raw;
 
@@ -112,6 +113,10 @@ async fn network(
     let reader = Node::builder()
         .listen(lo(10 * holders as u8 + 9))
         .lan_discovery(false)
+        .content(ContentSettings {
+            parallel: env("BUTTER_BENCH_PARALLEL", 16) as usize,
+            ..Default::default()
+        })
         .dht(DhtSettings {
             serve: false,
             bootstrap: vec![nodes[0].addr()],
