@@ -3,7 +3,7 @@
 //! and what the store takes verifies.
 #![no_main]
 
-use butter::search::messages::{IndexFound, IndexPut};
+use butter::search::messages::{IndexFound, IndexGet, IndexPut, PutReply};
 use butter::search::entry::Entry;
 use butter::search::store::{IndexLimits, IndexStore};
 use butter::search::Bands;
@@ -27,4 +27,6 @@ fuzz_target!(|data: &[u8]| {
     }
     let _ = postcard::from_bytes::<IndexPut>(data);
     let _ = postcard::from_bytes::<IndexFound>(data);
+    let _ = postcard::from_bytes::<IndexGet>(data);
+    let _ = postcard::from_bytes::<PutReply>(data);
 });

@@ -104,7 +104,10 @@ impl Sketch {
         Ok(Self::of_votes(&votes))
     }
 
-    fn of_votes(votes: &[f32; 64]) -> Sketch {
+    /// The sketch of summed votes: bit `i` set where vote `i` is
+    /// positive, its margin the vote's size (what a profile of many
+    /// documents' votes is).
+    pub fn of_votes(votes: &[f32; 64]) -> Sketch {
         let mut bits = 0u64;
         let mut margins = [0f32; 64];
         for (i, v) in votes.iter().enumerate() {

@@ -62,20 +62,31 @@ fn snapshot(state: &DhtState) -> Snapshot {
 
 /// Writes the snapshot if something changed since the last one.
 fn save(state: &DhtState, store: &Store) {
-    if !state.dirty.swap(false, Ordering::AcqRel) {
+    save_if_dirty(&state.dirty, store, NAME, || snapshot(state));
+}
+
+/// Writes the snapshot `name` (what `make` gives, postcard) if `dirty`
+/// says something changed since the last one; a write that fails is tried
+/// again at the next round. Shared by every snapshot a node keeps.
+pub(crate) fn save_if_dirty<S: Serialize>(
+    dirty: &std::sync::atomic::AtomicBool,
+    store: &Store,
+    name: &str,
+    make: impl FnOnce() -> S,
+) {
+    if !dirty.swap(false, Ordering::AcqRel) {
         return;
     }
-    let bytes = match postcard::to_allocvec(&snapshot(state)) {
+    let bytes = match postcard::to_allocvec(&make()) {
         Ok(b) => b,
         Err(e) => {
-            tracing::warn!(error = %e, "cannot encode the DHT snapshot");
+            tracing::warn!(error = %e, name, "cannot encode a snapshot");
             return;
         }
     };
-    if let Err(e) = store.put_state(NAME, &bytes) {
-        // Tried again at the next change.
-        state.dirty.store(true, Ordering::Release);
-        tracing::warn!(error = %e, "cannot keep the DHT snapshot");
+    if let Err(e) = store.put_state(name, &bytes) {
+        dirty.store(true, Ordering::Release);
+        tracing::warn!(error = %e, name, "cannot keep a snapshot");
     }
 }
 
@@ -137,6 +148,18 @@ pub(crate) fn restore(state: &DhtState, store: &Store) -> Restored {
 /// Keeps the snapshot current until shutdown, then writes it a last time
 /// (a graceful task: awaited on shutdown). Holds the state, not the node.
 pub(crate) fn keep(tasks: &Tasks, state: Arc<DhtState>, store: Arc<Store>) {
+    keep_with(tasks, state, store, save);
+}
+
+/// Runs `save(state, store)` every [`EVERY`] and once more on shutdown
+/// (a graceful task), off the async threads; nothing for a store in
+/// memory.
+pub(crate) fn keep_with<T: Send + Sync + 'static>(
+    tasks: &Tasks,
+    state: Arc<T>,
+    store: Arc<Store>,
+    save: fn(&T, &Store),
+) {
     if !store.is_persistent() {
         return;
     }

@@ -360,23 +360,7 @@ impl SearchState {
         if lock(&self.published).is_empty() {
             return None;
         }
-        Some(sketch_of_votes(&votes))
-    }
-}
-
-/// A sketch from summed votes (signs and margins).
-fn sketch_of_votes(votes: &[f32; 64]) -> Sketch {
-    let mut bits = 0u64;
-    let mut margins = [0f32; 64];
-    for (i, v) in votes.iter().enumerate() {
-        if *v > 0.0 {
-            bits |= 1 << i;
-        }
-        margins[i] = v.abs();
-    }
-    Sketch {
-        signature: crate::search::Signature(bits),
-        margins,
+        Some(Sketch::of_votes(&votes))
     }
 }
 

@@ -6,7 +6,6 @@
 //! renewed at the first renewal round after the start.
 
 use std::net::IpAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -64,20 +63,7 @@ fn snapshot(state: &SearchState) -> Snapshot {
 }
 
 fn save(state: &SearchState, store: &Store) {
-    if !state.dirty.swap(false, Ordering::AcqRel) {
-        return;
-    }
-    let bytes = match postcard::to_allocvec(&snapshot(state)) {
-        Ok(b) => b,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot encode the index snapshot");
-            return;
-        }
-    };
-    if let Err(e) = store.put_state(NAME, &bytes) {
-        state.dirty.store(true, Ordering::Release);
-        tracing::warn!(error = %e, "cannot keep the index snapshot");
-    }
+    crate::node::dht::persist::save_if_dirty(&state.dirty, store, NAME, || snapshot(state));
 }
 
 /// Takes back what the last snapshot held: (entries held for others,
@@ -132,20 +118,5 @@ pub(crate) fn restore(state: &SearchState, store: &Store) -> (usize, usize) {
 /// Keeps the snapshot current until shutdown, then writes it a last time
 /// (a graceful task). Holds the state, not the node.
 pub(crate) fn keep(tasks: &Tasks, state: Arc<SearchState>, store: Arc<Store>) {
-    if !store.is_persistent() {
-        return;
-    }
-    let cancelled = tasks.cancelled();
-    tasks.spawn_graceful(async move {
-        tokio::pin!(cancelled);
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(crate::node::dht::persist::EVERY) => {}
-                _ = &mut cancelled => break,
-            }
-            let (state, store) = (state.clone(), store.clone());
-            let _ = tokio::task::spawn_blocking(move || save(&state, &store)).await;
-        }
-        let _ = tokio::task::spawn_blocking(move || save(&state, &store)).await;
-    });
+    crate::node::dht::persist::keep_with(tasks, state, store, save);
 }
