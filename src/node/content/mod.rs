@@ -21,6 +21,7 @@
 //! ```
 
 mod fetch;
+mod file_out;
 mod repair;
 mod service;
 
@@ -33,6 +34,7 @@ use bytes::Bytes;
 pub(super) use service::ContentService;
 
 use fetch::ItemFetch;
+use file_out::FileOut;
 
 use super::Node;
 use crate::content::chunk::DEFAULT_CHUNK_SIZE;
@@ -302,21 +304,6 @@ impl Node {
         let mut part = path.clone().into_os_string();
         part.push(".part");
         let part = std::path::PathBuf::from(part);
-        // Chunks go to a writer thread (file writes block) a few at a time;
-        // the fetch waits (without blocking its thread) when the disk lags.
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(4);
-        let writer_path = part.clone();
-        let writer = tokio::task::spawn_blocking(move || -> Result<()> {
-            use std::io::Write;
-            let mut out = std::fs::File::create(&writer_path)?;
-            let mut flushed = WriteBehind::default();
-            while let Some(chunk) = rx.blocking_recv() {
-                out.write_all(&chunk)?;
-                flushed.wrote(&out, chunk.len() as u64);
-            }
-            out.sync_all()?;
-            Ok(())
-        });
         // The root first: the size and name are known from the start.
         let item = ItemFetch::new(key);
         let root =
@@ -326,6 +313,17 @@ impl Node {
             name: root.name.clone(),
             ..Fetched::default()
         };
+        // Chunks go to a writer thread (file writes block) a few at a time;
+        // the fetch waits (without blocking its thread) when the disk lags.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+        let mut out = FileOut::create(&part, root.size)?;
+        let writer = tokio::task::spawn_blocking(move || -> Result<()> {
+            while let Some(chunk) = rx.blocking_recv() {
+                out.write(&chunk)?;
+            }
+            out.finish()?;
+            Ok(())
+        });
         let walked = self
             .walk_tree(&item, root, |chunk, local| {
                 report.bytes += chunk.len() as u64;
@@ -391,45 +389,6 @@ impl Node {
         })
         .await
         .map_err(|e| Error::Storage(format!("store task: {e}")))?
-    }
-}
-
-/// Bytes written to a file between two starts of its write-back.
-const WRITE_BEHIND: u64 = 16 << 20;
-
-/// Starts the disk writes of a file being written in the background every
-/// [`WRITE_BEHIND`] bytes, so that the `fsync` at its end has little left
-/// to wait for (the kernel on its own starts only when a tenth of memory
-/// is dirty: for a large fetch, the whole file at the end).
-#[derive(Default)]
-struct WriteBehind {
-    written: u64,
-    started: u64,
-}
-
-impl WriteBehind {
-    fn wrote(&mut self, file: &std::fs::File, n: u64) {
-        self.written += n;
-        if self.written - self.started < WRITE_BEHIND {
-            return;
-        }
-        #[cfg(target_os = "linux")]
-        {
-            use std::os::fd::AsRawFd;
-            // SAFETY: a valid open descriptor and a range of it; the call
-            // only queues write-back (no flag makes it wait).
-            unsafe {
-                libc::sync_file_range(
-                    file.as_raw_fd(),
-                    self.started as libc::off64_t,
-                    (self.written - self.started) as libc::off64_t,
-                    libc::SYNC_FILE_RANGE_WRITE,
-                );
-            }
-        }
-        #[cfg(not(target_os = "linux"))]
-        let _ = file;
-        self.started = self.written;
     }
 }
 
