@@ -502,6 +502,7 @@ async fn kill_9_during_a_large_store_leaves_it_whole_or_empty() {
             |h| {
                 opened
                     .get(&h.0)?
+                    .map(|b| b.to_vec())
                     .ok_or(butter::Error::NotFound("manifest".into()))
             },
             |_, h, len| {

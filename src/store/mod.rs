@@ -279,8 +279,9 @@ impl Store {
         Ok(added)
     }
 
-    /// The blob under `key`.
-    pub fn get(&self, key: &Key) -> Result<Option<Vec<u8>>> {
+    /// The blob under `key`. The bytes are the database's own page, not a
+    /// copy (they keep it alive while they live).
+    pub fn get(&self, key: &Key) -> Result<Option<bytes::Bytes>> {
         let tx = self.db.begin_read().map_err(db)?;
         let table = match tx.open_table(BLOBS) {
             Ok(t) => t,
@@ -290,7 +291,7 @@ impl Store {
         Ok(table
             .get(key.as_slice())
             .map_err(db)?
-            .map(|v| v.value().to_vec()))
+            .map(|v| bytes::Bytes::from_owner(Page(v))))
     }
 
     /// Whether the blob under `key` is held.
@@ -413,6 +414,15 @@ impl Store {
             buffered_bytes: 0,
             finished: false,
         })
+    }
+}
+
+/// A value read from the database, owned by the bytes made of it.
+struct Page(redb::AccessGuard<'static, &'static [u8]>);
+
+impl AsRef<[u8]> for Page {
+    fn as_ref(&self) -> &[u8] {
+        self.0.value()
     }
 }
 

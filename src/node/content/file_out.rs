@@ -94,6 +94,21 @@ impl FileOut {
             self.write_behind();
             return Ok(());
         }
+        if let Some(stage) = &self.direct {
+            if stage.filled == 0
+                && bytes.as_ptr().align_offset(ALIGN) == 0
+                && bytes.len() % ALIGN == 0
+            {
+                // Aligned already (a chunk as the network layer joins it).
+                return match self.file.write_all(bytes) {
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                        self.fall_back()?;
+                        self.file.write_all(bytes)
+                    }
+                    other => other,
+                };
+            }
+        }
         while !bytes.is_empty() {
             let Some(stage) = self.direct.as_mut() else {
                 // Fell back to buffered writes below.
@@ -234,6 +249,15 @@ mod tests {
             .collect()
     }
 
+    /// `bytes` at a page-aligned address.
+    fn aligned(bytes: &[u8]) -> bytes::Bytes {
+        let mut v = Vec::<u8>::with_capacity(bytes.len() + ALIGN);
+        let at = v.as_ptr().align_offset(ALIGN);
+        v.resize(at, 0);
+        v.extend_from_slice(bytes);
+        bytes::Bytes::from(v).slice(at..)
+    }
+
     /// Pieces of awkward sizes (not multiples of the alignment, larger and
     /// smaller than the stage) come out as one byte-identical file, direct
     /// or buffered.
@@ -251,6 +275,14 @@ mod tests {
             }
             let mut want = Vec::new();
             let mut left = size as usize;
+            // Aligned pieces first (written as they are), then any.
+            for seed in 100..if size >= DIRECT_FROM { 103 } else { 100 } {
+                let piece = aligned(&pattern(262_144, seed));
+                assert_eq!(piece.as_ptr().align_offset(ALIGN), 0);
+                out.write(&piece).unwrap();
+                want.extend_from_slice(&piece);
+                left -= piece.len();
+            }
             let mut seed = 0u8;
             while left > 0 {
                 let n = [1, 4095, 262_144, 3 * STAGE + 7, 77][seed as usize % 5].min(left);
