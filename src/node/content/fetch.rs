@@ -240,7 +240,7 @@ impl Node {
         let state = self.content();
         let store = state.store.clone();
         if let Ok(Ok(Some(bytes))) = tokio::task::spawn_blocking(move || store.get(&hash.0)).await {
-            return Ok((bytes.into(), true));
+            return Ok((bytes, true));
         }
         let mut asked = Asked::default();
         let mut rest = Vec::new();
