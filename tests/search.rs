@@ -322,9 +322,22 @@ impl butter::Service for Garbage {
                 let honest = honest.clone();
                 let n = reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 async move {
-                    // Every other read gets bytes that decode to nothing.
-                    if n % 2 == 1 {
+                    // Bytes that decode to nothing; an empty answer naming
+                    // more "closer" nodes than an answer may (made up).
+                    if n % 3 == 1 {
                         return Ok(vec![0xff; 300]);
+                    }
+                    if n % 3 == 2 {
+                        let made_up = butter::NodeAddr::new(
+                            butter::Identity::generate().id(),
+                            ["192.0.2.1:9".parse().unwrap()],
+                        );
+                        let found = butter::search::messages::IndexFound {
+                            entries: Vec::new(),
+                            full: false,
+                            closer: vec![made_up; butter::search::messages::MAX_CLOSER + 1],
+                        };
+                        return Ok(postcard::to_stdvec(&found).unwrap());
                     }
                     let mut renamed = honest.clone();
                     renamed.name = "buy now".into();
@@ -335,6 +348,7 @@ impl butter::Service for Garbage {
                     let found = butter::search::messages::IndexFound {
                         entries: vec![renamed, stolen, closer],
                         full: true,
+                        closer: Vec::new(),
                     };
                     Ok(postcard::to_stdvec(&found).unwrap())
                 }
@@ -590,6 +604,57 @@ async fn index_entries_survive_a_restart() {
         nodes[0].unindex(key),
         "the publisher still knows what it indexed"
     );
+    for n in nodes {
+        n.shutdown().await;
+    }
+}
+
+/// A reader whose table knows a single node reaches a key's holders
+/// through the closer nodes that node names in its answer (as Kademlia's
+/// `FIND_VALUE` does): at most two messages per key, where a lookup
+/// before each read would cost several.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_goes_on_to_the_closer_nodes_an_answer_names() {
+    let nodes = network(16, SearchSettings::default()).await;
+    let text = "a lightweight window manager with tiling layouts, keyboard driven, \
+                configured in a small text file and extended with scripts";
+    let key = key_of(text);
+    within(30, "index", nodes[0].index(key, 1, &Document::text(text)))
+        .await
+        .unwrap();
+    let guest = Node::builder()
+        .listen(at(60))
+        .lan_discovery(false)
+        .dht(butter::DhtSettings {
+            serve: false,
+            bootstrap: vec![nodes[5].addr()],
+            ..Default::default()
+        })
+        .search(SearchSettings {
+            serve: false,
+            ..Default::default()
+        })
+        .spawn()
+        .await
+        .unwrap();
+    within(10, "known", guest.add_known_host(nodes[5].addr()))
+        .await
+        .unwrap();
+    let found = within(30, "search", guest.search(text, 10)).await.unwrap();
+    assert_eq!(found.hits.first().map(|h| h.key), Some(key));
+    let report = found.report;
+    println!("{report:?}");
+    assert!(
+        report.entries >= butter::search::Bands::DEFAULT.count as usize,
+        "every band key's entry read: {report:?}"
+    );
+    assert!(
+        report.messages <= 2 * report.keys,
+        "{} messages for {} keys",
+        report.messages,
+        report.keys
+    );
+    guest.shutdown().await;
     for n in nodes {
         n.shutdown().await;
     }

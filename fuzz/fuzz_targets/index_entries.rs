@@ -26,7 +26,9 @@ fuzz_target!(|data: &[u8]| {
         let _ = e.encode();
     }
     let _ = postcard::from_bytes::<IndexPut>(data);
-    let _ = postcard::from_bytes::<IndexFound>(data);
+    if let Ok(found) = postcard::from_bytes::<IndexFound>(data) {
+        let _ = found.check();
+    }
     let _ = postcard::from_bytes::<IndexGet>(data);
     let _ = postcard::from_bytes::<PutReply>(data);
 });

@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::entry::Entry;
+use crate::addr::NodeAddr;
 use crate::identity::NodeId;
 
 /// Route storing an index entry (request: [`IndexPut`]).
@@ -44,4 +45,31 @@ pub struct IndexFound {
     pub entries: Vec<Entry>,
     /// Whether the key is full (more may be under its next spill).
     pub full: bool,
+    /// When the responder holds no entry under the key: the nodes it knows
+    /// closer to the key than itself (at most [`MAX_CLOSER`]), so that a
+    /// read that reached a node short of the holders goes on to them
+    /// without a lookup (Kademlia's `FIND_VALUE`). Empty: the responder
+    /// knows nobody closer (it is a holder; the key is empty).
+    pub closer: Vec<NodeAddr>,
+}
+
+/// Contacts an [`IndexFound`] names at most.
+pub const MAX_CLOSER: usize = 4;
+
+impl IndexFound {
+    /// A typed error if the answer names more contacts, or contacts with
+    /// more addresses, than it may.
+    pub fn check(&self) -> Result<(), crate::Error> {
+        if self.closer.len() > MAX_CLOSER
+            || self
+                .closer
+                .iter()
+                .any(|c| c.addrs.len() > crate::dht::messages::MAX_CONTACT_ADDRS)
+        {
+            return Err(crate::Error::Malformed(format!(
+                "index answer: more than {MAX_CLOSER} closer contacts or too many addresses"
+            )));
+        }
+        Ok(())
+    }
 }

@@ -136,9 +136,9 @@ struct Read {
 /// Entries taken from one answer at most.
 const MAX_PER_ANSWER: usize = 256;
 
-/// Holders one key's read is tried on at most (per pass: the table's,
-/// then a lookup's).
-const READS_PER_KEY: usize = 3;
+/// Nodes one walk of a key's read asks at most (the table's closest, the
+/// closer nodes their answers name, holders passed over for garbage).
+const MAX_HOPS: usize = 4;
 
 impl Node {
     /// Searches the index for content (and peers) similar to `query`: the
@@ -266,9 +266,12 @@ impl Node {
     }
 
     /// The entries under `key` and up to `spills` of its spills (while
-    /// they say they are full), verified. A holder whose answer does not
-    /// decode or holds an entry that does not verify is passed over for
-    /// the next (up to [`READS_PER_KEY`]): it cannot hide the others'.
+    /// they say they are full), verified. Each is read where the table
+    /// says its holders are, going on to the closer nodes an answer names
+    /// ([`walk_read`](Self::walk_read)); if that finds no answer, from the
+    /// holders a lookup finds. A holder whose answer does not decode or
+    /// holds an entry that does not verify is passed over for the next:
+    /// it cannot hide the others'.
     async fn read_key(&self, key: NodeId, spills: u8) -> Read {
         let r = self.search_state().settings.replicas.max(1);
         let mut read = Read::default();
@@ -276,78 +279,102 @@ impl Node {
         for salt in 0..=spills.min(MAX_SPILL) {
             let at = spill_key(&key, salt);
             read.keys += 1;
-            let mut full = false;
-            let mut answered = false;
+            let mut full = None;
             if self.dht_state().settings.serve {
                 let found = lock(&self.search_state().store).get(&at, usize::MAX, now);
-                full = found.full;
-                answered = !found.entries.is_empty();
-                read.entries.extend(found.entries);
-            }
-            if !answered {
-                // The table's holders first (no lookup when it knows the
-                // region); if none of them answers (dead, not yet removed),
-                // the holders a lookup finds.
-                let mut asked = std::collections::HashSet::new();
-                let mut got = false;
-                for pass in 0..2 {
-                    let holders = if pass == 0 {
-                        self.index_holders(at, r, &mut read.messages).await
-                    } else {
-                        match self.dht().closest_n(at, r).await {
-                            Ok((closest, report)) => {
-                                read.messages += report.queries;
-                                closest
-                            }
-                            Err(_) => Vec::new(),
-                        }
-                    };
-                    for holder in holders.into_iter().take(READS_PER_KEY) {
-                        if !asked.insert(holder.id) {
-                            continue;
-                        }
-                        read.messages += 1;
-                        match self.get_entries(holder, at).await {
-                            Ok(found) => {
-                                got = true;
-                                let before = read.refused;
-                                for e in found.entries.into_iter().take(MAX_PER_ANSWER) {
-                                    match e.verify(now) {
-                                        Ok(()) => read.entries.push(e),
-                                        Err(err) => {
-                                            read.refused += 1;
-                                            tracing::debug!(error = %err, "index entry refused");
-                                        }
-                                    }
-                                }
-                                full = found.full;
-                                if read.refused == before {
-                                    break;
-                                }
-                            }
-                            Err(e) => tracing::debug!(error = %e, "index read failed"),
-                        }
-                    }
-                    if got {
-                        break;
-                    }
+                if !found.entries.is_empty() {
+                    full = Some(found.full);
+                    read.entries.extend(found.entries);
                 }
             }
-            if !full {
+            if full.is_none() {
+                let start = self.members().closest(&at, r);
+                full = self.walk_read(at, start, &mut read, now).await;
+            }
+            if full.is_none() {
+                // No answer on the way (dead holders not yet removed, a
+                // table that points nowhere): the holders a lookup finds.
+                if let Ok((closest, report)) = self.dht().closest_n(at, r).await {
+                    read.messages += report.queries;
+                    full = self.walk_read(at, closest, &mut read, now).await;
+                }
+            }
+            if full != Some(true) {
                 break;
             }
         }
         read
     }
 
+    /// Reads `at` from the closest of `start`, going on to the closer nodes
+    /// an empty answer names, [`MAX_HOPS`] asks at most. The first answer
+    /// with entries that all verify, or an empty one naming nobody closer,
+    /// ends the walk: `Some(full)`. `None`: no such answer.
+    async fn walk_read(
+        &self,
+        at: NodeId,
+        start: Vec<NodeAddr>,
+        read: &mut Read,
+        now: u64,
+    ) -> Option<bool> {
+        use crate::peers::table::distance;
+        let me = self.id();
+        let mut asked = HashSet::new();
+        let mut candidates = start;
+        for _ in 0..MAX_HOPS {
+            candidates.retain(|c| c.id != me && !asked.contains(&c.id));
+            candidates.sort_by_key(|c| distance(&c.id, &at));
+            candidates.dedup_by_key(|c| c.id);
+            if candidates.is_empty() {
+                return None;
+            }
+            let next = candidates.remove(0);
+            asked.insert(next.id);
+            read.messages += 1;
+            let found = match self.get_entries(next.clone(), at).await {
+                Ok(found) => found,
+                Err(e) => {
+                    tracing::debug!(peer = %next.id.short(), error = %e, "index read failed");
+                    continue;
+                }
+            };
+            if found.entries.is_empty() {
+                if found.closer.is_empty() {
+                    return Some(false);
+                }
+                candidates.extend(found.closer.into_iter().filter_map(|mut c| {
+                    c.addrs.retain(|a| !crate::nat::scope::is_unusable(*a));
+                    (!c.addrs.is_empty()).then_some(c)
+                }));
+                continue;
+            }
+            let before = read.refused;
+            for e in found.entries.into_iter().take(MAX_PER_ANSWER) {
+                match e.verify(now) {
+                    Ok(()) => read.entries.push(e),
+                    Err(err) => {
+                        read.refused += 1;
+                        tracing::debug!(error = %err, "index entry refused");
+                    }
+                }
+            }
+            if read.refused == before {
+                return Some(found.full);
+            }
+        }
+        None
+    }
+
     async fn get_entries(&self, from: NodeAddr, key: NodeId) -> Result<IndexFound> {
         let timeout = self.dht_state().settings.query_timeout;
-        tokio::time::timeout(
+        let found = tokio::time::timeout(
             timeout,
             self.call_typed::<_, IndexFound>(Target::Addr(from), GET_ROUTE, &IndexGet { key }),
         )
         .await
-        .map_err(|_| Error::Timeout("an index read"))?
+        .map_err(|_| Error::Timeout("an index read"))??;
+        found.check()?;
+        Ok(found)
     }
 }
 

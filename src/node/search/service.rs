@@ -1,7 +1,8 @@
 //! The index routes: `butter/search/put` stores an entry under a key
 //! (verified, under a key of its own signature, within the store's bounds
 //! and the sender's share; `Full` when the key is: the publisher spills to
-//! the next salt), `butter/search/get` reads a key. Tasks: renewal of this
+//! the next salt), `butter/search/get` reads a key (or, when nothing is
+//! held under it, names the nodes known closer to it). Tasks: renewal of this
 //! node's own entries and profile, the expiry of others', and the repair of
 //! held keys when one of their holders leaves (pushed to the key's new
 //! closest nodes, as chunks are).
@@ -9,11 +10,14 @@
 use std::time::Duration;
 
 use super::{lock, IndexFound, IndexGet, IndexPut, PutReply, GET_ROUTE, PUT_ROUTE};
+use crate::addr::NodeAddr;
 use crate::error::Error;
 use crate::identity::NodeId;
 use crate::node::service::{Routes, Service, ServiceContext, WeakNode};
+use crate::node::Node;
 use crate::peers::PeerEvent;
 use crate::search::entry::MAX_ENTRY;
+use crate::search::messages::MAX_CLOSER;
 use crate::search::store::IndexError;
 
 /// Serves and keeps the index (`serve`: the routes too, not only this
@@ -68,15 +72,21 @@ impl Service for SearchService {
             },
         );
         let n = routes.node();
-        routes.typed(GET_ROUTE, 64, move |_peer, _from, get: IndexGet| {
+        routes.typed(GET_ROUTE, 64, move |peer, _from, get: IndexGet| {
             let node = n.upgrade();
             async move {
                 let node = node.ok_or(Error::Shutdown)?;
                 let now = crate::node::dht::unix_now();
                 let found = lock(&node.search_state().store).get(&get.key, usize::MAX, now);
+                let closer = if found.entries.is_empty() {
+                    closer(&node, &get.key, &peer)
+                } else {
+                    Vec::new()
+                };
                 Ok(IndexFound {
                     entries: found.entries,
                     full: found.full,
+                    closer,
                 })
             }
         });
@@ -94,6 +104,27 @@ impl Service for SearchService {
         ctx.spawn(sweep(ctx.node()));
         ctx.spawn(repair(ctx.node()));
     }
+}
+
+/// The nodes this node knows closer to `key` than itself (never the
+/// asker), closest first, each with its first addresses only; none when
+/// this node is itself among the key's holders as far as it knows (fewer
+/// than `replicas` closer): its empty answer is the key's.
+fn closer(node: &Node, key: &NodeId, asker: &NodeId) -> Vec<NodeAddr> {
+    use crate::peers::table::distance;
+    let r = node.search_state().settings.replicas.max(1);
+    let mine = distance(&node.id(), key);
+    let mut near = node.members().closest(key, MAX_CLOSER.max(r) + 1);
+    near.retain(|c| distance(&c.id, key) < mine);
+    if near.len() < r {
+        return Vec::new();
+    }
+    near.retain(|c| c.id != *asker);
+    near.truncate(MAX_CLOSER);
+    for c in &mut near {
+        c.addrs.truncate(crate::dht::messages::MAX_CONTACT_ADDRS);
+    }
+    near
 }
 
 /// Renews this node's entries and profile every republish interval (and
