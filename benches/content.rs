@@ -131,22 +131,44 @@ async fn network(
     (nodes, reader, shared.key)
 }
 
-async fn fetch(reader: &Node, key: butter::content::Hash, out: &Path, want: &[u8; 32]) -> Duration {
+/// The fetch's time and the CPU time it took.
+async fn fetch(
+    reader: &Node,
+    key: butter::content::Hash,
+    out: &Path,
+    want: &[u8; 32],
+) -> (Duration, Duration) {
+    let c = cpu();
     let t = Instant::now();
     let fetched = reader.get_to_file(key, out).await.unwrap();
     let took = t.elapsed();
+    let used = cpu() - c;
     assert_eq!(fetched.chunks_held, 0);
     // The file on disk is the one shared (hashed outside the timing).
     let got = hash_file(out);
     assert_eq!(&got, want, "the fetched file differs");
     std::fs::remove_file(out).unwrap();
-    took
+    (took, used)
 }
 
 fn hash_file(path: &Path) -> [u8; 32] {
     let mut h = blake3::Hasher::new();
     h.update_reader(std::fs::File::open(path).unwrap()).unwrap();
     *h.finalize().as_bytes()
+}
+
+/// CPU time this process has used (user and system), from /proc.
+fn cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces): utime is the
+    // 14th field of the line, stime the 15th.
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<u64> = after
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    Duration::from_millis(ticks * 10)
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -199,10 +221,20 @@ async fn run() {
     let (_server, _client, conn) = raw_pair().await;
     let out = dir.path().join("fetched.bin");
     let (mut raw, mut from1, mut from3) = (Vec::new(), Vec::new(), Vec::new());
+    // CPU seconds per GiB moved, each kind (the fetches' own hashing of
+    // the result, outside their timing, is left out).
+    let (mut cpu_raw, mut cpu1, mut cpu3) = (Vec::new(), Vec::new(), Vec::new());
+    let per_gib = |d: Duration| d.mul_f64((1u64 << 30) as f64 / bytes as f64);
     for round in 0..rounds {
+        let c = cpu();
         raw.push(raw_download(&conn, bytes).await);
-        from1.push(fetch(&one_reader, one_key, &out, &want).await);
-        from3.push(fetch(&three_reader, three_key, &out, &want).await);
+        cpu_raw.push(per_gib(cpu() - c));
+        let (d, c) = fetch(&one_reader, one_key, &out, &want).await;
+        from1.push(d);
+        cpu1.push(per_gib(c));
+        let (d, c) = fetch(&three_reader, three_key, &out, &want).await;
+        from3.push(d);
+        cpu3.push(per_gib(c));
         println!(
             "round {}: raw quinn {:.0} MiB/s, 1 holder {:.0} MiB/s, 3 holders {:.0} MiB/s",
             round + 1,
@@ -211,6 +243,13 @@ async fn run() {
             mib_s(bytes, from3[round])
         );
     }
+    println!(
+        "CPU per GiB (median, user + system, whole process): raw quinn {:.2} s, \
+         1 holder {:.2} s, 3 holders {:.2} s",
+        median(cpu_raw).as_secs_f64(),
+        median(cpu1).as_secs_f64(),
+        median(cpu3).as_secs_f64()
+    );
     // The machine's speed drifts between rounds: each round's own ratio
     // (raw quinn and Butter measured back to back) is steadier.
     let ratio = |of: &[Duration]| {

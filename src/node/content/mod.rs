@@ -313,9 +313,12 @@ impl Node {
             name: root.name.clone(),
             ..Fetched::default()
         };
-        // Chunks go to a writer thread (file writes block) a few at a time;
-        // the fetch waits (without blocking its thread) when the disk lags.
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+        // Chunks go to a writer thread (file writes block); the fetch waits
+        // (without blocking its thread) when the disk lags. While it waits,
+        // its chunks in flight are not read and their senders stall: the
+        // queue (8 MiB of default chunks) absorbs the disk's latency spikes
+        // (4 chunks measured 0.57x raw quinn from 3 holders, 32 0.62x).
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(WRITE_QUEUE);
         let mut out = FileOut::create(&part, root.size)?;
         let writer = tokio::task::spawn_blocking(move || -> Result<()> {
             while let Some(chunk) = rx.blocking_recv() {
@@ -391,6 +394,9 @@ impl Node {
         .map_err(|e| Error::Storage(format!("store task: {e}")))?
     }
 }
+
+/// Chunks queued for a fetch's file writer at most.
+const WRITE_QUEUE: usize = 32;
 
 /// Bytes of a text file read for its index entry.
 const TEXT_INDEXED: usize = 64 * 1024;
