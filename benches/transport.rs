@@ -3,6 +3,8 @@
 //!
 //! - call latency p50/p99, one request in flight, 64-byte bodies, a new stream per call;
 //! - calls/s with 64 requests in flight;
+//! - connect + first reply p50/p99, a fresh client each time (its endpoint
+//!   or node made outside the timing), no session resumption;
 //! - bulk MiB/s of a 512 MiB streamed upload.
 //!
 //! `cargo bench --bench transport` (set `BUTTER_BENCH_BULK_MIB` to change the size).
@@ -20,7 +22,8 @@ const LATENCY_CALLS: usize = 5_000;
 const THROUGHPUT_CALLS: usize = 50_000;
 const IN_FLIGHT: usize = 64;
 const CHUNK: usize = 256 * 1024;
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
+const CONNECTS: usize = 40;
 
 fn lo() -> std::net::SocketAddr {
     "127.0.0.1:0".parse().unwrap()
@@ -29,6 +32,8 @@ fn lo() -> std::net::SocketAddr {
 /// The raw-quinn side: same TLS, same transport parameters, no Butter framing.
 struct Raw {
     _server: quinn::Endpoint,
+    addr: std::net::SocketAddr,
+    id: butter::Identity,
     client: quinn::Endpoint,
     conn: quinn::Connection,
 }
@@ -68,6 +73,8 @@ async fn raw_pair() -> Raw {
     let (client, conn) = raw::connect(lo(), addr, &server_id).await;
     Raw {
         _server: server,
+        addr,
+        id: server_id,
         client,
         conn,
     }
@@ -93,6 +100,44 @@ async fn raw_bulk(conn: &quinn::Connection, bytes: u64) {
     send.finish().unwrap();
     let reply = recv.read_to_end(64).await.unwrap();
     assert_eq!(u64::from_le_bytes(reply.try_into().unwrap()), bytes);
+}
+
+/// Raw quinn: connect a fresh client endpoint (made outside the timing)
+/// and make one call; p50 and p99 over [`CONNECTS`].
+async fn raw_connects(addr: std::net::SocketAddr, id: &butter::Identity) -> (Duration, Duration) {
+    let mut samples = Vec::new();
+    for _ in 0..CONNECTS {
+        let client = raw::client(lo());
+        let t = Instant::now();
+        let conn = raw::dial(&client, addr, id).await;
+        raw_call(&conn).await;
+        samples.push(t.elapsed());
+        conn.close(0u32.into(), b"done");
+        client.wait_idle().await;
+    }
+    samples.sort();
+    (percentile(&samples, 0.5), percentile(&samples, 0.99))
+}
+
+/// Butter: a fresh node (spawned outside the timing) calls `target` by
+/// address; p50 and p99 over [`CONNECTS`].
+async fn butter_connects(target: &butter::NodeAddr) -> (Duration, Duration) {
+    let mut samples = Vec::new();
+    for _ in 0..CONNECTS {
+        let client = Node::builder()
+            .listen(lo())
+            .lan_discovery(false)
+            .spawn()
+            .await
+            .unwrap();
+        let t = Instant::now();
+        let r = client.call(target, "echo", &BODY[..]).await.unwrap();
+        samples.push(t.elapsed());
+        assert_eq!(r.len(), BODY.len());
+        client.shutdown().await;
+    }
+    samples.sort();
+    (percentile(&samples, 0.5), percentile(&samples, 0.99))
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -258,6 +303,20 @@ async fn main() {
     let (q, b, c) = (median(q), median(b), median(c));
     println!("bulk upload {bulk_mib} MiB           raw quinn {q:7.1} MiB/s     | butter {c:7.1} MiB/s     | ratio {:.2}x (Body::from_stream)", c / q);
     println!("                                                        | butter {b:7.1} MiB/s     | ratio {:.2}x (Body::from_reader)", b / q);
+    // Last: the long-lived raw connection idles meanwhile.
+    let (mut q50, mut q99, mut b50, mut b99) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..ROUNDS {
+        let (p50, p99) = raw_connects(raw.addr, &raw.id).await;
+        q50.push(us(p50));
+        q99.push(us(p99));
+        let (p50, p99) = butter_connects(&target).await;
+        b50.push(us(p50));
+        b99.push(us(p99));
+    }
+    let (q50, q99, b50, b99) = (median(q50), median(q99), median(b50), median(b99));
+    println!("connect + first reply, fresh client   raw quinn p50 {q50:7.1} us p99 {q99:7.1} us | butter p50 {b50:7.1} us p99 {b99:7.1} us | ratio p50 {:.2}x p99 {:.2}x",
+        b50 / q50, b99 / q99);
+
     raw.client.close(0u32.into(), b"done");
 }
 

@@ -496,7 +496,12 @@ impl Endpoint {
                 let delay = self.settings.dial_stagger * i as u32;
                 let addr = *addr;
                 Box::pin(async move {
-                    tokio::time::sleep(delay).await;
+                    // No sleep for the first address: tokio rounds every
+                    // deadline up to its next millisecond tick, so even a
+                    // zero sleep cost a connect about a millisecond.
+                    if !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
+                    }
                     (addr, self.connect_once(id, addr, timeout).await)
                 }) as Attempt<'_>
             })

@@ -21,20 +21,31 @@ pub fn server(at: SocketAddr) -> (quinn::Endpoint, Identity) {
     (quinn::Endpoint::server(config, at).unwrap(), id)
 }
 
+/// A client endpoint at `at` with a fresh identity.
+pub fn client(at: SocketAddr) -> quinn::Endpoint {
+    let mut client = quinn::Endpoint::client(at).unwrap();
+    let mut config = quinn::ClientConfig::new(tls::client_crypto(&Identity::generate()).unwrap());
+    config.transport_config(transport());
+    client.set_default_client_config(config);
+    client
+}
+
+/// `client` connected to the server `id` at `addr`.
+pub async fn dial(client: &quinn::Endpoint, addr: SocketAddr, id: &Identity) -> quinn::Connection {
+    client
+        .connect(addr, &tls::server_name(&id.id()))
+        .unwrap()
+        .await
+        .unwrap()
+}
+
 /// A client endpoint at `at` connected to `server` (identity `id`) at `addr`.
 pub async fn connect(
     at: SocketAddr,
     addr: SocketAddr,
     id: &Identity,
 ) -> (quinn::Endpoint, quinn::Connection) {
-    let mut client = quinn::Endpoint::client(at).unwrap();
-    let mut config = quinn::ClientConfig::new(tls::client_crypto(&Identity::generate()).unwrap());
-    config.transport_config(transport());
-    client.set_default_client_config(config);
-    let conn = client
-        .connect(addr, &tls::server_name(&id.id()))
-        .unwrap()
-        .await
-        .unwrap();
+    let client = client(at);
+    let conn = dial(&client, addr, id).await;
     (client, conn)
 }
