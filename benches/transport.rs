@@ -7,7 +7,8 @@
 //!   or node made outside the timing), no session resumption;
 //! - bulk MiB/s of a 512 MiB streamed upload.
 //!
-//! `cargo bench --bench transport` (set `BUTTER_BENCH_BULK_MIB` to change the size).
+//! `cargo bench --bench transport` (set `BUTTER_BENCH_BULK_MIB` to change the size,
+//! `BUTTER_BENCH_ONLY` to run one workload: `latency`, `calls`, `bulk`, `connect`).
 
 mod raw;
 
@@ -162,6 +163,22 @@ where
     (percentile(&samples, 0.5), percentile(&samples, 0.99))
 }
 
+/// UDP datagrams this host has sent (all sockets: the benchmark is alone
+/// on loopback), from /proc/net/snmp.
+fn udp_datagrams() -> u64 {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").unwrap_or_default();
+    let mut lines = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "OutDatagrams")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
 async fn throughput<F, Fut>(call: F) -> f64
 where
     F: Fn() -> Fut + Send + Sync + Clone + 'static,
@@ -198,7 +215,19 @@ async fn upload(client: &Node, to: butter::NodeId, body: Body, bytes: u64) {
     assert_eq!(u64::from_le_bytes(reply[..].try_into().unwrap()), bytes);
 }
 
+/// Rounds of a workload: [`ROUNDS`], or none when `BUTTER_BENCH_ONLY`
+/// names another (`latency`, `calls`, `bulk`, `connect`; for profiling).
+fn rounds(workload: &str) -> usize {
+    match std::env::var("BUTTER_BENCH_ONLY") {
+        Ok(only) if only != workload => 0,
+        _ => ROUNDS,
+    }
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
@@ -258,7 +287,7 @@ async fn main() {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     let (mut q50, mut q99, mut b50, mut b99) = (vec![], vec![], vec![], vec![]);
-    for _ in 0..ROUNDS {
+    for _ in 0..rounds("latency") {
         let (p50, p99) = latency(&raw_call_fn).await;
         q50.push(us(p50));
         q99.push(us(p99));
@@ -270,18 +299,29 @@ async fn main() {
     println!("latency, 1 in flight, 64 B   raw quinn p50 {q50:7.1} us p99 {q99:7.1} us | butter p50 {b50:7.1} us p99 {b99:7.1} us | ratio p50 {:.2}x p99 {:.2}x",
         b50 / q50, b99 / q99);
 
-    let (mut q, mut b) = (vec![], vec![]);
-    for _ in 0..ROUNDS {
+    let (mut q, mut b, mut qd, mut bd) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..rounds("calls") {
+        let d = udp_datagrams();
         q.push(throughput(raw_call_fn.clone()).await);
+        qd.push((udp_datagrams() - d) as f64 / THROUGHPUT_CALLS as f64);
+        let d = udp_datagrams();
         b.push(throughput(butter_call.clone()).await);
+        bd.push((udp_datagrams() - d) as f64 / THROUGHPUT_CALLS as f64);
     }
     let (q, b) = (median(q), median(b));
     println!("calls/s, {IN_FLIGHT} in flight, 64 B   raw quinn {q:9.0}         | butter {b:9.0}         | ratio {:.2}x", b / q);
+    if !qd.is_empty() {
+        println!(
+            "  UDP datagrams per call (both directions): raw quinn {:.2}, butter {:.2}",
+            median(qd),
+            median(bd)
+        );
+    }
 
     let bytes = bulk_mib * 1024 * 1024;
     let chunk = bytes::Bytes::from(vec![7u8; CHUNK]);
     let (mut q, mut b, mut c) = (vec![], vec![], vec![]);
-    for _ in 0..ROUNDS {
+    for _ in 0..rounds("bulk") {
         let t = Instant::now();
         raw_bulk(&raw.conn, bytes).await;
         q.push(bulk_mib as f64 / t.elapsed().as_secs_f64());
@@ -305,7 +345,7 @@ async fn main() {
     println!("                                                        | butter {b:7.1} MiB/s     | ratio {:.2}x (Body::from_reader)", b / q);
     // Last: the long-lived raw connection idles meanwhile.
     let (mut q50, mut q99, mut b50, mut b99) = (vec![], vec![], vec![], vec![]);
-    for _ in 0..ROUNDS {
+    for _ in 0..rounds("connect") {
         let (p50, p99) = raw_connects(raw.addr, &raw.id).await;
         q50.push(us(p50));
         q99.push(us(p99));

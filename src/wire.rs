@@ -129,6 +129,36 @@ where
     postcard::from_bytes(&buf).map_err(|e| Error::Malformed(format!("header does not decode: {e}")))
 }
 
+/// Splits a length-prefixed frame of at most `max` bytes off the front of
+/// `bytes` (a whole message read at once), decoded, and what follows it —
+/// with the errors [`read_frame`] gives for the same bytes.
+pub fn split_frame<T: DeserializeOwned>(
+    bytes: &bytes::Bytes,
+    max: usize,
+) -> Result<(T, bytes::Bytes), Error> {
+    let max = max.min(MAX_HEADER);
+    let Some(len) = bytes.get(..4) else {
+        return Err(Error::Malformed(
+            "stream ended inside the frame length".into(),
+        ));
+    };
+    let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+    if len > max {
+        return Err(Error::TooLarge {
+            what: "header frame",
+            limit: max as u64,
+        });
+    }
+    let Some(payload) = bytes.get(4..4 + len) else {
+        return Err(Error::Malformed(
+            "stream ended inside the frame payload".into(),
+        ));
+    };
+    let value = postcard::from_bytes(payload)
+        .map_err(|e| Error::Malformed(format!("header does not decode: {e}")))?;
+    Ok((value, bytes.slice(4 + len..)))
+}
+
 fn read_error(e: std::io::Error, what: &str) -> Error {
     if e.kind() == std::io::ErrorKind::UnexpectedEof {
         Error::Malformed(format!("stream ended inside the {what}"))
@@ -164,7 +194,28 @@ mod tests {
                 .await
                 .unwrap_err();
             assert!(matches!(err, Error::Malformed(_)), "cut {cut}: {err}");
+            let whole = bytes::Bytes::copy_from_slice(&bytes[..cut]);
+            let err = split_frame::<RequestHeader>(&whole, MAX_HEADER).unwrap_err();
+            assert!(
+                matches!(err, Error::Malformed(_)),
+                "split, cut {cut}: {err}"
+            );
         }
+    }
+
+    #[test]
+    fn a_split_frame_leaves_what_follows() {
+        let mut bytes = encode_frame(&header(), MAX_HEADER).unwrap();
+        bytes.extend_from_slice(b"body");
+        let (h, rest) =
+            split_frame::<RequestHeader>(&bytes::Bytes::from(bytes), MAX_HEADER).unwrap();
+        assert_eq!(h, header());
+        assert_eq!(&rest[..], b"body");
+        let big = bytes::Bytes::from((70_000u32).to_le_bytes().to_vec());
+        assert!(matches!(
+            split_frame::<RequestHeader>(&big, MAX_HEADER),
+            Err(Error::TooLarge { .. })
+        ));
     }
 
     #[tokio::test]

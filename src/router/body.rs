@@ -79,6 +79,35 @@ impl Body {
         self.len() == Some(0)
     }
 
+    /// Writes `frame` (a header) and then the body, and finishes the
+    /// stream: a body in memory goes out with its header in one write (one
+    /// pass through the connection's lock, not three).
+    pub(crate) async fn write_framed(
+        self,
+        frame: Vec<u8>,
+        send: &mut quinn::SendStream,
+        stall: std::time::Duration,
+    ) -> Result<()> {
+        match self.0 {
+            BodyKind::Bytes(b) => {
+                let mut pieces = [Bytes::from(frame), b];
+                match tokio::time::timeout(stall, send.write_all_chunks(&mut pieces)).await {
+                    Ok(r) => r.map_err(write_error)?,
+                    Err(_) => return Err(Error::Timeout("the peer stopped reading")),
+                }
+                let _ = send.finish();
+                Ok(())
+            }
+            kind => {
+                match tokio::time::timeout(stall, send.write_all(&frame)).await {
+                    Ok(r) => r.map_err(write_error)?,
+                    Err(_) => return Err(Error::Timeout("the peer stopped reading")),
+                }
+                Body(kind).write_to(send, stall).await
+            }
+        }
+    }
+
     /// Writes the body to a QUIC stream and finishes it. A peer that accepts
     /// nothing for `stall` (it stopped reading, flow control holds the writes)
     /// ends it with a timeout.
@@ -174,6 +203,8 @@ impl From<RecvBody> for Body {
 /// timed-out error.
 pub struct RecvBody {
     stream: quinn::RecvStream,
+    /// Bytes read with the header, handed out before the stream's.
+    first: Bytes,
     stall: Option<Stall>,
 }
 
@@ -197,12 +228,19 @@ impl RecvBody {
         let now = tokio::time::Instant::now();
         RecvBody {
             stream,
+            first: Bytes::new(),
             stall: stall.map(|limit| Stall {
                 limit,
                 last_progress: now,
                 timer: None,
             }),
         }
+    }
+
+    /// The body whose first bytes (`first`) were read already.
+    pub(crate) fn after(mut self, first: Bytes) -> Self {
+        self.first = first;
+        self
     }
 
     /// Without the stall timeout: for streams whose silence is legitimate
@@ -245,6 +283,11 @@ impl AsyncRead for RecvBody {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
+        if !this.first.is_empty() {
+            let n = this.first.len().min(buf.remaining());
+            buf.put_slice(&this.first.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
         match Pin::new(&mut this.stream).poll_read(cx, buf) {
             Poll::Ready(r) => {
                 if let Some(stall) = &mut this.stall {

@@ -39,14 +39,18 @@ pub(crate) async fn send(
         body_len: body.len().map(|n| n as u64),
     };
     let frame = wire::encode_frame(&header, limits.max_header)?;
-    send.write_all(&frame).await.map_err(write_error)?;
     if body.len().is_some() {
-        // A refusal (the callee stopped reading) is reported by the reply status.
-        match body.write_to(&mut send, limits.stall_timeout).await {
+        // Header and body in one write. A refusal (the callee stopped
+        // reading) is reported by the reply status.
+        match body
+            .write_framed(frame, &mut send, limits.stall_timeout)
+            .await
+        {
             Ok(()) | Err(Error::Remote(_)) => Ok(Sent { recv, upload: None }),
             Err(e) => Err(e),
         }
     } else {
+        send.write_all(&frame).await.map_err(write_error)?;
         let stall = limits.stall_timeout;
         let upload = tasks.spawn(async move { body.write_to(&mut send, stall).await });
         Ok(Sent {
@@ -75,8 +79,31 @@ pub(crate) async fn buffered(
     tasks: &Tasks,
 ) -> Result<Bytes> {
     let mut sent = send(streams, route, body.into(), limits, tasks).await?;
-    read_status(&mut sent.recv, route).await?;
-    read_to_end(&mut sent.recv, limits.max_body, "reply body").await
+    // The status and the body read in one loop, then split.
+    let all = read_to_end(
+        &mut sent.recv,
+        4 + MAX_HEADER.min(limits.max_header) + limits.max_body,
+        "reply body",
+    )
+    .await
+    .map_err(|e| match e {
+        Error::TooLarge { what, .. } => Error::TooLarge {
+            what,
+            limit: limits.max_body as u64,
+        },
+        e => e,
+    })?;
+    let (header, body): (ResponseHeader, Bytes) = wire::split_frame(&all, MAX_HEADER)?;
+    if let Some(e) = header.status.into_error(route) {
+        return Err(e);
+    }
+    if body.len() > limits.max_body {
+        return Err(Error::TooLarge {
+            what: "reply body",
+            limit: limits.max_body as u64,
+        });
+    }
+    Ok(body)
 }
 
 /// A call whose reply arrives as a stream. The upload may legitimately take

@@ -27,10 +27,10 @@ impl Router {
         let (limits, stats) = (ctx.limits, ctx.stats);
         let header = tokio::time::timeout(
             limits.header_timeout,
-            wire::read_frame::<RequestHeader, _>(&mut recv, limits.max_header),
+            read_header(&mut recv, limits.max_header),
         )
         .await;
-        let header = match header {
+        let (header, first) = match header {
             Ok(Ok(h)) => h,
             Ok(Err(e)) => {
                 stats.malformed.fetch_add(1, Ordering::Relaxed);
@@ -79,7 +79,9 @@ impl Router {
                 let deadline = tokio::time::Instant::now() + limits.body_timeout;
                 let mut reservation = ctx.budget.reservation(remote.ip());
                 let body =
-                    match read_buffered(&mut recv, max_body, &mut reservation, deadline).await {
+                    match read_buffered(&mut recv, first, max_body, &mut reservation, deadline)
+                        .await
+                    {
                         Ok(b) => b,
                         Err(e) => {
                             let _ = recv.stop(0u32.into());
@@ -121,7 +123,7 @@ impl Router {
                     peer,
                     remote,
                     route: name,
-                    body: RecvBody::new(recv, Some(limits.stall_timeout)),
+                    body: RecvBody::new(recv, Some(limits.stall_timeout)).after(first),
                 });
                 AssertUnwindSafe(fut).catch_unwind().await
             }
@@ -129,11 +131,20 @@ impl Router {
         match outcome {
             Ok(Ok(body)) => {
                 stats.calls_served.fetch_add(1, Ordering::Relaxed);
-                if write_status(&mut send, Status::Ok, limits).await.is_ok() {
-                    if let Err(e) = body.write_to(&mut send, limits.stall_timeout).await {
-                        tracing::debug!(peer = %peer.short(), error = %e, "reply body not delivered");
-                        let _ = send.reset(1u32.into());
+                // The status and a body in memory go out in one write.
+                let written = match wire::encode_frame(
+                    &ResponseHeader { status: Status::Ok },
+                    limits.max_header,
+                ) {
+                    Ok(frame) => {
+                        body.write_framed(frame, &mut send, limits.stall_timeout)
+                            .await
                     }
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = written {
+                    tracing::debug!(peer = %peer.short(), error = %e, "reply body not delivered");
+                    let _ = send.reset(1u32.into());
                 }
             }
             Ok(Err(e)) => {
@@ -154,31 +165,75 @@ impl Router {
     }
 }
 
-/// Reads a buffered route's body: at most `limit` bytes, each reserved in the
-/// node's budget before it is kept, all of it before `deadline`.
+/// Reads the request's header frame (at most `max` bytes) by whole chunks
+/// (a small request usually arrives in one: header and body read with one
+/// pass through the connection's lock). Returns the header and the body
+/// bytes that came with it.
+async fn read_header(recv: &mut quinn::RecvStream, max: usize) -> Result<(RequestHeader, Bytes)> {
+    let max = max.min(wire::MAX_HEADER);
+    let mut got = Bytes::new();
+    loop {
+        if got.len() >= 4 {
+            let len = u32::from_le_bytes([got[0], got[1], got[2], got[3]]) as usize;
+            if len > max || got.len() >= 4 + len {
+                break;
+            }
+        }
+        let Some(chunk) = recv
+            .read_chunk(usize::MAX, true)
+            .await
+            .map_err(read_error)?
+        else {
+            break;
+        };
+        got = if got.is_empty() {
+            chunk.bytes
+        } else {
+            // The header spans chunks (rare: a large header or tiny
+            // packets); bounded by the header limit plus one chunk.
+            let mut joined = BytesMut::with_capacity(got.len() + chunk.bytes.len());
+            joined.extend_from_slice(&got);
+            joined.extend_from_slice(&chunk.bytes);
+            joined.freeze()
+        };
+    }
+    wire::split_frame(&got, max)
+}
+
+/// Reads a buffered route's body (`first`, what came with the header, then
+/// the rest): at most `limit` bytes, each reserved in the node's budget
+/// before it is kept, all of it before `deadline`.
 async fn read_buffered(
     recv: &mut quinn::RecvStream,
+    first: Bytes,
     limit: usize,
     reservation: &mut crate::budget::Reservation,
     deadline: tokio::time::Instant,
 ) -> Result<Bytes> {
     let mut chunks: Vec<Bytes> = Vec::new();
     let mut len = 0usize;
+    let mut first = Some(first).filter(|f| !f.is_empty());
     loop {
-        let chunk = tokio::time::timeout_at(deadline, recv.read_chunk(64 * 1024, true))
-            .await
-            .map_err(|_| Error::Timeout("request body"))?
-            .map_err(read_error)?;
-        let Some(chunk) = chunk else { break };
-        len += chunk.bytes.len();
+        let chunk = match first.take() {
+            Some(f) => f,
+            None => {
+                let chunk = tokio::time::timeout_at(deadline, recv.read_chunk(64 * 1024, true))
+                    .await
+                    .map_err(|_| Error::Timeout("request body"))?
+                    .map_err(read_error)?;
+                let Some(chunk) = chunk else { break };
+                chunk.bytes
+            }
+        };
+        len += chunk.len();
         if len > limit {
             return Err(Error::TooLarge {
                 what: "request body",
                 limit: limit as u64,
             });
         }
-        reservation.grow(chunk.bytes.len(), deadline).await?;
-        chunks.push(chunk.bytes);
+        reservation.grow(chunk.len(), deadline).await?;
+        chunks.push(chunk);
     }
     Ok(match chunks.len() {
         0 => Bytes::new(),
