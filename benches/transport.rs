@@ -120,6 +120,54 @@ async fn raw_connects(addr: std::net::SocketAddr, id: &butter::Identity) -> (Dur
     (percentile(&samples, 0.5), percentile(&samples, 0.99))
 }
 
+/// Raw quinn: one client endpoint connecting again and again (each time
+/// resuming the TLS session of the last), a call each; p50 and p99.
+async fn raw_reconnects(addr: std::net::SocketAddr, id: &butter::Identity) -> (Duration, Duration) {
+    let client = raw::client(lo());
+    let mut samples = Vec::new();
+    for i in 0..=CONNECTS {
+        let t = Instant::now();
+        let conn = raw::dial(&client, addr, id).await;
+        raw_call(&conn).await;
+        if i > 0 {
+            samples.push(t.elapsed());
+        }
+        conn.close(0u32.into(), b"done");
+    }
+    client.wait_idle().await;
+    samples.sort();
+    (percentile(&samples, 0.5), percentile(&samples, 0.99))
+}
+
+/// Butter: one node calling `target` again and again, disconnecting after
+/// each call (each dial resumes the TLS session of the last); p50 and p99.
+async fn butter_reconnects(target: &butter::NodeAddr) -> (Duration, Duration, u64) {
+    let client = Node::builder()
+        .listen(lo())
+        .lan_discovery(false)
+        .spawn()
+        .await
+        .unwrap();
+    let mut samples = Vec::new();
+    for i in 0..=CONNECTS {
+        let t = Instant::now();
+        let r = client.call(target, "echo", &BODY[..]).await.unwrap();
+        if i > 0 {
+            samples.push(t.elapsed());
+        }
+        assert_eq!(r.len(), BODY.len());
+        client.disconnect(&target.id);
+    }
+    let offered = client.stats().resumptions_offered;
+    client.shutdown().await;
+    samples.sort();
+    (
+        percentile(&samples, 0.5),
+        percentile(&samples, 0.99),
+        offered,
+    )
+}
+
 /// Butter: a fresh node (spawned outside the timing) calls `target` by
 /// address; p50 and p99 over [`CONNECTS`].
 async fn butter_connects(target: &butter::NodeAddr) -> (Duration, Duration) {
@@ -356,6 +404,24 @@ async fn main() {
     let (q50, q99, b50, b99) = (median(q50), median(q99), median(b50), median(b99));
     println!("connect + first reply, fresh client   raw quinn p50 {q50:7.1} us p99 {q99:7.1} us | butter p50 {b50:7.1} us p99 {b99:7.1} us | ratio p50 {:.2}x p99 {:.2}x",
         b50 / q50, b99 / q99);
+    let (mut q50, mut q99, mut b50, mut b99) = (vec![], vec![], vec![], vec![]);
+    let mut offered = 0;
+    for _ in 0..rounds("connect") {
+        let (p50, p99) = raw_reconnects(raw.addr, &raw.id).await;
+        q50.push(us(p50));
+        q99.push(us(p99));
+        let (p50, p99, o) = butter_reconnects(&target).await;
+        b50.push(us(p50));
+        b99.push(us(p99));
+        offered += o;
+    }
+    let (q50, q99, b50, b99) = (median(q50), median(q99), median(b50), median(b99));
+    println!("connect + first reply, resumed        raw quinn p50 {q50:7.1} us p99 {q99:7.1} us | butter p50 {b50:7.1} us p99 {b99:7.1} us | ratio p50 {:.2}x p99 {:.2}x",
+        b50 / q50, b99 / q99);
+    println!(
+        "  butter: {offered} resumptions offered, server resumed {} handshakes",
+        server.stats().handshakes_resumed_in
+    );
 
     raw.client.close(0u32.into(), b"done");
 }

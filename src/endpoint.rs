@@ -46,6 +46,9 @@ impl SlotInner {
 type Slot = Arc<SlotInner>;
 type OnConnection = Box<dyn Fn(NodeId, quinn::Connection) + Send + Sync>;
 
+/// The close reason of [`Endpoint::disconnect`]: the peer is not at fault.
+pub(crate) const DISCONNECT: &[u8] = b"disconnect";
+
 /// Nodes whose addresses the address book keeps.
 const ADDRESS_BOOK: usize = 4096;
 
@@ -146,7 +149,14 @@ impl Endpoint {
         on_connection: OnConnection,
     ) -> Result<Self> {
         let transport = transport_config(limits, &settings);
-        let mut server_config = quinn::ServerConfig::with_crypto(tls::server_crypto(identity)?);
+        let counted = stats.clone();
+        let resumed: crate::identity::resume::Counter = Arc::new(move || {
+            counted
+                .handshakes_resumed_in
+                .fetch_add(1, Ordering::Relaxed);
+        });
+        let mut server_config =
+            quinn::ServerConfig::with_crypto(tls::server_crypto_counting(identity, resumed)?);
         server_config.transport_config(transport.clone());
         // Quinn's own queue of attempts the accept loop has not looked at yet,
         // and what it buffers for them, stay small: admission decides quickly.
@@ -155,7 +165,12 @@ impl Endpoint {
             .max_incoming(queued as usize)
             .incoming_buffer_size(64 * 1024)
             .incoming_buffer_size_total(queued * 64 * 1024);
-        let mut client_config = quinn::ClientConfig::new(tls::client_crypto(identity)?);
+        let counted = stats.clone();
+        let offered: crate::identity::resume::Counter = Arc::new(move || {
+            counted.resumptions_offered.fetch_add(1, Ordering::Relaxed);
+        });
+        let mut client_config =
+            quinn::ClientConfig::new(tls::client_crypto_counting(identity, offered)?);
         client_config.transport_config(transport);
 
         let runtime = quinn::default_runtime()
@@ -314,6 +329,22 @@ impl Endpoint {
         slot.set(&conn);
         self.adopt(id, conn.clone(), slot.clone());
         Ok(conn)
+    }
+
+    /// Closes every connection with `id` (the one calls use and the one it
+    /// opened to us); the next call dials again. Returns whether any was
+    /// open.
+    pub(crate) fn disconnect(&self, id: &NodeId) -> bool {
+        let Some(slot) = lock(&self.conns).get(id).cloned() else {
+            return false;
+        };
+        let conns = [lock(&slot.conn).take(), lock(&slot.accepted).take()];
+        let mut any = false;
+        for conn in conns.into_iter().flatten() {
+            any |= conn.close_reason().is_none();
+            conn.close(0u32.into(), DISCONNECT);
+        }
+        any
     }
 
     /// Forgets a connection that failed, so the next call dials again.

@@ -43,6 +43,13 @@ counters! {
     handshakes_in,
     /// Handshakes that failed (either direction), e.g. a wrong identity.
     handshakes_failed,
+    /// Incoming handshakes that resumed an earlier TLS session (no
+    /// certificates or signatures again); the rest of `handshakes_in` were
+    /// full handshakes.
+    handshakes_resumed_in,
+    /// Outgoing handshakes that offered an earlier session's ticket (the
+    /// peer may still choose a full handshake).
+    resumptions_offered,
     /// Calls this node made.
     calls_made,
     /// Requests answered with a handler's reply.

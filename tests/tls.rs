@@ -224,3 +224,108 @@ async fn a_node_refuses_hostile_client_certificates() {
     .unwrap();
     assert_eq!(&reply[..], b"ko");
 }
+
+/// A node that connects again to a peer it met resumes the TLS session
+/// (counted on both sides), and the resumed connection carries both
+/// verified identities: the handler sees the caller's id, the caller
+/// reached the id it dialed.
+#[tokio::test]
+async fn a_repeat_connection_resumes_the_session_with_both_identities() {
+    let server = Node::builder()
+        .listen(loopback())
+        .lan_discovery(false)
+        .route("whoami", |req: butter::Request| async move {
+            Ok(req.peer().as_bytes().to_vec())
+        })
+        .spawn()
+        .await
+        .unwrap();
+    let client = Node::builder()
+        .listen(loopback())
+        .lan_discovery(false)
+        .spawn()
+        .await
+        .unwrap();
+    for round in 0..3 {
+        let who = within(10, "call", client.call(server.addr(), "whoami", ""))
+            .await
+            .unwrap();
+        assert_eq!(&who[..], client.id().as_bytes(), "round {round}");
+        assert!(
+            client.disconnect(&server.id()),
+            "round {round}: a connection was open"
+        );
+        // The server sees it close before the next dial.
+        common::eventually(10, "closed", || server.connection_count() == 0).await;
+    }
+    let (c, s) = (client.stats(), server.stats());
+    println!("client {c:?}\nserver {s:?}");
+    assert_eq!(c.handshakes_out, 3);
+    assert_eq!(
+        c.resumptions_offered, 2,
+        "tickets offered on the 2nd and 3rd dial"
+    );
+    assert_eq!(
+        s.handshakes_resumed_in, 2,
+        "the 2nd and 3rd handshakes resumed"
+    );
+    client.shutdown().await;
+    server.shutdown().await;
+}
+
+/// A ticket is no pass: a node that took over a peer's address under
+/// another identity cannot resume the peer's session (it does not have it)
+/// and fails the full handshake's identity check, although the dialer
+/// offered the ticket.
+#[tokio::test]
+async fn a_ticket_does_not_let_another_node_answer_for_its_peer() {
+    let genuine = reverse_node().await;
+    let at = genuine.addr();
+    let client = Node::builder()
+        .listen(loopback())
+        .lan_discovery(false)
+        .spawn()
+        .await
+        .unwrap();
+    within(10, "call", client.call(at.clone(), "reverse", "abc"))
+        .await
+        .unwrap();
+    client.disconnect(&genuine.id());
+    let port = at.addrs[0];
+    genuine.shutdown().await;
+    drop(genuine);
+    // Another identity on the same address.
+    let impostor = within(10, "impostor", async {
+        loop {
+            match Node::builder()
+                .listen(port)
+                .lan_discovery(false)
+                .route("reverse", |req: butter::Request| async move {
+                    Ok(req.into_body())
+                })
+                .spawn()
+                .await
+            {
+                Ok(n) => break n,
+                // The port is free once the last handle to the old node's
+                // socket is gone (no event says so).
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            }
+        }
+    })
+    .await;
+    assert_ne!(impostor.id(), at.id);
+    let offered = client.stats().resumptions_offered;
+    let err = within(10, "call", client.call(at.clone(), "reverse", "abc"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::IdentityMismatch(_)), "{err}");
+    assert_eq!(
+        client.stats().resumptions_offered,
+        offered + 1,
+        "the genuine node's ticket was offered"
+    );
+    assert_eq!(impostor.stats().handshakes_resumed_in, 0);
+    client.shutdown().await;
+    impostor.shutdown().await;
+}

@@ -4,6 +4,7 @@
 //! [`tls`] turns the key into the self-signed certificate and the rustls verifiers
 //! that make every connection mutually authenticated.
 
+pub mod resume;
 pub mod tls;
 
 use std::fmt;

@@ -320,6 +320,34 @@ pub fn server_crypto(identity: &Identity) -> Result<Arc<quinn::crypto::rustls::Q
     Ok(Arc::new(quic))
 }
 
+/// [`server_crypto`], counting the handshakes that resume an earlier
+/// session with `resumed` (see [`super::resume`]).
+pub fn server_crypto_counting(
+    identity: &Identity,
+    resumed: super::resume::Counter,
+) -> Result<Arc<quinn::crypto::rustls::QuicServerConfig>> {
+    let mut tls = server_tls(identity)?;
+    tls.session_storage = Arc::new(super::resume::CountingServerSessions::new(resumed));
+    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .map_err(|e| Error::Config(e.to_string()))?;
+    Ok(Arc::new(quic))
+}
+
+/// [`client_crypto`], counting the handshakes that offer an earlier
+/// session's ticket with `offered` (see [`super::resume`]).
+pub fn client_crypto_counting(
+    identity: &Identity,
+    offered: super::resume::Counter,
+) -> Result<Arc<quinn::crypto::rustls::QuicClientConfig>> {
+    let mut tls = client_tls(certified_key(identity)?)?;
+    tls.resumption = rustls::client::Resumption::store(Arc::new(
+        super::resume::CountingClientSessions::new(offered),
+    ));
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .map_err(|e| Error::Config(e.to_string()))?;
+    Ok(Arc::new(quic))
+}
+
 fn server_tls(identity: &Identity) -> Result<rustls::ServerConfig> {
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -335,13 +363,16 @@ fn server_tls(identity: &Identity) -> Result<rustls::ServerConfig> {
 /// QUIC client crypto for this identity. Servers are accepted only if their
 /// certificate key equals the NodeId in the server name (see [`server_name`]).
 pub fn client_crypto(identity: &Identity) -> Result<Arc<quinn::crypto::rustls::QuicClientConfig>> {
-    let key = rustls::sign::CertifiedKey::from_der(
+    client_crypto_with(Arc::new(certified_key(identity)?))
+}
+
+fn certified_key(identity: &Identity) -> Result<rustls::sign::CertifiedKey> {
+    rustls::sign::CertifiedKey::from_der(
         vec![self_signed_cert(identity)?],
         private_key(identity)?,
         &provider(),
     )
-    .map_err(|e| Error::Config(e.to_string()))?;
-    client_crypto_with(Arc::new(key))
+    .map_err(|e| Error::Config(e.to_string()))
 }
 
 /// Like [`client_crypto`] with an explicit certificate and signing key, which are
@@ -350,18 +381,21 @@ pub fn client_crypto(identity: &Identity) -> Result<Arc<quinn::crypto::rustls::Q
 pub fn client_crypto_with(
     key: Arc<rustls::sign::CertifiedKey>,
 ) -> Result<Arc<quinn::crypto::rustls::QuicClientConfig>> {
+    let quic =
+        quinn::crypto::rustls::QuicClientConfig::try_from(client_tls(Arc::unwrap_or_clone(key))?)
+            .map_err(|e| Error::Config(e.to_string()))?;
+    Ok(Arc::new(quic))
+}
+
+fn client_tls(key: rustls::sign::CertifiedKey) -> Result<rustls::ClientConfig> {
     let mut tls = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| Error::Config(e.to_string()))?
         .dangerous()
         .with_custom_certificate_verifier(verifier())
-        .with_client_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(
-            Arc::unwrap_or_clone(key),
-        )));
+        .with_client_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(key)));
     tls.alpn_protocols = vec![ALPN.to_vec()];
-    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
-        .map_err(|e| Error::Config(e.to_string()))?;
-    Ok(Arc::new(quic))
+    Ok(tls)
 }
 
 /// A rustls signing key for the identity (for [`client_crypto_with`]).

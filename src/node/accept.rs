@@ -108,6 +108,9 @@ pub(super) async fn serve_connection(shared: Arc<Shared>, peer: NodeId, conn: qu
                 // its fellow holders die too).
                 match &e {
                     quinn::ConnectionError::LocallyClosed => {}
+                    // Closed on purpose ([`Node::disconnect`]): nothing wrong.
+                    quinn::ConnectionError::ApplicationClosed(close)
+                        if close.reason.as_ref() == crate::endpoint::DISCONNECT => {}
                     // A node that shuts down closes its connections so; the
                     // connection authenticates it, as a goodbye would.
                     quinn::ConnectionError::ApplicationClosed(close)

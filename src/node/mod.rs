@@ -230,6 +230,13 @@ impl Node {
         self.shared().observed.addrs()
     }
 
+    /// Closes the connections with `peer`, if any (the next call to it
+    /// dials again, resuming the TLS session); returns whether one was open.
+    /// The peer is not held at fault.
+    pub fn disconnect(&self, peer: &NodeId) -> bool {
+        self.shared().endpoint.disconnect(peer)
+    }
+
     /// Counters (handshakes, calls served, malformed requests...).
     pub fn stats(&self) -> StatsSnapshot {
         self.shared().stats.snapshot()
