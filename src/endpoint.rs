@@ -149,11 +149,14 @@ impl Endpoint {
         on_connection: OnConnection,
     ) -> Result<Self> {
         let transport = transport_config(limits, &settings);
-        let counted = stats.clone();
+        // Weak: the TLS configs outlive the node in quinn's driver for a
+        // moment, and the counters hold the store (whose file lock a
+        // restarted node needs at once).
+        let counted = Arc::downgrade(&stats);
         let resumed: crate::identity::resume::Counter = Arc::new(move || {
-            counted
-                .handshakes_resumed_in
-                .fetch_add(1, Ordering::Relaxed);
+            if let Some(stats) = counted.upgrade() {
+                stats.handshakes_resumed_in.fetch_add(1, Ordering::Relaxed);
+            }
         });
         let mut server_config =
             quinn::ServerConfig::with_crypto(tls::server_crypto_counting(identity, resumed)?);
@@ -165,9 +168,11 @@ impl Endpoint {
             .max_incoming(queued as usize)
             .incoming_buffer_size(64 * 1024)
             .incoming_buffer_size_total(queued * 64 * 1024);
-        let counted = stats.clone();
+        let counted = Arc::downgrade(&stats);
         let offered: crate::identity::resume::Counter = Arc::new(move || {
-            counted.resumptions_offered.fetch_add(1, Ordering::Relaxed);
+            if let Some(stats) = counted.upgrade() {
+                stats.resumptions_offered.fetch_add(1, Ordering::Relaxed);
+            }
         });
         let mut client_config =
             quinn::ClientConfig::new(tls::client_crypto_counting(identity, offered)?);
@@ -651,6 +656,17 @@ impl Endpoint {
     pub(crate) fn live_connections(&self) -> usize {
         let slots: Vec<Slot> = lock(&self.conns).values().cloned().collect();
         slots.iter().filter(|s| s.live().is_some()).count()
+    }
+
+    /// The connection calls to `id` use, without asking quinn whether it is
+    /// still open (that takes the connection's lock, which every stream
+    /// operation contends for): the call path's lookup. A closed one fails
+    /// at its first stream, and the caller then [`invalidate`s](Self::invalidate)
+    /// it and asks [`connection`](Self::connection).
+    pub(crate) fn cached_unchecked(&self, id: &NodeId) -> Option<quinn::Connection> {
+        let slot = lock(&self.conns).get(id).cloned()?;
+        let conn = lock(&slot.conn).clone();
+        conn
     }
 
     /// The cached live connection to `id`, if any (never dials).

@@ -22,8 +22,22 @@ impl Node {
         if self.shared().shut.load(Ordering::SeqCst) {
             return Err(Error::Shutdown);
         }
+        // The cached connection first, without a liveness check, a
+        // notification or a boxed future: most calls go to a peer connected
+        // already. A closed one fails here and is forgotten.
+        if let Some(conn) = endpoint.cached_unchecked(&target.id()) {
+            if let Ok(streams) = conn.open_bi().await {
+                self.shared()
+                    .stats
+                    .calls_made
+                    .fetch_add(1, Ordering::Relaxed);
+                return Ok(streams);
+            }
+            endpoint.invalidate(&target.id(), &conn);
+        }
         for attempt in 0..2 {
-            let conn = match self.connection(target).await {
+            let conn = self.connection(target).await;
+            let conn = match conn {
                 Ok(c) => c,
                 Err(e) => {
                     // Failures seen by any call count for liveness too.
