@@ -171,11 +171,16 @@ impl Router {
 /// bytes that came with it.
 async fn read_header(recv: &mut quinn::RecvStream, max: usize) -> Result<(RequestHeader, Bytes)> {
     let max = max.min(wire::MAX_HEADER);
-    let mut got = Bytes::new();
+    // The first chunk as it came (zero copy); later ones appended to one
+    // growing buffer (a header sent a byte per packet costs linear work,
+    // not a join per chunk).
+    let mut first = Bytes::new();
+    let mut joined: Option<BytesMut> = None;
     loop {
-        if got.len() >= 4 {
-            let len = u32::from_le_bytes([got[0], got[1], got[2], got[3]]) as usize;
-            if len > max || got.len() >= 4 + len {
+        let have: &[u8] = joined.as_deref().unwrap_or(&first);
+        if have.len() >= 4 {
+            let len = u32::from_le_bytes([have[0], have[1], have[2], have[3]]) as usize;
+            if len > max || have.len() >= 4 + len {
                 break;
             }
         }
@@ -186,17 +191,15 @@ async fn read_header(recv: &mut quinn::RecvStream, max: usize) -> Result<(Reques
         else {
             break;
         };
-        got = if got.is_empty() {
-            chunk.bytes
+        if joined.is_none() && first.is_empty() {
+            first = chunk.bytes;
         } else {
-            // The header spans chunks (rare: a large header or tiny
-            // packets); bounded by the header limit plus one chunk.
-            let mut joined = BytesMut::with_capacity(got.len() + chunk.bytes.len());
-            joined.extend_from_slice(&got);
-            joined.extend_from_slice(&chunk.bytes);
-            joined.freeze()
-        };
+            joined
+                .get_or_insert_with(|| BytesMut::from(&first[..]))
+                .extend_from_slice(&chunk.bytes);
+        }
     }
+    let got = joined.map_or(first, BytesMut::freeze);
     wire::split_frame(&got, max)
 }
 
