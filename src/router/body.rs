@@ -320,44 +320,86 @@ impl AsyncRead for RecvBody {
 }
 
 /// Reads a whole stream of at most `limit` bytes: its chunks as quinn
-/// hands them over, in order, then joined once (one chunk is returned as it
-/// is; quinn's own `read_to_end` zeroes a buffer first and copies into it).
+/// hands them over, in order ([`Pieces`]), then joined once (quinn's own
+/// `read_to_end` zeroes a buffer first and copies into it).
 pub(crate) async fn read_to_end(
     stream: &mut quinn::RecvStream,
     limit: usize,
     what: &'static str,
 ) -> Result<Bytes> {
-    let mut chunks: Vec<Bytes> = Vec::new();
-    let mut total = 0usize;
+    let mut pieces = Pieces::default();
     while let Some(chunk) = stream
         .read_chunk(usize::MAX, true)
         .await
         .map_err(read_error)?
     {
-        total += chunk.bytes.len();
-        if total > limit {
+        if pieces.len() + chunk.bytes.len() > limit {
             return Err(Error::TooLarge {
                 what,
                 limit: limit as u64,
             });
         }
-        chunks.push(chunk.bytes);
+        pieces.push(chunk.bytes);
     }
-    Ok(match chunks.len() {
-        0 => Bytes::new(),
-        1 => chunks.pop().unwrap_or_default(),
-        _ => {
-            // Joined at a page-aligned address: a file written with
-            // O_DIRECT takes the bytes as they are, without a second copy.
-            let mut out = Vec::<u8>::with_capacity(total + PAGE);
-            let at = out.as_ptr().align_offset(PAGE).min(PAGE);
-            out.resize(at, 0);
-            for c in chunks {
-                out.extend_from_slice(&c);
+    Ok(pieces.join())
+}
+
+/// Pieces below this size are copied, not kept.
+const SMALL_PIECE: usize = 1024;
+
+/// A message's pieces as they arrive, joined at the end. A piece is a
+/// slice of the datagram (or batch of datagrams) it came in, and keeping it
+/// keeps that whole allocation: a peer sending a byte per packet would make
+/// the reader hold a packet buffer per byte. So pieces of at least
+/// [`SMALL_PIECE`] bytes (what full packets carry) are kept as they are,
+/// smaller ones copied together.
+#[derive(Default)]
+pub(crate) struct Pieces {
+    kept: Vec<Bytes>,
+    small: BytesMut,
+    len: usize,
+}
+
+impl Pieces {
+    /// Adds the next piece.
+    pub(crate) fn push(&mut self, piece: Bytes) {
+        self.len += piece.len();
+        if piece.len() >= SMALL_PIECE {
+            if !self.small.is_empty() {
+                self.kept.push(self.small.split().freeze());
             }
-            Bytes::from(out).slice(at..)
+            self.kept.push(piece);
+        } else {
+            self.small.extend_from_slice(&piece);
         }
-    })
+    }
+
+    /// Bytes so far.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The whole message: one piece as it is, several joined at a
+    /// page-aligned address (a file written with `O_DIRECT` takes the bytes
+    /// as they are, without a second copy).
+    pub(crate) fn join(mut self) -> Bytes {
+        if !self.small.is_empty() {
+            self.kept.push(self.small.split().freeze());
+        }
+        match self.kept.len() {
+            0 => Bytes::new(),
+            1 => self.kept.pop().unwrap_or_default(),
+            _ => {
+                let mut out = Vec::<u8>::with_capacity(self.len + PAGE);
+                let at = out.as_ptr().align_offset(PAGE).min(PAGE);
+                out.resize(at, 0);
+                for piece in self.kept {
+                    out.extend_from_slice(&piece);
+                }
+                Bytes::from(out).slice(at..)
+            }
+        }
+    }
 }
 
 /// Alignment of a joined reply.
@@ -380,5 +422,41 @@ pub(crate) fn write_error(e: quinn::WriteError) -> Error {
             Error::Remote(format!("peer stopped reading (code {code})"))
         }
         other => Error::Unreachable(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Small pieces are copied: the buffers they came in are not held (a
+    /// byte per packet cannot make the reader keep a packet per byte); large
+    /// ones are kept without a copy; the message comes out whole, in order,
+    /// page-aligned when joined.
+    #[test]
+    fn small_pieces_are_copied_and_large_ones_kept() {
+        let mut pieces = Pieces::default();
+        let mut want = Vec::new();
+        let mut packets = Vec::new();
+        for i in 0..100u8 {
+            let packet = Bytes::from(vec![i; 1400]);
+            pieces.push(packet.slice(..1));
+            want.push(i);
+            packets.push(packet);
+        }
+        assert!(
+            packets.iter_mut().all(|p| p.is_unique()),
+            "a packet is still held for the byte taken from it"
+        );
+        let large = Bytes::from(vec![7u8; 4096]);
+        pieces.push(large.clone());
+        want.extend_from_slice(&large);
+        assert!(!large.clone().is_unique(), "a large piece is kept as it is");
+        pieces.push(Bytes::from_static(b"end"));
+        want.extend_from_slice(b"end");
+        assert_eq!(pieces.len(), want.len());
+        let got = pieces.join();
+        assert_eq!(&got[..], &want[..]);
+        assert_eq!(got.as_ptr().align_offset(PAGE), 0);
     }
 }

@@ -213,8 +213,7 @@ async fn read_buffered(
     reservation: &mut crate::budget::Reservation,
     deadline: tokio::time::Instant,
 ) -> Result<Bytes> {
-    let mut chunks: Vec<Bytes> = Vec::new();
-    let mut len = 0usize;
+    let mut pieces = super::body::Pieces::default();
     let mut first = Some(first).filter(|f| !f.is_empty());
     loop {
         let chunk = match first.take() {
@@ -228,27 +227,16 @@ async fn read_buffered(
                 chunk.bytes
             }
         };
-        len += chunk.len();
-        if len > limit {
+        if pieces.len() + chunk.len() > limit {
             return Err(Error::TooLarge {
                 what: "request body",
                 limit: limit as u64,
             });
         }
         reservation.grow(chunk.len(), deadline).await?;
-        chunks.push(chunk);
+        pieces.push(chunk);
     }
-    Ok(match chunks.len() {
-        0 => Bytes::new(),
-        1 => chunks.pop().unwrap_or_default(),
-        _ => {
-            let mut all = BytesMut::with_capacity(len);
-            for c in chunks {
-                all.extend_from_slice(&c);
-            }
-            all.freeze()
-        }
-    })
+    Ok(pieces.join())
 }
 
 fn status_of(e: &Error) -> Status {
