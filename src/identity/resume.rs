@@ -15,6 +15,22 @@
 //! The wrappers here only count: offered tickets on the client side,
 //! sessions found on the server side ([`crate::StatsSnapshot`]'s
 //! `resumptions_offered` and `handshakes_resumed_in`).
+//!
+//! ```
+//! # async fn run() -> butter::Result<()> {
+//! use butter::Node;
+//! let local = "127.0.0.1:0".parse().unwrap();
+//! let server = Node::builder().listen(local).lan_discovery(false)
+//!     .route("hi", |_req: butter::Request| async move { Ok("hi") })
+//!     .spawn().await?;
+//! let client = Node::builder().listen(local).lan_discovery(false).spawn().await?;
+//! client.call(server.addr(), "hi", "").await?;  // a full handshake
+//! client.disconnect(&server.id());
+//! client.call(server.addr(), "hi", "").await?;  // resumes the session
+//! assert_eq!(client.stats().resumptions_offered, 1);
+//! # Ok(()) }
+//! # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+//! ```
 
 use std::fmt;
 use std::sync::Arc;
