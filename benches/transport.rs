@@ -116,8 +116,7 @@ async fn raw_connects(addr: std::net::SocketAddr, id: &butter::Identity) -> (Dur
         conn.close(0u32.into(), b"done");
         client.wait_idle().await;
     }
-    samples.sort();
-    (percentile(&samples, 0.5), percentile(&samples, 0.99))
+    p50_p99(samples)
 }
 
 /// Raw quinn: one client endpoint connecting again and again (each time
@@ -135,8 +134,7 @@ async fn raw_reconnects(addr: std::net::SocketAddr, id: &butter::Identity) -> (D
         conn.close(0u32.into(), b"done");
     }
     client.wait_idle().await;
-    samples.sort();
-    (percentile(&samples, 0.5), percentile(&samples, 0.99))
+    p50_p99(samples)
 }
 
 /// Butter: one node calling `target` again and again, disconnecting after
@@ -160,12 +158,8 @@ async fn butter_reconnects(target: &butter::NodeAddr) -> (Duration, Duration, u6
     }
     let offered = client.stats().resumptions_offered;
     client.shutdown().await;
-    samples.sort();
-    (
-        percentile(&samples, 0.5),
-        percentile(&samples, 0.99),
-        offered,
-    )
+    let (p50, p99) = p50_p99(samples);
+    (p50, p99, offered)
 }
 
 /// Butter: a fresh node (spawned outside the timing) calls `target` by
@@ -185,12 +179,33 @@ async fn butter_connects(target: &butter::NodeAddr) -> (Duration, Duration) {
         assert_eq!(r.len(), BODY.len());
         client.shutdown().await;
     }
-    samples.sort();
-    (percentile(&samples, 0.5), percentile(&samples, 0.99))
+    p50_p99(samples)
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// p50 and p99 of `samples`.
+fn p50_p99(mut samples: Vec<Duration>) -> (Duration, Duration) {
+    samples.sort();
+    (percentile(&samples, 0.5), percentile(&samples, 0.99))
+}
+
+/// One line comparing raw quinn's and Butter's p50 and p99, each the
+/// median over the rounds.
+fn print_p50_p99(label: &str, raw: &[(Duration, Duration)], butter: &[(Duration, Duration)]) {
+    let med = |v: &[(Duration, Duration)], p99: bool| {
+        median(v.iter().map(|s| us(if p99 { s.1 } else { s.0 })).collect())
+    };
+    let (q50, q99, b50, b99) = (
+        med(raw, false),
+        med(raw, true),
+        med(butter, false),
+        med(butter, true),
+    );
+    println!("{label:<36} raw quinn p50 {q50:7.1} us p99 {q99:7.1} us | butter p50 {b50:7.1} us p99 {b99:7.1} us | ratio p50 {:.2}x p99 {:.2}x",
+        b50 / q50, b99 / q99);
 }
 
 async fn latency<F, Fut>(mut call: F) -> (Duration, Duration)
@@ -207,8 +222,7 @@ where
         call().await;
         samples.push(t.elapsed());
     }
-    samples.sort();
-    (percentile(&samples, 0.5), percentile(&samples, 0.99))
+    p50_p99(samples)
 }
 
 /// UDP datagrams this host has sent (all sockets: the benchmark is alone
@@ -334,18 +348,12 @@ async fn main() {
         "butter transport benchmark (loopback, release build, {} cores; median of {ROUNDS} alternating rounds)",
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
-    let (mut q50, mut q99, mut b50, mut b99) = (vec![], vec![], vec![], vec![]);
+    let (mut q, mut b) = (vec![], vec![]);
     for _ in 0..rounds("latency") {
-        let (p50, p99) = latency(&raw_call_fn).await;
-        q50.push(us(p50));
-        q99.push(us(p99));
-        let (p50, p99) = latency(&butter_call).await;
-        b50.push(us(p50));
-        b99.push(us(p99));
+        q.push(latency(&raw_call_fn).await);
+        b.push(latency(&butter_call).await);
     }
-    let (q50, q99, b50, b99) = (median(q50), median(q99), median(b50), median(b99));
-    println!("latency, 1 in flight, 64 B   raw quinn p50 {q50:7.1} us p99 {q99:7.1} us | butter p50 {b50:7.1} us p99 {b99:7.1} us | ratio p50 {:.2}x p99 {:.2}x",
-        b50 / q50, b99 / q99);
+    print_p50_p99("latency, 1 in flight, 64 B", &q, &b);
 
     let (mut q, mut b, mut qd, mut bd) = (vec![], vec![], vec![], vec![]);
     for _ in 0..rounds("calls") {
@@ -392,32 +400,21 @@ async fn main() {
     println!("bulk upload {bulk_mib} MiB           raw quinn {q:7.1} MiB/s     | butter {c:7.1} MiB/s     | ratio {:.2}x (Body::from_stream)", c / q);
     println!("                                                        | butter {b:7.1} MiB/s     | ratio {:.2}x (Body::from_reader)", b / q);
     // Last: the long-lived raw connection idles meanwhile.
-    let (mut q50, mut q99, mut b50, mut b99) = (vec![], vec![], vec![], vec![]);
+    let (mut q, mut b) = (vec![], vec![]);
     for _ in 0..rounds("connect") {
-        let (p50, p99) = raw_connects(raw.addr, &raw.id).await;
-        q50.push(us(p50));
-        q99.push(us(p99));
-        let (p50, p99) = butter_connects(&target).await;
-        b50.push(us(p50));
-        b99.push(us(p99));
+        q.push(raw_connects(raw.addr, &raw.id).await);
+        b.push(butter_connects(&target).await);
     }
-    let (q50, q99, b50, b99) = (median(q50), median(q99), median(b50), median(b99));
-    println!("connect + first reply, fresh client   raw quinn p50 {q50:7.1} us p99 {q99:7.1} us | butter p50 {b50:7.1} us p99 {b99:7.1} us | ratio p50 {:.2}x p99 {:.2}x",
-        b50 / q50, b99 / q99);
-    let (mut q50, mut q99, mut b50, mut b99) = (vec![], vec![], vec![], vec![]);
+    print_p50_p99("connect + first reply, fresh client", &q, &b);
+    let (mut q, mut b) = (vec![], vec![]);
     let mut offered = 0;
     for _ in 0..rounds("connect") {
-        let (p50, p99) = raw_reconnects(raw.addr, &raw.id).await;
-        q50.push(us(p50));
-        q99.push(us(p99));
+        q.push(raw_reconnects(raw.addr, &raw.id).await);
         let (p50, p99, o) = butter_reconnects(&target).await;
-        b50.push(us(p50));
-        b99.push(us(p99));
+        b.push((p50, p99));
         offered += o;
     }
-    let (q50, q99, b50, b99) = (median(q50), median(q99), median(b50), median(b99));
-    println!("connect + first reply, resumed        raw quinn p50 {q50:7.1} us p99 {q99:7.1} us | butter p50 {b50:7.1} us p99 {b99:7.1} us | ratio p50 {:.2}x p99 {:.2}x",
-        b50 / q50, b99 / q99);
+    print_p50_p99("connect + first reply, resumed", &q, &b);
     println!(
         "  butter: {offered} resumptions offered, server resumed {} handshakes",
         server.stats().handshakes_resumed_in
