@@ -1,5 +1,6 @@
 //! Request and response header frames, as the router and the caller read them
-//! from a stream: never a panic; what decodes encodes back to the same value.
+//! from a stream or split them off a message read whole: never a panic; what
+//! decodes encodes back to the same value; both readers agree.
 #![no_main]
 
 use butter::wire::{self, RequestHeader, ResponseHeader, MAX_HEADER};
@@ -21,4 +22,20 @@ fuzz_target!(|data: &[u8]| {
     if let Some(Ok(h)) = common::ready(wire::read_frame::<ResponseHeader, _>(&mut r, MAX_HEADER)) {
         let _ = h.status.into_error("fuzz");
     }
+    // Split off a whole message: the same header as the stream reader
+    // finds, and the rest is what follows it.
+    let whole = bytes::Bytes::copy_from_slice(data);
+    let split = wire::split_frame::<RequestHeader>(&whole, MAX_HEADER);
+    let mut r = data;
+    let streamed = common::ready(wire::read_frame::<RequestHeader, _>(&mut r, MAX_HEADER));
+    match (split, streamed) {
+        (Ok((h, rest)), Some(Ok(s))) => {
+            assert_eq!(h, s);
+            assert_eq!(&rest[..], r, "the rest is what the stream reader left");
+        }
+        (Ok(_), other) => panic!("split decoded, the stream reader did not: {other:?}"),
+        (Err(_), Some(Ok(_))) => panic!("the stream reader decoded, split did not"),
+        (Err(_), _) => {}
+    }
+    let _ = wire::split_frame::<ResponseHeader>(&whole, MAX_HEADER);
 });
