@@ -82,6 +82,10 @@ pub enum Error {
     /// sequence number, over a bound).
     #[error("refused: {0}")]
     Refused(String),
+    /// A message was refused (by a mailbox holder, its recipient, or the
+    /// sender's own bounds).
+    #[error("message refused: {0}")]
+    Message(#[from] crate::messaging::MessageError),
     /// Local I/O error (socket bind, file).
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),

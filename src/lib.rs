@@ -37,6 +37,7 @@ mod endpoint;
 mod error;
 pub mod identity;
 pub mod introducer;
+pub mod messaging;
 pub mod nat;
 pub mod net;
 pub mod node;
@@ -65,8 +66,9 @@ pub use identity::{Identity, NodeId};
 pub use nat::{ConnectionInfo, NatSettings, PathKind, PredictSettings, UpnpSettings, UpnpStatus};
 pub use node::{
     ContentSettings, Dht, DhtSettings, Document, Fetched, FoundNode, FoundRecord, Hit, Indexed,
-    LookupReport, Node, NodeBuilder, PeerHit, Ping, PingReply, ProviderStream, Published, Query,
-    SearchSettings, Searched, Service, SharedFile, StorageUse, WeakNode,
+    LookupReport, Messages, MessagingSettings, Node, NodeBuilder, PeerHit, Ping, PingReply,
+    ProviderStream, Published, Query, SearchSettings, Searched, Service, SharedFile, StorageUse,
+    WeakNode,
 };
 pub use peers::{HostInfo, MembershipSettings, PeerEvent, Quality};
 pub use router::{Body, RecvBody, Request, StreamRequest};

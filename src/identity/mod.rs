@@ -184,6 +184,12 @@ impl Identity {
         self.key.sign(msg).to_bytes()
     }
 
+    /// The X25519 secret of this identity (its ed25519 key's scalar): what
+    /// opens messages sealed to [`NodeId::x25519`]. Only messaging uses it.
+    pub(crate) fn x25519_secret(&self) -> [u8; 32] {
+        self.key.to_scalar_bytes()
+    }
+
     pub(crate) fn pkcs8_der(&self) -> Result<Vec<u8>> {
         self.key
             .to_pkcs8_der()
@@ -193,6 +199,15 @@ impl Identity {
 }
 
 impl NodeId {
+    /// This id's key as an X25519 public key (the Edwards point mapped to
+    /// Montgomery form), for sealing messages to it; `None` when the bytes
+    /// are not a valid ed25519 key.
+    pub fn x25519(&self) -> Option<[u8; 32]> {
+        VerifyingKey::from_bytes(&self.0)
+            .ok()
+            .map(|k| k.to_montgomery().to_bytes())
+    }
+
     /// Verifies an ed25519 signature made by this node.
     pub fn verify(&self, msg: &[u8], sig: &[u8; 64]) -> bool {
         VerifyingKey::from_bytes(&self.0)

@@ -53,6 +53,7 @@ pub struct NodeBuilder {
     dht: super::dht::DhtSettings,
     content: super::content::ContentSettings,
     search: super::search::SearchSettings,
+    messaging: super::messaging::MessagingSettings,
     store_path: Option<PathBuf>,
     services: Vec<Box<dyn Service>>,
     error: Option<Error>,
@@ -73,6 +74,7 @@ impl Default for NodeBuilder {
             dht: Default::default(),
             content: Default::default(),
             search: Default::default(),
+            messaging: Default::default(),
             store_path: None,
             services: Vec::new(),
             error: None,
@@ -275,6 +277,13 @@ impl NodeBuilder {
         self
     }
 
+    /// Replaces the messaging settings (mailbox replicas, how often the
+    /// mailbox is drained, bounds, messages' time to live).
+    pub fn messaging(mut self, settings: super::messaging::MessagingSettings) -> Self {
+        self.messaging = settings;
+        self
+    }
+
     /// Bytes of content the node's store may hold (its own, replicas for
     /// others, what it fetched). The store lives in the data dir
     /// (`store.redb`), or in memory without one.
@@ -397,6 +406,9 @@ impl NodeBuilder {
                 serve: self.search.serve,
             }));
         }
+        services.push(Box::new(super::messaging::MessagingService {
+            serve: self.dht.serve && self.messaging.serve,
+        }));
         if let Some(socket) = lan {
             services.push(Box::new(super::lan::LanService::new(socket, discovery)));
         }
@@ -472,6 +484,15 @@ impl NodeBuilder {
                 "index entries taken back from the store"
             );
         }
+        let mut messaging = super::messaging::MessagingState::new(self.messaging);
+        let taken = super::messaging::persist::restore(&mut messaging, &store);
+        if taken != (0, 0) {
+            tracing::debug!(
+                waiting = taken.0,
+                held = taken.1,
+                "messages taken back from the store"
+            );
+        }
         let restored = super::dht::persist::restore(&dht, &store);
         if restored != Default::default() {
             tracing::debug!(
@@ -507,6 +528,7 @@ impl NodeBuilder {
             dht,
             content: super::content::ContentState::new(self.content, store),
             search: search_state,
+            messaging: Arc::new(messaging),
             stun: Default::default(),
             nat: self.nat,
             traversals: Default::default(),

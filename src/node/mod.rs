@@ -13,6 +13,8 @@
 //! | `goodbye` | `butter/goodbye`, [`Node::shutdown`] |
 //! | `membership` | `butter/peers`, liveness, peer exchange, verification |
 //! | `neighbours` | the quick checks of the closest hosts (repair hears of their deaths fast) |
+//! | `messaging` | messages: direct delivery, mailboxes, [`Node::send_message`] |
+//! | `handover` | held index keys and mailboxes handed over as hosts change |
 //! | `lan` | multicast discovery |
 //! | `introducers` | the introducer client (registration, introductions) |
 //! | `udp` | STUN answers and STUN client, punch packets seen |
@@ -41,10 +43,12 @@ mod calls;
 mod content;
 mod dht;
 mod goodbye;
+mod handover;
 mod info;
 mod introducers;
 mod lan;
 mod membership;
+mod messaging;
 mod neighbours;
 mod predict;
 mod punch;
@@ -76,6 +80,7 @@ pub use content::{ContentSettings, Fetched, Shared as SharedFile, StorageUse};
 pub use dht::{Dht, DhtSettings, FoundNode, FoundRecord, LookupReport, ProviderStream, Published};
 pub use goodbye::GOODBYE_ROUTE;
 pub use info::{Ping, PingReply, PingRequest, PING_ROUTE, STATS_ROUTE};
+pub use messaging::{Drained, Messages, MessagingSettings};
 pub use search::{
     Document, Hit, HitStream, Indexed, PeerHit, Query, SearchReport, SearchSettings, Searched,
 };
@@ -105,6 +110,7 @@ struct Shared {
     dht: Arc<dht::DhtState>,
     content: content::ContentState,
     search: Arc<search::SearchState>,
+    messaging: Arc<messaging::MessagingState>,
     stun: crate::nat::PendingStun,
     nat: NatSettings,
     traversals: reach::Traversals,

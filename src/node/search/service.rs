@@ -15,7 +15,6 @@ use crate::error::Error;
 use crate::identity::NodeId;
 use crate::node::service::{Routes, Service, ServiceContext, WeakNode};
 use crate::node::Node;
-use crate::peers::PeerEvent;
 use crate::search::entry::MAX_ENTRY;
 use crate::search::messages::MAX_CLOSER;
 use crate::search::store::IndexError;
@@ -32,9 +31,6 @@ const SWEEP_EVERY: Duration = Duration::from_secs(60);
 /// How long after a change of its profile a node publishes it (changes
 /// within that time are published together).
 const PROFILE_SETTLE: Duration = Duration::from_secs(1);
-
-/// Least time between two repair scans of the held keys.
-const REPAIR_EVERY: Duration = Duration::from_millis(500);
 
 impl Service for SearchService {
     fn name(&self) -> &'static str {
@@ -170,53 +166,12 @@ async fn repair(weak: WeakNode) {
     let Some(mut events) = weak.upgrade().map(|n| n.events()) else {
         return;
     };
-    loop {
-        let mut gone: Vec<NodeId> = Vec::new();
-        let mut joined: Vec<NodeId> = Vec::new();
-        match events.recv().await {
-            Ok(PeerEvent::Removed { id, .. }) => gone.push(id),
-            Ok(PeerEvent::Added(addr)) => joined.push(addr.id),
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-        }
-        // What else came within a short while: one scan for all.
-        tokio::time::sleep(REPAIR_EVERY).await;
-        while let Ok(event) = events.try_recv() {
-            match event {
-                PeerEvent::Removed { id, .. } if gone.len() < 256 => gone.push(id),
-                PeerEvent::Added(addr) if joined.len() < 256 => joined.push(addr.id),
-                _ => {}
-            }
-        }
+    while let Some((gone, joined)) = crate::node::handover::next_changes(&mut events).await {
         let Some(node) = weak.upgrade() else { return };
         let r = node.search_state().settings.replicas.max(1);
-        let me = node.id();
         let keys = lock(&node.search_state().store).keys();
         for key in keys {
-            let live: Vec<NodeId> = node
-                .members()
-                .closest(&key, r + 1)
-                .into_iter()
-                .map(|a| a.id)
-                .collect();
-            // A holder gone: every holder now; a newcomer among the
-            // closest: the newcomer.
-            let lost = gone
-                .iter()
-                .any(|g| crate::content::repair::should_repair(&me, &key, g, &live, r));
-            let targets: Vec<_> = node
-                .members()
-                .closest(&key, r)
-                .into_iter()
-                .filter(|a| {
-                    a.id != me
-                        && (lost
-                            || (joined.contains(&a.id)
-                                && crate::content::repair::should_hand_over(
-                                    &me, &key, &a.id, &live, r,
-                                )))
-                })
-                .collect();
+            let targets = crate::node::handover::targets(&node, &key, &gone, &joined, r);
             if targets.is_empty() {
                 continue;
             }
