@@ -154,6 +154,16 @@ counters! {
     repairs_dropped,
     /// Candidates that waited for a verification slot (all were busy).
     candidates_queued,
+    /// Messages taken from senders (directly or from the mailbox), each once.
+    messages_received,
+    /// Messages refused at this node as their recipient (unsigned, forged,
+    /// altered, unreadable, misaddressed).
+    messages_refused,
+    /// Envelopes this node took into mailboxes it holds for others.
+    mailbox_stored,
+    /// Envelopes it refused (unsigned, forged, replayed, oversized, over
+    /// a quota).
+    mailbox_refused,
     /// Bytes of content in this node's store (a gauge, not a counter).
     store_bytes,
 }

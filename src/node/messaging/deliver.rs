@@ -84,7 +84,7 @@ async fn deliver_to(node: &Node, to: NodeId) {
             .call_typed::<_, Vec<Outcome>>(to, DELIVER_ROUTE, &Deliver { letters })
             .await;
         let sent = match sent {
-            Err(Error::Unreachable(_)) if !looked_up => {
+            Err(Error::Unreachable(why)) if !looked_up => {
                 // Perhaps only its address is unknown: the DHT may know it.
                 looked_up = true;
                 match node.dht().find_node(to).await {
@@ -93,7 +93,7 @@ async fn deliver_to(node: &Node, to: NodeId) {
                         lock(&state.outbox).returned(&ids);
                         continue;
                     }
-                    Err(_) => Err(Error::Unreachable(format!("{}", to.short()))),
+                    Err(_) => Err(Error::Unreachable(why)),
                 }
             }
             other => other,

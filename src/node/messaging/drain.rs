@@ -5,6 +5,7 @@
 //! receipt.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 
 use super::{lock, now_ms};
 use crate::addr::{NodeAddr, Target};
@@ -99,6 +100,18 @@ impl Node {
         Ok(report)
     }
 
+    /// Counts what became of letters this node took as their recipient.
+    pub(super) fn count_outcomes(&self, outcomes: &[Outcome]) {
+        let stats = self.counters();
+        for o in outcomes {
+            match o {
+                Outcome::Taken => stats.messages_received.fetch_add(1, Ordering::Relaxed),
+                Outcome::Refused(_) => stats.messages_refused.fetch_add(1, Ordering::Relaxed),
+                Outcome::Seen | Outcome::Later => 0,
+            };
+        }
+    }
+
     /// Opens `envs` and takes their letters; returns the ids to
     /// acknowledge to their holder (taken, seen, or refused for good).
     fn open_all(
@@ -123,9 +136,15 @@ impl Node {
                 }
             }
         }
+        let refused_envelopes = ack.len() as u64;
+        self.counters()
+            .messages_refused
+            .fetch_add(refused_envelopes, Ordering::Relaxed);
         opened.sort_by(|a, b| (a.0, &a.2.topic, a.2.seq).cmp(&(b.0, &b.2.topic, b.2.seq)));
         for (from, id, letter) in opened {
-            match state.take(from, letter) {
+            let outcome = state.take(from, letter);
+            self.count_outcomes(std::slice::from_ref(&outcome));
+            match outcome {
                 Outcome::Taken => {
                     report.taken += 1;
                     ack.push(id);
@@ -184,6 +203,9 @@ impl Node {
             let me = self.id();
             let (mine, strays): (Vec<_>, Vec<_>) = envelopes.into_iter().partition(|e| e.to == me);
             report.refused += strays.len();
+            self.counters()
+                .messages_refused
+                .fetch_add(strays.len() as u64, Ordering::Relaxed);
             after = mine.last().map(|e| e.id).or(after);
             let ack = self.open_all(mine, &mut report, &mut receipts);
             for chunk in ack.chunks(MAX_IDS) {

@@ -10,6 +10,7 @@
 //!
 //! [`MailboxStore`]: crate::messaging::mailbox::MailboxStore
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::{deliver, lock, now_ms};
@@ -99,11 +100,17 @@ impl Service for MessagingService {
                     Ok(match put {
                         Ok(Put::Stored) => {
                             state.changed();
+                            node.counters()
+                                .mailbox_stored
+                                .fetch_add(1, Ordering::Relaxed);
                             tracing::trace!(owner = %to.short(), "mailbox message stored");
                             PutReply::Stored
                         }
                         Ok(Put::Held) => PutReply::Stored,
                         Err(why) => {
+                            node.counters()
+                                .mailbox_refused
+                                .fetch_add(1, Ordering::Relaxed);
                             tracing::debug!(%why, "mailbox message refused");
                             PutReply::Refused(why)
                         }
