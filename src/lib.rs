@@ -66,9 +66,9 @@ pub use identity::{Identity, NodeId};
 pub use nat::{ConnectionInfo, NatSettings, PathKind, PredictSettings, UpnpSettings, UpnpStatus};
 pub use node::{
     ContentSettings, Dht, DhtSettings, Document, Fetched, FoundNode, FoundRecord, Hit, Indexed,
-    LookupReport, Messages, MessagingSettings, Node, NodeBuilder, PeerHit, Ping, PingReply,
-    ProviderStream, Published, Query, SearchSettings, Searched, Service, SharedFile, StorageUse,
-    WeakNode,
+    LookupReport, MessageStatus, Messages, MessagingSettings, Node, NodeBuilder, PeerHit, Ping,
+    PingReply, ProviderStream, Published, Query, SearchSettings, Searched, Service, SharedFile,
+    StorageUse, WeakNode,
 };
 pub use peers::{HostInfo, MembershipSettings, PeerEvent, Quality};
 pub use router::{Body, RecvBody, Request, StreamRequest};

@@ -554,3 +554,69 @@ async fn the_demo_spreads_a_file_and_fetches_it_after_the_sharer_left() {
         out.stdout
     );
 }
+
+/// `butter msg`: a message to a listener that runs arrives at once; one to
+/// a listener that is down is kept in its mailbox by the network and
+/// printed when it starts; both as `FROM_ID TEXT`.
+#[tokio::test]
+async fn msg_send_reaches_a_listener_online_and_one_that_was_offline() {
+    let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let dir = |i: usize| dirs[i].path().to_str().unwrap().to_string();
+    // Three nodes that hold mailboxes.
+    let mut nodes = Vec::new();
+    let mut addrs: Vec<String> = Vec::new();
+    for i in 0..3 {
+        let mut cmd = butter();
+        let listen = format!("127.0.6.{}:0", 1 + i);
+        cmd.args(["node", "--listen", &listen, "--no-discovery", "--no-upnp"])
+            .args(["--data-dir", &dir(i)]);
+        if let Some(first) = addrs.first() {
+            cmd.args(["--bootstrap", first]);
+        }
+        let mut node = Running::start(cmd);
+        addrs.push(node.line("node address").await);
+        nodes.push(node);
+    }
+    let id_of = |d: String| async move {
+        let mut cmd = butter();
+        cmd.args(["id", "--data-dir", &d]);
+        run(cmd, None).await.stdout.trim().to_string()
+    };
+    let listener_id = id_of(dir(3)).await;
+    let sender_dir = tempfile::tempdir().unwrap();
+    let sender_id = id_of(sender_dir.path().to_str().unwrap().to_string()).await;
+    let send = |text: &str| {
+        let mut cmd = butter();
+        cmd.args(["msg", "send", &listener_id, text])
+            .args(["--data-dir", sender_dir.path().to_str().unwrap()])
+            .args(["--bootstrap", &addrs[1], "--timeout-secs", "20"]);
+        cmd
+    };
+    // Offline: kept in the mailbox.
+    let out = run(send("while you were out"), None).await;
+    assert!(out.ok, "{}", out.stderr);
+    assert!(out.stderr.contains("mailbox"), "{}", out.stderr);
+    assert_eq!(
+        out.stdout.trim().len(),
+        32,
+        "the message id: {}",
+        out.stdout
+    );
+    // The listener starts and prints it.
+    let mut cmd = butter();
+    cmd.args(["msg", "listen", "--listen", "127.0.6.9:0", "--no-discovery"])
+        .args(["--data-dir", &dir(3), "--bootstrap", &addrs[0]]);
+    let mut listener = Running::start(cmd);
+    assert_eq!(
+        listener.line("the mailbox's message").await,
+        format!("{sender_id} while you were out")
+    );
+    // Online: delivered directly, with a line break kept on one line.
+    let out = run(send("hello\nthere"), None).await;
+    assert!(out.ok, "{}", out.stderr);
+    assert!(out.stderr.contains("delivered"), "{}", out.stderr);
+    assert_eq!(
+        listener.line("the direct message").await,
+        format!("{sender_id} hello\\nthere")
+    );
+}

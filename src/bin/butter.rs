@@ -109,6 +109,12 @@ enum Command {
         #[arg(long, value_parser = parse_dir)]
         data_dir: Option<PathBuf>,
     },
+    /// Secure messages between nodes: sealed to the recipient, kept in its
+    /// mailbox on the network while it is offline.
+    Msg {
+        #[command(subcommand)]
+        command: MsgCommand,
+    },
     /// Call a route and print the reply body.
     Call {
         /// NODEID@HOST:PORT[,HOST:PORT...], NODEID alone with --introducer, or
@@ -258,6 +264,60 @@ enum DhtCommand {
     Providers {
         /// The content's key (64 hex digits).
         key: butter::NodeId,
+    },
+}
+
+#[derive(Subcommand)]
+enum MsgCommand {
+    /// Send TEXT to node ID from this data dir's identity: delivered directly
+    /// when ID is reachable, else stored in its mailbox (its closest nodes
+    /// keep it until it comes online). Exits once it is one or the other;
+    /// prints the message id on stdout.
+    Send {
+        /// The recipient's id (64 hex digits).
+        to: butter::NodeId,
+        /// The message (read from stdin if omitted).
+        text: Option<String>,
+        /// Topic to send on.
+        #[arg(long, default_value = "chat")]
+        topic: String,
+        /// Wait for the recipient's acknowledgement, not only for a mailbox
+        /// holder to take it.
+        #[arg(long)]
+        wait: bool,
+        /// How long to try, in seconds.
+        #[arg(long, default_value_t = 60)]
+        timeout_secs: u64,
+        #[arg(long, env = "BUTTER_DATA_DIR", value_parser = parse_dir)]
+        data_dir: Option<PathBuf>,
+        /// Node to join the network through (NODEID@IP:PORT); repeatable.
+        #[arg(long = "bootstrap", value_parser = parse_node_addr)]
+        bootstrap: Vec<NodeAddr>,
+        /// Introducer to reach the recipient through (NODEID@IP:PORT); repeatable.
+        #[arg(long = "introducer", value_parser = parse_node_addr)]
+        introducers: Vec<NodeAddr>,
+    },
+    /// Run a node with this data dir's identity and print each message as
+    /// one line, `FROM_ID TEXT` (line breaks in TEXT as `\n`), on stdout;
+    /// its address goes to stderr. Drains its mailbox as it starts.
+    Listen {
+        /// Topic to listen on.
+        #[arg(long, default_value = "chat")]
+        topic: String,
+        /// UDP address to listen on.
+        #[arg(long, default_value = "0.0.0.0:7400")]
+        listen: SocketAddr,
+        #[arg(long, env = "BUTTER_DATA_DIR", value_parser = parse_dir)]
+        data_dir: Option<PathBuf>,
+        /// Node to join the network through (NODEID@IP:PORT); repeatable.
+        #[arg(long = "bootstrap", value_parser = parse_node_addr)]
+        bootstrap: Vec<NodeAddr>,
+        /// Introducer to register with (NODEID@IP:PORT); repeatable.
+        #[arg(long = "introducer", value_parser = parse_node_addr)]
+        introducers: Vec<NodeAddr>,
+        /// Do not discover peers by LAN multicast.
+        #[arg(long)]
+        no_discovery: bool,
     },
 }
 
@@ -444,6 +504,7 @@ async fn run(cli: Cli) -> Result<()> {
             let dir = data_dir.unwrap_or_else(default_data_dir);
             println!("{}", Identity::load_or_generate(&dir)?.id());
         }
+        Command::Msg { command } => msg(command).await?,
         Command::Node {
             listen,
             data_dir,
@@ -1126,6 +1187,107 @@ async fn dht(
     };
     node.shutdown().await;
     Ok(outcome?)
+}
+
+/// `butter msg send` and `butter msg listen`.
+async fn msg(command: MsgCommand) -> Result<()> {
+    match command {
+        MsgCommand::Send {
+            to,
+            text,
+            topic,
+            wait,
+            timeout_secs,
+            data_dir,
+            bootstrap,
+            introducers,
+        } => {
+            let text = match text {
+                Some(t) => t,
+                None => {
+                    let mut t = String::new();
+                    std::io::stdin().read_to_string(&mut t)?;
+                    t
+                }
+            };
+            let dir = data_dir.unwrap_or_else(default_data_dir);
+            let node = guest(Some(dir), introducers, bootstrap).await?;
+            let id = node.send_message(to, &topic, text.into_bytes())?;
+            let limit = Duration::from_secs(timeout_secs);
+            let outcome = if wait {
+                tokio::time::timeout(limit, node.delivered(id)).await
+            } else {
+                tokio::time::timeout(limit, node.sent(id)).await
+            };
+            let delivered = node.message_status(id) == butter::MessageStatus::Delivered;
+            node.shutdown().await;
+            match outcome {
+                Ok(Ok(())) => {
+                    eprintln!(
+                        "{}",
+                        if delivered {
+                            "delivered"
+                        } else {
+                            "stored in the recipient's mailbox"
+                        }
+                    );
+                    println!("{id}");
+                    Ok(())
+                }
+                Ok(Err(e)) => Err(e).context("message not sent"),
+                Err(_) => anyhow::bail!(
+                    "message not sent within {timeout_secs} s: the recipient is unreachable \
+                     and no mailbox holder took it (give --bootstrap or --introducer)"
+                ),
+            }
+        }
+        MsgCommand::Listen {
+            topic,
+            listen,
+            data_dir,
+            bootstrap,
+            introducers,
+            no_discovery,
+        } => {
+            let dir = data_dir.unwrap_or_else(default_data_dir);
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            let mut builder = Node::builder()
+                .listen(listen)
+                .data_dir(dir)
+                .lan_discovery(!no_discovery)
+                .nat(butter::NatSettings {
+                    introducers,
+                    ..Default::default()
+                });
+            for b in bootstrap {
+                builder = builder.bootstrap(b);
+            }
+            let node = builder.spawn().await?;
+            let mut inbox = node.messages(&topic);
+            eprintln!("{}", node.addr());
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            let mut out = std::io::stdout();
+            loop {
+                tokio::select! {
+                    signal = tokio::signal::ctrl_c() => { signal?; break; }
+                    _ = term.recv() => break,
+                    msg = inbox.next() => {
+                        let Some(msg) = msg else { break };
+                        let text = String::from_utf8_lossy(&msg.body)
+                            .replace('\\', "\\\\")
+                            .replace('\n', "\\n")
+                            .replace('\r', "\\r");
+                        writeln!(out, "{} {text}", msg.from)?;
+                        out.flush()?;
+                    }
+                }
+            }
+            node.shutdown().await;
+            Ok(())
+        }
+    }
 }
 
 /// A node for one-shot commands: it looks things up but serves no DHT route

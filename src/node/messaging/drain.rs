@@ -140,7 +140,9 @@ impl Node {
         self.counters()
             .messages_refused
             .fetch_add(refused_envelopes, Ordering::Relaxed);
-        opened.sort_by(|a, b| (a.0, &a.2.topic, a.2.seq).cmp(&(b.0, &b.2.topic, b.2.seq)));
+        opened.sort_by(|a, b| {
+            (a.0, &a.2.topic, a.2.epoch, a.2.seq).cmp(&(b.0, &b.2.topic, b.2.epoch, b.2.seq))
+        });
         for (from, id, letter) in opened {
             let outcome = state.take(from, letter);
             self.count_outcomes(std::slice::from_ref(&outcome));

@@ -101,6 +101,22 @@ impl Default for MessagingSettings {
     }
 }
 
+/// Where a sent message is ([`Node::message_status`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MessageStatus {
+    /// Not acknowledged yet, and in no mailbox.
+    Waiting,
+    /// Held by at least one of the recipient's mailbox holders; not
+    /// acknowledged yet.
+    Stored,
+    /// Acknowledged by the recipient.
+    Delivered,
+    /// Given up (expired or refused).
+    Failed(MessageError),
+    /// Not a message this node sent recently.
+    Unknown,
+}
+
 /// How a message ended, once it did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Done {
@@ -368,6 +384,25 @@ impl Node {
                 };
             }
             changed.await;
+        }
+    }
+
+    /// Where message `id` (sent by this node) is now.
+    pub fn message_status(&self, id: MessageId) -> MessageStatus {
+        let state = self.messaging();
+        let out = lock(&state.outbox);
+        if out.is_pending(&id) {
+            return if out.is_stored(&id) {
+                MessageStatus::Stored
+            } else {
+                MessageStatus::Waiting
+            };
+        }
+        drop(out);
+        match lock(&state.done).get(&id) {
+            Some(Done::Delivered) => MessageStatus::Delivered,
+            Some(Done::Failed(e)) => MessageStatus::Failed(e.clone()),
+            None => MessageStatus::Unknown,
         }
     }
 
