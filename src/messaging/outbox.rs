@@ -85,6 +85,8 @@ struct Peer {
     next_seq: HashMap<String, u64>,
     /// Waiting messages by (topic, seq).
     pending: BTreeMap<(String, u64), Pending>,
+    /// How many of them are on their way.
+    in_flight: usize,
     backoff: Backoff,
     /// When it may be tried again (ms); 0: now.
     retry_at: u64,
@@ -138,6 +140,7 @@ impl Outbox {
         self.peers.entry(to).or_insert_with(|| Peer {
             next_seq: HashMap::new(),
             pending: BTreeMap::new(),
+            in_flight: 0,
             backoff: Backoff::new(limits.retry_first, limits.retry_max),
             retry_at: 0,
         })
@@ -248,6 +251,7 @@ impl Outbox {
         for k in keys {
             if let Some(p) = peer.pending.get_mut(&k) {
                 p.in_flight = true;
+                peer.in_flight += 1;
             }
         }
         letters
@@ -292,6 +296,7 @@ impl Outbox {
         if let Some(peer) = self.peers.get_mut(&to) {
             if let Some(p) = peer.pending.remove(&(topic, seq)) {
                 self.bytes -= p.body.len();
+                peer.in_flight -= usize::from(p.in_flight);
             }
             peer.backoff.reset();
             peer.retry_at = 0;
@@ -306,8 +311,17 @@ impl Outbox {
             for p in peer.pending.values_mut() {
                 p.in_flight = false;
             }
+            peer.in_flight = 0;
             let wait = peer.backoff.next(rng);
             peer.retry_at = now_ms + wait.as_millis() as u64;
+        }
+    }
+
+    /// `to` answered "not now" (its application is behind): try it again
+    /// at `at_ms`, without counting a failure.
+    pub fn later(&mut self, to: &NodeId, at_ms: u64) {
+        if let Some(peer) = self.peers.get_mut(to) {
+            peer.retry_at = peer.retry_at.max(at_ms);
         }
     }
 
@@ -315,12 +329,13 @@ impl Outbox {
     pub fn returned(&mut self, ids: &[MessageId]) {
         for id in ids {
             if let Some((to, topic, seq)) = self.ids.get(id).cloned() {
-                if let Some(p) = self
-                    .peers
-                    .get_mut(&to)
-                    .and_then(|peer| peer.pending.get_mut(&(topic, seq)))
-                {
-                    p.in_flight = false;
+                if let Some(peer) = self.peers.get_mut(&to) {
+                    if let Some(p) = peer.pending.get_mut(&(topic, seq)) {
+                        if p.in_flight {
+                            p.in_flight = false;
+                            peer.in_flight -= 1;
+                        }
+                    }
                 }
             }
         }
@@ -331,7 +346,7 @@ impl Outbox {
     pub fn due(&self, now_ms: u64) -> Vec<NodeId> {
         self.peers
             .iter()
-            .filter(|(_, p)| p.retry_at <= now_ms && p.pending.values().any(|m| !m.in_flight))
+            .filter(|(_, p)| p.retry_at <= now_ms && p.pending.len() > p.in_flight)
             .map(|(id, _)| *id)
             .collect()
     }
@@ -469,6 +484,12 @@ mod tests {
         assert!(out.due(1_000).is_empty(), "backs off");
         assert_eq!(out.due(10_000), vec![a]);
         assert_eq!(out.unstored(&a).len(), 5);
+        // "Not now" is no failure: a short wait, the backoff untouched.
+        let again = out.take_batch(&a, 5, 1 << 20);
+        out.returned(&again.iter().map(|l| l.id).collect::<Vec<_>>());
+        out.later(&a, 12_000);
+        assert!(out.due(11_999).is_empty());
+        assert_eq!(out.due(12_000), vec![a]);
         out.stored(&a, &first[0].id);
         assert_eq!(out.unstored(&a).len(), 4);
     }

@@ -20,6 +20,9 @@ use crate::node::Node;
 /// Recipients delivered to at once, at most.
 const AT_ONCE: usize = 32;
 
+/// How long to wait before trying a recipient that answered "not now".
+const LATER: Duration = Duration::from_millis(50);
+
 /// How often the task looks for expired messages.
 const EXPIRE_EVERY: Duration = Duration::from_secs(10);
 
@@ -118,8 +121,10 @@ async fn deliver_to(node: &Node, to: NodeId) {
                     state.failed(&[id], why);
                 }
                 if !later.is_empty() {
-                    lock(&state.outbox).returned(&later);
-                    lock(&state.outbox).failed(&to, now_ms(), &mut rand::rng());
+                    // The recipient is up but its application is behind.
+                    let mut out = lock(&state.outbox);
+                    out.returned(&later);
+                    out.later(&to, now_ms() + LATER.as_millis() as u64);
                     return;
                 }
             }

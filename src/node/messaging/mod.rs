@@ -411,6 +411,11 @@ impl Node {
         lock(&self.messaging().outbox).len()
     }
 
+    /// Bytes of the envelopes this node holds in mailboxes for others.
+    pub fn held_message_bytes(&self) -> usize {
+        lock(&self.messaging().mailbox).bytes()
+    }
+
     /// Messages this node holds in mailboxes for others.
     pub fn held_messages(&self) -> usize {
         lock(&self.messaging().mailbox).len()
