@@ -323,7 +323,31 @@ impl Lab {
         self.spawn(host, bin.to_str().unwrap(), &args).await
     }
 
+    /// Starts `butter msg listen` on a host (its data dir, port 7400); its
+    /// stdout lines are the messages (`addr` and `id` stay empty: it prints
+    /// its address on stderr).
+    pub async fn listener(&self, host: &Host, extra: &[&str]) -> NodeProc {
+        let mut args: Vec<String> = ["msg", "listen", "--listen", "0.0.0.0:7400", "--data-dir"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.push(self.data_dir(host).display().to_string());
+        args.extend(extra.iter().map(|s| s.to_string()));
+        self.spawn_with(host, env!("CARGO_BIN_EXE_butter"), &args, false)
+            .await
+    }
+
     async fn spawn(&self, host: &Host, program: &str, args: &[String]) -> NodeProc {
+        self.spawn_with(host, program, args, true).await
+    }
+
+    async fn spawn_with(
+        &self,
+        host: &Host,
+        program: &str,
+        args: &[String],
+        prints_addr: bool,
+    ) -> NodeProc {
         let mut cmd = tokio::process::Command::new("ip");
         cmd.args(["netns", "exec", &host.ns, program])
             .args(args)
@@ -347,10 +371,15 @@ impl Lab {
                 }
             }
         });
-        let (_, addr) = tokio::time::timeout(Duration::from_secs(20), rx.recv())
-            .await
-            .expect("process prints its address in time")
-            .expect("process printed its address");
+        let addr = if prints_addr {
+            tokio::time::timeout(Duration::from_secs(20), rx.recv())
+                .await
+                .expect("process prints its address in time")
+                .expect("process printed its address")
+                .1
+        } else {
+            String::new()
+        };
         let id = addr.split('@').next().unwrap().to_string();
         NodeProc {
             host: host.clone(),
