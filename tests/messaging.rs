@@ -479,3 +479,47 @@ async fn a_direct_sender_cannot_pass_for_another_and_a_replay_is_not_handed_over
     b.shutdown().await;
     eve.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_on_made_up_topics_is_bounded_and_does_not_block_others() {
+    use butter::messaging::messages::{Deliver, Outcome, DELIVER_ROUTE};
+    let b = node(80, None, settings()).await;
+    let mut inbox = b.messages("inbox");
+    let eve = node(81, None, settings()).await;
+    let alice = node(82, None, settings()).await;
+    alice.add_peer_addr(&b.addr());
+    // 100 topics nobody listens to, 16 letters of 60 KiB each.
+    let mut taken = 0;
+    let mut later = 0;
+    for t in 0..100 {
+        let letters = (1..=16)
+            .map(|seq| {
+                let mut l = letter(seq, &[0x55; 60 * 1024]);
+                l.topic = format!("spam{t}");
+                l
+            })
+            .collect();
+        let outcomes: Vec<Outcome> = within(
+            10,
+            "deliver",
+            eve.call_typed(b.addr(), DELIVER_ROUTE, &Deliver { letters }),
+        )
+        .await
+        .unwrap();
+        taken += outcomes.iter().filter(|o| **o == Outcome::Taken).count();
+        later += outcomes.iter().filter(|o| **o == Outcome::Later).count();
+    }
+    // 64 topics kept, 256 KiB each: 4 letters of 60 KiB.
+    assert!(taken <= 64 * 4, "{taken} taken");
+    assert_eq!(taken + later, 100 * 16);
+    // Alice's message on the topic B listens to still goes through.
+    let id = alice.send_message(b.id(), "inbox", "inbox:1").unwrap();
+    let got = receive(&mut inbox, 1).await;
+    assert_eq!(got[0].from, alice.id());
+    within(10, "acknowledged", alice.delivered(id))
+        .await
+        .unwrap();
+    for n in [b, eve, alice] {
+        n.shutdown().await;
+    }
+}

@@ -39,6 +39,10 @@ pub struct InboxLimits {
     pub waiting_per_stream: usize,
     /// Messages waiting in all.
     pub waiting: usize,
+    /// Bytes of bodies waiting for an earlier one, per sender and topic.
+    pub waiting_bytes_per_stream: usize,
+    /// Bytes of bodies waiting, in all.
+    pub waiting_bytes: usize,
     /// Senders × topics whose order is remembered (the least recent is
     /// forgotten first).
     pub streams: usize,
@@ -51,6 +55,8 @@ impl Default for InboxLimits {
         InboxLimits {
             waiting_per_stream: 1024,
             waiting: 16_384,
+            waiting_bytes_per_stream: 8 << 20,
+            waiting_bytes: 64 << 20,
             streams: 16_384,
             ids: 100_000,
         }
@@ -66,6 +72,8 @@ pub struct Stream {
     pub next: u64,
     #[serde(skip)]
     waiting: BTreeMap<u64, Message>,
+    #[serde(skip)]
+    waiting_bytes: usize,
 }
 
 /// The recipient's state.
@@ -75,6 +83,7 @@ pub struct Inbox {
     streams: LruCache<(NodeId, String), Stream>,
     ids: LruCache<MessageId, ()>,
     waiting: usize,
+    waiting_bytes: usize,
 }
 
 impl Inbox {
@@ -86,6 +95,7 @@ impl Inbox {
             ids: LruCache::new(cap(limits.ids)),
             limits,
             waiting: 0,
+            waiting_bytes: 0,
         }
     }
 
@@ -121,9 +131,11 @@ impl Inbox {
                     epoch: letter.epoch,
                     next: 1,
                     waiting: BTreeMap::new(),
+                    waiting_bytes: 0,
                 },
             ) {
                 self.waiting -= old.waiting.len();
+                self.waiting_bytes -= old.waiting_bytes;
             }
         }
         let stream = self.streams.get_mut(&key).expect("just put");
@@ -139,6 +151,7 @@ impl Inbox {
                 epoch: letter.epoch,
                 next: 1,
                 waiting: BTreeMap::new(),
+                waiting_bytes: 0,
             };
         }
         if letter.seq < stream.next {
@@ -164,16 +177,21 @@ impl Inbox {
         let id = msg.id;
         if msg.seq > stream.next {
             // Full, unless the floor just freed a place.
+            let size = msg.body.len();
             if out.is_empty()
                 && (stream.waiting.len() >= self.limits.waiting_per_stream
-                    || self.waiting >= self.limits.waiting)
+                    || self.waiting >= self.limits.waiting
+                    || stream.waiting_bytes + size > self.limits.waiting_bytes_per_stream
+                    || self.waiting_bytes + size > self.limits.waiting_bytes)
             {
                 return Err(MessageError::OverQuota(
                     "too many messages wait for an earlier one".into(),
                 ));
             }
             stream.waiting.insert(msg.seq, msg);
+            stream.waiting_bytes += size;
             self.waiting += 1;
+            self.waiting_bytes += size;
         } else {
             out.push(msg);
             stream.next += 1;
@@ -182,8 +200,13 @@ impl Inbox {
             stream.next += 1;
             out.push(m);
         }
-        let freed = out.iter().filter(|m| m.id != id).count();
+        let (freed, freed_bytes) = out
+            .iter()
+            .filter(|m| m.id != id)
+            .fold((0, 0), |(n, b), m| (n + 1, b + m.body.len()));
         self.waiting -= freed;
+        self.waiting_bytes -= freed_bytes;
+        stream.waiting_bytes = stream.waiting.values().map(|m| m.body.len()).sum();
         self.ids.put(id, ());
         Ok(out)
     }
@@ -204,6 +227,7 @@ impl Inbox {
                 epoch,
                 next,
                 waiting: BTreeMap::new(),
+                waiting_bytes: 0,
             },
         );
     }
@@ -295,6 +319,28 @@ mod tests {
             [1, 2, 3, 4]
         );
         assert_eq!(seqs(&inbox.accept(a, five).unwrap()), [5], "not seen yet");
+    }
+
+    #[test]
+    fn waiting_bytes_are_bounded_too() {
+        let a = Identity::generate().id();
+        let limits = InboxLimits {
+            waiting_bytes_per_stream: 100,
+            ..Default::default()
+        };
+        let mut inbox = Inbox::new(limits);
+        let big = |seq| {
+            let mut l = letter(seq, 1, 1);
+            l.body = vec![0; 60];
+            l
+        };
+        assert!(inbox.accept(a, big(2)).unwrap().is_empty());
+        assert!(matches!(
+            inbox.accept(a, big(3)),
+            Err(MessageError::OverQuota(_))
+        ));
+        assert_eq!(seqs(&inbox.accept(a, big(1)).unwrap()), [1, 2]);
+        assert!(inbox.accept(a, big(4)).unwrap().is_empty(), "room again");
     }
 
     #[test]

@@ -73,6 +73,13 @@ pub struct MessagingSettings {
     /// Messages of one topic waiting for the application to take them
     /// (more are not acknowledged: their senders try again later).
     pub topic_capacity: usize,
+    /// Bytes of those messages, per topic.
+    pub topic_bytes: usize,
+    /// Messages of a topic nobody subscribed to (yet) kept for a
+    /// subscriber: fewer, so that topics made up by others stay cheap.
+    pub unsubscribed_capacity: usize,
+    /// Bytes of those messages, per topic.
+    pub unsubscribed_bytes: usize,
     /// Topics with messages waiting for a subscriber, at most.
     pub max_topics: usize,
     /// Whether this node holds mailboxes for others (a node serving the
@@ -92,7 +99,10 @@ impl Default for MessagingSettings {
             replicas: 3,
             drain_interval: Duration::from_secs(60),
             topic_capacity: 4096,
-            max_topics: 256,
+            topic_bytes: 16 << 20,
+            unsubscribed_capacity: 64,
+            unsubscribed_bytes: 256 << 10,
+            max_topics: 64,
             serve: true,
             outbox: OutboxLimits::default(),
             inbox: InboxLimits::default(),
@@ -129,7 +139,30 @@ struct Topic {
     tx: mpsc::UnboundedSender<Message>,
     /// The receiver, until a subscriber takes it.
     rx: Option<mpsc::UnboundedReceiver<Message>>,
-    queued: Arc<AtomicUsize>,
+    queued: Arc<Queued>,
+}
+
+/// Messages (and their bytes) handed to a topic's stream and not taken yet.
+#[derive(Default)]
+struct Queued {
+    count: AtomicUsize,
+    bytes: AtomicUsize,
+}
+
+impl Queued {
+    fn add(&self, msg: &Message) {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        self.bytes.fetch_add(msg.body.len(), Ordering::AcqRel);
+    }
+
+    fn taken(&self, msg: &Message) {
+        self.count.fetch_sub(1, Ordering::AcqRel);
+        self.bytes.fetch_sub(msg.body.len(), Ordering::AcqRel);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.count.load(Ordering::Acquire) == 0
+    }
 }
 
 impl Topic {
@@ -140,6 +173,17 @@ impl Topic {
             rx: Some(rx),
             queued: Arc::default(),
         }
+    }
+
+    /// Whether `extra` more bytes fit (a subscribed topic holds more).
+    fn has_room(&self, settings: &MessagingSettings, extra: usize) -> bool {
+        let (count, bytes) = if self.rx.is_none() {
+            (settings.topic_capacity, settings.topic_bytes)
+        } else {
+            (settings.unsubscribed_capacity, settings.unsubscribed_bytes)
+        };
+        self.queued.count.load(Ordering::Acquire) < count
+            && self.queued.bytes.load(Ordering::Acquire) + extra <= bytes
     }
 }
 
@@ -230,7 +274,7 @@ impl MessagingState {
         {
             let mut topics = lock(&self.topics);
             if !topics.contains_key(&topic) && topics.len() >= self.settings.max_topics {
-                topics.retain(|_, t| t.rx.is_none() || t.queued.load(Ordering::Acquire) > 0);
+                topics.retain(|_, t| t.rx.is_none() || !t.queued.is_empty());
                 if topics.len() >= self.settings.max_topics {
                     return Outcome::Later;
                 }
@@ -240,7 +284,7 @@ impl MessagingState {
                 // The subscriber left: the next one gets what comes now.
                 *t = Topic::new();
             }
-            if t.queued.load(Ordering::Acquire) >= self.settings.topic_capacity {
+            if !t.has_room(&self.settings, letter.body.len()) {
                 return Outcome::Later;
             }
         }
@@ -254,10 +298,10 @@ impl MessagingState {
         let mut topics = lock(&self.topics);
         for msg in ready {
             let t = topics.entry(msg.topic.clone()).or_insert_with(Topic::new);
-            t.queued.fetch_add(1, Ordering::AcqRel);
+            t.queued.add(&msg);
             if let Err(mpsc::error::SendError(msg)) = t.tx.send(msg) {
                 *t = Topic::new();
-                t.queued.fetch_add(1, Ordering::AcqRel);
+                t.queued.add(&msg);
                 let _ = t.tx.send(msg);
             }
         }
@@ -269,7 +313,7 @@ impl MessagingState {
 /// Also a [`futures_util::Stream`].
 pub struct Messages {
     rx: mpsc::UnboundedReceiver<Message>,
-    queued: Arc<AtomicUsize>,
+    queued: Arc<Queued>,
 }
 
 impl Messages {
@@ -277,8 +321,8 @@ impl Messages {
     /// subscriber took the topic over).
     pub async fn next(&mut self) -> Option<Message> {
         let msg = self.rx.recv().await;
-        if msg.is_some() {
-            self.queued.fetch_sub(1, Ordering::AcqRel);
+        if let Some(m) = &msg {
+            self.queued.taken(m);
         }
         msg
     }
@@ -289,8 +333,8 @@ impl futures_util::Stream for Messages {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Message>> {
         let polled = self.rx.poll_recv(cx);
-        if let Poll::Ready(Some(_)) = &polled {
-            self.queued.fetch_sub(1, Ordering::AcqRel);
+        if let Poll::Ready(Some(m)) = &polled {
+            self.queued.taken(m);
         }
         polled
     }
@@ -342,7 +386,8 @@ impl Node {
             _ => {
                 let (tx, rx) = mpsc::unbounded_channel();
                 t.tx = tx;
-                t.queued.store(0, Ordering::Release);
+                // The previous stream keeps counting down its own.
+                t.queued = Arc::default();
                 rx
             }
         };
