@@ -313,6 +313,19 @@ async fn holders_refuse_unsigned_forged_replayed_oversized_and_over_quota_messag
     let honest = Envelope::seal(&alice, bob.id(), &letter(1, b"hello bob"), exp).unwrap();
     assert_eq!(put(honest.clone()).await, PutReply::Stored);
     assert_eq!(holder.held_messages(), 6);
+    // The holder keeps it but cannot read it: neither as itself nor by
+    // claiming to be its recipient.
+    assert_eq!(
+        honest.open(holder.identity(), now()),
+        Err(MessageError::NotForMe)
+    );
+    let mut readdressed = honest.clone();
+    readdressed.to = holder.id();
+    assert_eq!(
+        readdressed.open(holder.identity(), now()),
+        Err(MessageError::BadSignature)
+    );
+    assert!(!honest.sealed.windows(9).any(|w| w == b"hello bob"));
     assert!(holder.stats().mailbox_refused >= 5, "{:?}", holder.stats());
     // Only Bob reads his mailbox: Eve's read of "her" mailbox is empty.
     let page = within(
@@ -399,6 +412,9 @@ async fn the_recipient_refuses_what_a_hostile_holder_hands_it() {
     let mut modified = Envelope::seal(&alice, bob.id(), &letter(2, b"x"), exp).unwrap();
     modified.sealed[5] ^= 1;
     let other = Envelope::seal(&alice, eve.id(), &letter(1, b"for eve"), exp).unwrap();
+    // Oversized.
+    let mut big = Envelope::seal(&alice, bob.id(), &letter(3, b"x"), exp).unwrap();
+    big.sealed = vec![0; butter::messaging::envelope::MAX_SEALED + 1];
     // Junk in place of the sealed part.
     let mut garbage = Envelope::seal(&eve, bob.id(), &letter(1, b"x"), exp).unwrap();
     garbage.sealed = vec![7; 100];
@@ -417,6 +433,7 @@ async fn the_recipient_refuses_what_a_hostile_holder_hands_it() {
                 forged,
                 modified,
                 other,
+                big,
                 garbage,
             ],
         })
@@ -440,7 +457,7 @@ async fn the_recipient_refuses_what_a_hostile_holder_hands_it() {
     let got = receive(&mut inbox, 1).await;
     let stats = b.stats();
     assert_eq!(stats.messages_received, 1, "{stats:?}");
-    assert!(stats.messages_refused >= 5, "{stats:?}");
+    assert!(stats.messages_refused >= 6, "{stats:?}");
     assert_eq!(&got[0].body[..], b"hello bob");
     assert_eq!(got[0].from, alice.id());
     // Replayed by the holder at the next drain: not handed over again.
