@@ -2,7 +2,7 @@
 //! address (`NODEID@IP:PORT`) as the first line, like `butter node`.
 //!
 //! ```text
-//! cargo run --example ohce -- --listen 127.0.0.1:7401
+//! cargo run --release --example ohce -- --listen 127.0.0.1:7401
 //! butter call <printed address> reverse hello      # prints olleh
 //! ```
 
@@ -44,7 +44,7 @@ async fn main() -> Result<()> {
     let addr = node.addr();
     println!("{addr}");
     std::io::stdout().flush()?;
-    eprintln!("ohce is serving `reverse`; try:\n  cargo run -- call {addr} reverse hello");
+    eprintln!("ohce is serving `reverse`; try:\n  cargo run --release -- call {addr} reverse hello");
     tokio::signal::ctrl_c().await?;
     node.shutdown().await;
     Ok(())
