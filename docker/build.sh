@@ -8,7 +8,7 @@ RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --locked \
   --target "$target" -p butter -p butter-introducer --bin butter --bin butter-introducer
 mkdir -p docker/bin
 for bin in butter butter-introducer; do
-  # Stripped: the release profile keeps line tables for backtraces.
+  # Stripped of symbols too (the release profile keeps them for backtraces).
   objcopy --strip-all "target/$target/release/$bin" "docker/bin/$bin"
 done
 if docker compose version >/dev/null 2>&1; then compose="docker compose"; else compose="docker-compose"; fi
