@@ -44,7 +44,9 @@ async fn main() -> Result<()> {
     let addr = node.addr();
     println!("{addr}");
     std::io::stdout().flush()?;
-    eprintln!("ohce is serving `reverse`; try:\n  cargo run --release -- call {addr} reverse hello");
+    eprintln!(
+        "ohce is serving `reverse`; try:\n  cargo run --release -- call {addr} reverse hello"
+    );
     tokio::signal::ctrl_c().await?;
     node.shutdown().await;
     Ok(())

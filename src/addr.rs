@@ -56,18 +56,23 @@ impl FromStr for NodeAddr {
 
     fn from_str(s: &str) -> Result<Self, Error> {
         let (id, addrs) = s.trim().split_once('@').ok_or_else(|| {
-            Error::Config(format!("expected NODEID@IP:PORT[,IP:PORT...], got {s:?}"))
+            Error::InvalidArgument(format!("expected NODEID@IP:PORT[,IP:PORT...], got {s:?}"))
         })?;
+        if addrs.split(',').any(|a| a.trim().is_empty()) && !addrs.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "an empty address in the list {s:?}"
+            )));
+        }
         let addrs = addrs
             .split(',')
             .filter(|a| !a.is_empty())
             .map(|a| {
                 a.parse::<SocketAddr>()
-                    .map_err(|e| Error::Config(format!("bad socket address {a:?}: {e}")))
+                    .map_err(|e| Error::InvalidArgument(format!("bad socket address {a:?}: {e}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
         if addrs.is_empty() {
-            return Err(Error::Config(format!("no address in {s:?}")));
+            return Err(Error::InvalidArgument(format!("no address in {s:?}")));
         }
         Ok(NodeAddr {
             id: id.parse()?,
@@ -122,8 +127,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn bad_addresses_are_config_errors() {
+    fn bad_addresses_are_invalid_arguments() {
+        let id = "ab".repeat(32);
         for s in [
+            &format!("{id}@1.2.3.4:5,,"),
+            &format!("{id}@1.2.3.4:5,"),
+            &format!("{id}@,1.2.3.4:5"),
             "",
             "abc",
             "@127.0.0.1:1",
@@ -132,7 +141,7 @@ mod tests {
             &format!("{}@nope", "ab".repeat(32)),
         ] {
             assert!(
-                matches!(s.parse::<NodeAddr>(), Err(Error::Config(_))),
+                matches!(s.parse::<NodeAddr>(), Err(Error::InvalidArgument(_))),
                 "{s}"
             );
         }

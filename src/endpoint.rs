@@ -180,9 +180,12 @@ impl Endpoint {
 
         let runtime = quinn::default_runtime()
             .ok_or_else(|| Error::Config("no async runtime (call from within tokio)".into()))?;
-        let socket = Arc::new(DemuxSocket::new(
-            runtime.wrap_udp_socket(net::bind(listen)?)?,
-        ));
+        let socket = Arc::new(DemuxSocket::new(runtime.wrap_udp_socket(
+            net::bind(listen).map_err(|e| Error::Bind {
+                addr: listen,
+                source: e,
+            })?,
+        )?));
         let mut endpoint_config = quinn::EndpointConfig::default();
         // Keeps the QUIC fixed bit set so the shared socket can tell STUN apart.
         endpoint_config.grease_quic_bit(false);
@@ -580,9 +583,17 @@ impl Endpoint {
             .iter()
             .find(|(_, e)| matches!(e, Error::IdentityMismatch(_)))
         {
-            return Err(Error::mismatch(&id, format!("at {addr}: {e}")));
+            return Err(match tls::answered_instead(&id) {
+                Some(actual) => Error::IdentityMismatch(format!(
+                    "expected {id}, but the node at {addr} is {actual}"
+                )),
+                None => Error::mismatch(&id, format!("at {addr}: {}", e.detail())),
+            });
         }
-        let detail: Vec<String> = errors.iter().map(|(a, e)| format!("{a}: {e}")).collect();
+        let detail: Vec<String> = errors
+            .iter()
+            .map(|(a, e)| format!("{a}: {}", e.detail()))
+            .collect();
         Err(Error::Unreachable(format!(
             "{}: {}",
             id.short(),

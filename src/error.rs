@@ -86,7 +86,19 @@ pub enum Error {
     /// sender's own bounds).
     #[error("message refused: {0}")]
     Message(#[from] crate::messaging::MessageError),
-    /// Local I/O error (socket bind, file).
+    /// The node's socket could not be bound to its address.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A value given to the library (an address, an id, a key) does not
+    /// parse or is out of range.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// Local I/O error (file, socket).
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -101,6 +113,23 @@ impl Error {
     /// ```
     pub fn handler(msg: impl std::fmt::Display) -> Self {
         Error::Handler(msg.to_string())
+    }
+
+    /// What went wrong without the kind's prefix ("peer unreachable: ..."),
+    /// for an error quoted inside another of the same kind.
+    pub fn detail(&self) -> String {
+        match self {
+            Error::Unreachable(s)
+            | Error::IdentityMismatch(s)
+            | Error::Malformed(s)
+            | Error::Remote(s)
+            | Error::Handler(s)
+            | Error::NotFound(s)
+            | Error::Refused(s)
+            | Error::InvalidArgument(s)
+            | Error::Config(s) => s.clone(),
+            other => other.to_string(),
+        }
     }
 
     pub(crate) fn mismatch(expected: &NodeId, reason: impl std::fmt::Display) -> Self {

@@ -135,6 +135,11 @@ async fn ping_and_call_the_ohce_example() {
     assert!(out.stdout.is_empty());
     assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
     assert!(out.stderr.contains("identity mismatch"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&id),
+        "names who answered: {}",
+        out.stderr
+    );
 
     let mut cmd = butter();
     cmd.args(["call", &addr, "nope", "x"]);
@@ -619,4 +624,53 @@ async fn msg_send_reaches_a_listener_online_and_one_that_was_offline() {
         listener.line("the direct message").await,
         format!("{sender_id} hello\\nthere")
     );
+}
+
+/// Failures a person can act on: one line, naming the fix where it is known.
+#[tokio::test]
+async fn errors_say_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = butter();
+    cmd.args([
+        "node",
+        "--listen",
+        "127.0.6.20:0",
+        "--no-discovery",
+        "--no-upnp",
+    ])
+    .args(["--data-dir", dir.path().to_str().unwrap()]);
+    let mut node = Running::start(cmd);
+    let addr = node.line("node address").await;
+    let id = addr.split('@').next().unwrap().to_string();
+    let check = |out: Output, hint: &str| {
+        assert!(!out.ok);
+        assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
+        assert!(out.stderr.contains(hint), "{}", out.stderr);
+    };
+    // An id alone, with nothing to find it through.
+    let mut cmd = butter();
+    cmd.args(["ping", &id]);
+    check(run(cmd, None).await, "--introducer");
+    // bench against a node that does not serve the sink.
+    let mut cmd = butter();
+    cmd.args(["bench", &addr, "--bytes", "1M"]);
+    check(run(cmd, None).await, "--bench");
+    // A malformed address list (clap's usage error, with its help hint).
+    let mut cmd = butter();
+    cmd.args(["ping", &format!("{addr},,")]);
+    let out = run(cmd, None).await;
+    assert!(
+        !out.ok && out.stderr.contains("empty address"),
+        "{}",
+        out.stderr
+    );
+    // A taken port.
+    let taken = addr.split('@').nth(1).unwrap().split(',').next().unwrap();
+    let mut cmd = butter();
+    cmd.args(["node", "--listen", taken, "--no-discovery", "--no-upnp"])
+        .args([
+            "--data-dir",
+            tempfile::tempdir().unwrap().path().to_str().unwrap(),
+        ]);
+    check(run(cmd, None).await, taken);
 }

@@ -156,7 +156,9 @@ async fn files_round_trip_and_an_interrupted_fetch_resumes() {
                 .await
             {
                 Ok(node) => return node,
-                Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                Err(Error::Bind { source, .. })
+                    if source.kind() == std::io::ErrorKind::AddrInUse =>
+                {
                     tokio::time::sleep(Duration::from_millis(50)).await
                 }
                 Err(e) => panic!("the holder does not start: {e}"),

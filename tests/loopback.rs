@@ -127,6 +127,8 @@ async fn dialing_the_wrong_node_id_is_an_identity_mismatch() {
         .await
         .unwrap_err();
     assert!(matches!(err, Error::IdentityMismatch(_)), "{err}");
+    // The error names the node that answered.
+    assert!(err.to_string().contains(&server.id().to_string()), "{err}");
     // The server is unharmed and the right id still works.
     within(10, "right id", client.call(server.addr(), "reverse", "x"))
         .await
@@ -568,4 +570,22 @@ async fn a_node_dropped_without_shutdown_leaves_its_hosts_tables_at_once() {
             .await;
         }
     }
+}
+
+#[tokio::test]
+async fn a_taken_address_is_an_error_naming_it() {
+    let first = reverse_node().await;
+    let taken = first.local_addr();
+    let err = Node::builder()
+        .listen(taken)
+        .lan_discovery(false)
+        .spawn()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Bind { addr, .. } if addr == taken),
+        "{err}"
+    );
+    assert!(err.to_string().contains(&taken.to_string()), "{err}");
+    first.shutdown().await;
 }

@@ -403,8 +403,11 @@ fn parse_node_addr(s: &str) -> Result<NodeAddr, String> {
         .ok_or_else(|| format!("expected NODEID@HOST:PORT[,HOST:PORT...], got {s:?}"))?;
     let id: butter::NodeId = id.parse().map_err(|e| format!("{e}"))?;
     let mut addrs = Vec::new();
-    for host in hosts.split(',').filter(|h| !h.is_empty()) {
+    for host in hosts.split(',') {
         use std::net::ToSocketAddrs;
+        if host.trim().is_empty() {
+            return Err(format!("an empty address in the list {s:?}"));
+        }
         let found = host
             .to_socket_addrs()
             .map_err(|e| format!("cannot resolve {host:?}: {e}"))?;
@@ -475,6 +478,19 @@ fn default_data_dir() -> PathBuf {
 /// A client node for one-shot commands: persistent identity only if asked for.
 async fn client(data_dir: Option<PathBuf>, introducers: Vec<NodeAddr>) -> Result<Node> {
     guest(data_dir, introducers, Vec::new()).await
+}
+
+/// A target given by id alone needs an introducer to be found through.
+fn check_reachable(target: &Target, introducers: &[NodeAddr]) -> Result<()> {
+    if let Target::Id(id) = target {
+        if introducers.is_empty() {
+            anyhow::bail!(
+                "invalid argument: {id} alone cannot be reached: give its address \
+                 ({id}@IP:PORT) or an --introducer to find it through"
+            );
+        }
+    }
+    Ok(())
 }
 
 fn upnp_settings(off: bool, gateway: Option<SocketAddr>, lease_secs: u64) -> butter::UpnpSettings {
@@ -689,6 +705,7 @@ async fn run(cli: Cli) -> Result<()> {
             count,
             data_dir,
         } => {
+            check_reachable(&addr, &introducers)?;
             let node = client(data_dir, introducers).await?;
             for i in 0..count {
                 if i > 0 {
@@ -736,6 +753,7 @@ async fn run(cli: Cli) -> Result<()> {
                     buf
                 }
             };
+            check_reachable(&addr, &introducers)?;
             let node = client(data_dir, introducers).await?;
             let reply = node.call(addr, &route, body).await?;
             let mut out = std::io::stdout();
@@ -750,6 +768,7 @@ async fn run(cli: Cli) -> Result<()> {
             bytes,
             introducers,
         } => {
+            check_reachable(&addr, &introducers)?;
             let node = client(None, introducers).await?;
             let id = addr.id();
             // Connect first so the figure is the transfer, not the handshake.
@@ -770,7 +789,12 @@ async fn run(cli: Cli) -> Result<()> {
             let expected = *hasher.finalize().as_bytes();
             let start = std::time::Instant::now();
             let body = butter::Body::from_stream(futures_util::stream::iter(chunks));
-            let reply = node.call_stream(addr, SINK_ROUTE, body).await?;
+            let reply = match node.call_stream(addr, SINK_ROUTE, body).await {
+                Err(butter::Error::NoSuchRoute(_)) => anyhow::bail!(
+                    "the node does not serve `{SINK_ROUTE}`: start it with `butter node --bench`"
+                ),
+                other => other?,
+            };
             let reply = reply.bytes(1024).await?;
             let secs = start.elapsed().as_secs_f64();
             let (got, hash): (u64, [u8; 32]) =

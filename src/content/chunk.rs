@@ -73,7 +73,9 @@ impl FromStr for Hash {
             .ok()
             .and_then(|v| <[u8; 32]>::try_from(v).ok())
             .map(Hash)
-            .ok_or_else(|| Error::Config(format!("not a content key (64 hex digits): {s:?}")))
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!("not a content key (64 hex digits): {s:?}"))
+            })
     }
 }
 

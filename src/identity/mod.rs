@@ -89,7 +89,7 @@ impl FromStr for NodeId {
             .and_then(|v| <[u8; 32]>::try_from(v).ok())
             .map(NodeId)
             .ok_or_else(|| {
-                Error::Config(format!(
+                Error::InvalidArgument(format!(
                     "not a node id (64 hex or 52 base32 characters): {s:?}"
                 ))
             })

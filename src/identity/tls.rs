@@ -61,6 +61,28 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(provider)
 }
 
+/// The last server identity mismatches seen (expected, answered), so the
+/// dialer's error can name the node that answered instead (the TLS error
+/// cannot carry it). A few only: the newest are the ones asked for.
+static MISMATCHES: std::sync::Mutex<std::collections::VecDeque<(NodeId, NodeId)>> =
+    std::sync::Mutex::new(std::collections::VecDeque::new());
+
+fn record_mismatch(expected: NodeId, actual: NodeId) {
+    let mut seen = MISMATCHES.lock().unwrap_or_else(|p| p.into_inner());
+    if seen.len() >= 64 {
+        seen.pop_front();
+    }
+    seen.push_back((expected, actual));
+}
+
+/// The node that answered when `expected` was dialed and another key
+/// answered (the newest such answer, taken).
+pub(crate) fn answered_instead(expected: &NodeId) -> Option<NodeId> {
+    let mut seen = MISMATCHES.lock().unwrap_or_else(|p| p.into_inner());
+    let i = seen.iter().rposition(|(e, _)| e == expected)?;
+    seen.remove(i).map(|(_, actual)| actual)
+}
+
 fn cert_error(e: CertificateError) -> rustls::Error {
     rustls::Error::InvalidCertificate(e)
 }
@@ -227,6 +249,7 @@ impl ServerCertVerifier for NodeVerifier {
         let actual = check_peer_cert(end_entity, intermediates, now, false)?;
         if actual != expected {
             tracing::debug!(expected = %expected.short(), actual = %actual.short(), "server identity mismatch");
+            record_mismatch(expected, actual);
             // Maps to the AccessDenied alert, which the endpoint turns back into
             // Error::IdentityMismatch.
             return Err(rustls::Error::InvalidCertificate(

@@ -154,7 +154,7 @@ impl Node {
                                 super::upgrade::start(self, intro.clone(), id);
                                 return Ok(conn);
                             }
-                            Err(e) => errors.push(format!("relay via {}: {e}", intro.id.short())),
+                            Err(e) => errors.push(format!("relay via {}: {}", intro.id.short(), e.detail())),
                         }
                     }
                 }
