@@ -674,3 +674,55 @@ async fn errors_say_what_to_do() {
         ]);
     check(run(cmd, None).await, taken);
 }
+
+/// An introducer that cannot be reached is one plain warning line (no
+/// colour codes in a pipe), not one per retry; `-q` silences it.
+#[tokio::test]
+async fn an_unreachable_introducer_is_one_plain_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let nobody = format!("{}@127.0.6.30:9", butter::Identity::generate().id());
+    let start = |quiet: bool| {
+        let mut cmd = butter();
+        cmd.env_remove("RUST_LOG");
+        if quiet {
+            cmd.arg("-q");
+        }
+        cmd.args([
+            "node",
+            "--listen",
+            "127.0.6.31:0",
+            "--no-discovery",
+            "--no-upnp",
+        ])
+        .args(["--data-dir", dir.path().to_str().unwrap()])
+        .args(["--introducer", &nobody, "--register-ms", "200"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+    };
+    let mut child = start(false);
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let first = within(20, "the warning", lines.next_line())
+        .await
+        .unwrap()
+        .expect("a line");
+    assert!(first.contains("WARN"), "{first}");
+    assert!(
+        first.contains("cannot register with the introducer"),
+        "{first}"
+    );
+    assert!(
+        !first.contains('\u{1b}'),
+        "colour codes in a pipe: {first:?}"
+    );
+    // Retries every 200 ms or so for 2 s: no second line.
+    let more = tokio::time::timeout(std::time::Duration::from_secs(2), lines.next_line()).await;
+    assert!(more.is_err(), "another line: {more:?}");
+    child.kill().await.unwrap();
+    let mut child = start(true);
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let quiet = tokio::time::timeout(std::time::Duration::from_secs(2), lines.next_line()).await;
+    assert!(quiet.is_err(), "-q printed: {quiet:?}");
+    child.kill().await.unwrap();
+}

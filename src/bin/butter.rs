@@ -10,8 +10,21 @@ use butter::{Identity, Node, NodeAddr, PeerEvent, Target};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "butter", version, about = "Butter peer-to-peer node and tools")]
+#[command(
+    name = "butter",
+    version,
+    about = "Butter peer-to-peer node and tools",
+    after_help = "Logs go to stderr: warnings by default; -v for what a node does (info), \
+                  -vv to debug, -q for errors only. RUST_LOG (e.g. RUST_LOG=butter=debug) \
+                  overrides both."
+)]
 struct Cli {
+    /// More log lines on stderr (-v: info, -vv: debug, -vvv: trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Errors only on stderr.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -1373,14 +1386,25 @@ async fn first_host(node: &Node, introduced: bool) {
 
 #[tokio::main]
 async fn main() {
+    use std::io::IsTerminal;
+    let cli = Cli::parse();
+    let level = match (cli.quiet, cli.verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        (false, 2) => "debug",
+        _ => "trace",
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // Colours only for a person at a terminal, not in a file or a pipe.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
         )
         .init();
-    if let Err(e) = run(Cli::parse()).await {
+    if let Err(e) = run(cli).await {
         eprintln!("butter: {e:#}");
         std::process::exit(1);
     }

@@ -117,6 +117,7 @@ pub(crate) async fn run(
     stats: Arc<Stats>,
     closed: CancellationToken,
 ) {
+    let mut last_refusal: Option<String> = None;
     loop {
         status.send_replace(UpnpStatus::Searching);
         let outcome = tokio::select! {
@@ -146,10 +147,20 @@ pub(crate) async fn run(
                 }
             }
             Err(reason) => {
-                tracing::info!(
-                    %reason,
-                    "UPnP: no port mapping; continuing without one (STUN, hole punching and relays still work)"
-                );
+                // A gateway that answers but refuses is worth a warning (once
+                // per reason); no gateway at all is the common case.
+                if reason.starts_with("gateway ") && last_refusal.as_deref() != Some(&reason) {
+                    tracing::warn!(
+                        %reason,
+                        "UPnP: the gateway refused a port mapping; continuing without one (STUN, hole punching and relays still work)"
+                    );
+                    last_refusal = Some(reason.clone());
+                } else {
+                    tracing::info!(
+                        %reason,
+                        "UPnP: no port mapping; continuing without one (STUN, hole punching and relays still work)"
+                    );
+                }
                 status.send_replace(UpnpStatus::Unavailable { reason });
             }
         }

@@ -46,6 +46,8 @@ async fn run(node: WeakNode, intro: NodeAddr) {
     // Retries of an introducer that is down: from half a second, doubling,
     // never beyond the refresh interval (nor 30 s).
     let mut retry = Backoff::new(Duration::from_millis(500), MAX_BACKOFF);
+    let mut said: Option<SocketAddr> = None;
+    let mut failing = false;
     loop {
         let Some(n) = node.upgrade() else {
             return;
@@ -57,6 +59,18 @@ async fn run(node: WeakNode, intro: NodeAddr) {
                 n.counters()
                     .introducer_registrations
                     .fetch_add(1, Ordering::Relaxed);
+                // Said once, and again when the outside view changes or
+                // after the introducer was lost.
+                if said != Some(reg.observed) {
+                    tracing::info!(
+                        introducer = %intro,
+                        observed = %reg.observed,
+                        "registered with the introducer; seen from outside as {}",
+                        reg.observed
+                    );
+                    said = Some(reg.observed);
+                }
+                failing = false;
                 n.shared().observed.record(intro.id, reg.observed);
                 retry.reset();
                 if n.members().wants_more() {
@@ -69,7 +83,18 @@ async fn run(node: WeakNode, intro: NodeAddr) {
                 n.counters()
                     .introducer_failures
                     .fetch_add(1, Ordering::Relaxed);
-                tracing::info!(introducer = %intro.id.short(), error = %e, "registration failed; retrying");
+                if !failing {
+                    // Once per outage: the retries are quiet.
+                    tracing::warn!(
+                        introducer = %intro,
+                        "cannot register with the introducer ({}); retrying in the background",
+                        e.detail()
+                    );
+                    failing = true;
+                    said = None;
+                } else {
+                    tracing::debug!(introducer = %intro.id.short(), error = %e, "registration failed; retrying");
+                }
                 // The cached connection may be to an introducer that restarted.
                 n.forget_connection(&intro.id);
                 retry.next(&mut rand::rng())

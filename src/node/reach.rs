@@ -151,6 +151,11 @@ impl Node {
                                 self.counters()
                                     .relayed_dials
                                     .fetch_add(1, Ordering::Relaxed);
+                                tracing::info!(
+                                    peer = %id.short(),
+                                    introducer = %intro.id.short(),
+                                    "no direct path to the peer: relayed through the introducer (trying to go direct in the background)"
+                                );
                                 super::upgrade::start(self, intro.clone(), id);
                                 return Ok(conn);
                             }
