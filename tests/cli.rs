@@ -726,3 +726,52 @@ async fn an_unreachable_introducer_is_one_plain_warning() {
     assert!(quiet.is_err(), "-q printed: {quiet:?}");
     child.kill().await.unwrap();
 }
+
+/// One-shot commands reaching a node by id through an introducer do not
+/// register there (nobody keeps trying to reach a client that has exited),
+/// and `peers` and `stats` take an id with `--introducer` like the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_shot_commands_leave_no_registration_behind() {
+    let service = butter::introducer::Introducer::new(Default::default());
+    let intro = butter::introducer::builder("127.0.6.40:0".parse().unwrap())
+        .service(service.clone())
+        .spawn()
+        .await
+        .unwrap();
+    let intro_addr = intro.addr().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = butter();
+    cmd.args([
+        "node",
+        "--listen",
+        "127.0.6.41:0",
+        "--no-discovery",
+        "--no-upnp",
+    ])
+    .args(["--data-dir", dir.path().to_str().unwrap()])
+    .args(["--introducer", &intro_addr, "--register-ms", "300"]);
+    let mut node = Running::start(cmd);
+    let addr = node.line("node address").await;
+    let id = addr.split('@').next().unwrap().to_string();
+    common::eventually(20, "the node registered", || {
+        service.stats().registrations == 1
+    })
+    .await;
+    for args in [vec!["ping", &id], vec!["peers", &id], vec!["stats", &id]] {
+        let mut cmd = butter();
+        cmd.args(&args).args(["--introducer", &intro_addr]);
+        let out = run(cmd, None).await;
+        assert!(out.ok, "{args:?}: {}", out.stderr);
+        assert!(
+            out.stdout.contains(&id) || args[0] != "ping",
+            "{}",
+            out.stdout
+        );
+    }
+    assert_eq!(
+        service.stats().registrations,
+        1,
+        "a one-shot command registered"
+    );
+    intro.shutdown().await;
+}

@@ -94,17 +94,23 @@ enum Command {
     },
     /// Print the known hosts of a node.
     Peers {
-        /// NODEID@HOST:PORT[,HOST:PORT...], or `local`: the node running
-        /// from this data dir (`BUTTER_DATA_DIR`)
-        #[arg(value_parser = parse_node_addr)]
-        addr: NodeAddr,
+        /// NODEID@HOST:PORT[,HOST:PORT...], NODEID alone with --introducer, or
+        /// `local` (the node running from this data dir, `BUTTER_DATA_DIR`)
+        #[arg(value_parser = parse_target)]
+        addr: Target,
+        /// Introducer to reach the node through (NODEID@IP:PORT); repeatable.
+        #[arg(long = "introducer", value_parser = parse_node_addr)]
+        introducers: Vec<NodeAddr>,
     },
     /// Print the counters of a node.
     Stats {
-        /// NODEID@HOST:PORT[,HOST:PORT...], or `local`: the node running
-        /// from this data dir (`BUTTER_DATA_DIR`)
-        #[arg(value_parser = parse_node_addr)]
-        addr: NodeAddr,
+        /// NODEID@HOST:PORT[,HOST:PORT...], NODEID alone with --introducer, or
+        /// `local` (the node running from this data dir, `BUTTER_DATA_DIR`)
+        #[arg(value_parser = parse_target)]
+        addr: Target,
+        /// Introducer to reach the node through (NODEID@IP:PORT); repeatable.
+        #[arg(long = "introducer", value_parser = parse_node_addr)]
+        introducers: Vec<NodeAddr>,
     },
     /// Ping a node: checks its identity and prints the round trip and path.
     Ping {
@@ -490,7 +496,8 @@ fn default_data_dir() -> PathBuf {
 
 /// A client node for one-shot commands: persistent identity only if asked for.
 async fn client(data_dir: Option<PathBuf>, introducers: Vec<NodeAddr>) -> Result<Node> {
-    guest(data_dir, introducers, Vec::new()).await
+    // It calls one peer: no need to wait for hosts.
+    spawn_guest(data_dir, introducers, Vec::new(), |b| b).await
 }
 
 /// A target given by id alone needs an introducer to be found through.
@@ -625,9 +632,10 @@ async fn run(cli: Cli) -> Result<()> {
                 println!("upnp released");
             }
         }
-        Command::Peers { addr } => {
-            let node = client(None, vec![]).await?;
-            let peers = node.peers_of(&addr, 64).await?;
+        Command::Peers { addr, introducers } => {
+            check_reachable(&addr, &introducers)?;
+            let node = client(None, introducers).await?;
+            let peers = node.peers_of(addr.clone(), 64).await?;
             println!(
                 "{:<64}  {:<22}  {:<9}  {:>9}  {:>10}",
                 "ID", "ADDRESS", "UPTIME", "RTT", "STORAGE"
@@ -650,15 +658,16 @@ async fn run(cli: Cli) -> Result<()> {
             eprintln!("{} known hosts", peers.len());
             node.shutdown().await;
         }
-        Command::Stats { addr } => {
-            let node = client(None, vec![]).await?;
-            let stats = node.stats_of(&addr).await?;
+        Command::Stats { addr, introducers } => {
+            check_reachable(&addr, &introducers)?;
+            let node = client(None, introducers).await?;
+            let stats = node.stats_of(addr.clone()).await?;
             for (name, value) in stats.fields() {
                 println!("{name} {value}");
             }
             // Introducers also answer with their service figures.
             let figures: butter::Result<butter::nat::protocol::IntroducerStats> = node
-                .call_typed(&addr, butter::nat::protocol::INTRO_STATS_ROUTE, &())
+                .call_typed(addr, butter::nat::protocol::INTRO_STATS_ROUTE, &())
                 .await;
             if let Ok(f) = figures {
                 for (name, value) in [
@@ -1346,6 +1355,20 @@ async fn guest_with(
     more: impl FnOnce(butter::NodeBuilder) -> butter::NodeBuilder,
 ) -> Result<Node> {
     let introduced = !introducers.is_empty();
+    let node = spawn_guest(data_dir, introducers, bootstrap, more).await?;
+    first_host(&node, introduced).await;
+    Ok(node)
+}
+
+/// The guest node itself: it does not register with the introducers (it only
+/// asks them for introductions, punches and relays), so nobody keeps trying
+/// to reach it once it has gone.
+async fn spawn_guest(
+    data_dir: Option<PathBuf>,
+    introducers: Vec<NodeAddr>,
+    bootstrap: Vec<NodeAddr>,
+    more: impl FnOnce(butter::NodeBuilder) -> butter::NodeBuilder,
+) -> Result<Node> {
     let mut builder = more(Node::builder())
         .lan_discovery(false)
         .dht(butter::DhtSettings {
@@ -1355,15 +1378,14 @@ async fn guest_with(
         })
         .nat(butter::NatSettings {
             introducers,
+            register: false,
             upnp: upnp_settings(true, None, 0),
             ..Default::default()
         });
     if let Some(dir) = data_dir {
         builder = builder.data_dir(dir);
     }
-    let node = builder.spawn().await?;
-    first_host(&node, introduced).await;
-    Ok(node)
+    Ok(builder.spawn().await?)
 }
 
 /// Introductions arrive in the background: a node that has only introducers

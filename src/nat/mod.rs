@@ -31,6 +31,11 @@ pub struct NatSettings {
     /// Introducers to register with and to ask for introductions, punches and
     /// relaying.
     pub introducers: Vec<NodeAddr>,
+    /// Whether this node registers with its introducers (so that others can
+    /// reach it through them). A one-shot client does not: it only asks them
+    /// for introductions, punches and relays, and nobody keeps trying to
+    /// reach it after it has gone.
+    pub register: bool,
     /// How often registrations are refreshed (also keeps the NAT mapping and the
     /// introducer's connection alive; keep it under both timeouts).
     pub register_interval: Duration,
@@ -57,6 +62,7 @@ impl Default for NatSettings {
     fn default() -> Self {
         NatSettings {
             introducers: Vec::new(),
+            register: true,
             register_interval: Duration::from_secs(10),
             traverse_after: Duration::from_millis(500),
             punch_timeout: Duration::from_secs(3),

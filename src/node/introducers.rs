@@ -34,9 +34,14 @@ impl Service for IntroducerClient {
         let Some(node) = ctx.node().upgrade() else {
             return;
         };
+        let register = node.shared().nat.register;
         for intro in node.shared().nat.introducers.clone() {
             node.add_peer_addr(&intro);
-            ctx.spawn(run(ctx.node(), intro));
+            if register {
+                ctx.spawn(run(ctx.node(), intro));
+            } else {
+                ctx.spawn(introduced(ctx.node(), intro));
+            }
         }
     }
 }
@@ -99,6 +104,26 @@ async fn run(node: WeakNode, intro: NodeAddr) {
                 n.forget_connection(&intro.id);
                 retry.next(&mut rand::rng())
             }
+        };
+        drop(n);
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// A node that does not register (a one-shot client) only asks for
+/// introductions while it is lonely.
+async fn introduced(node: WeakNode, intro: NodeAddr) {
+    let mut retry = Backoff::new(Duration::from_millis(500), MAX_BACKOFF);
+    loop {
+        let Some(n) = node.upgrade() else {
+            return;
+        };
+        let wait = if n.members().wants_more() {
+            introductions(&n, &intro).await;
+            retry.next(&mut rand::rng())
+        } else {
+            retry.reset();
+            n.shared().nat.register_interval
         };
         drop(n);
         tokio::time::sleep(wait).await;
