@@ -114,13 +114,13 @@ async fn ping_and_call_the_ohce_example() {
     cmd.args(["call", &addr, "reverse", "hello"]);
     let out = run(cmd, None).await;
     assert!(out.ok, "{}", out.stderr);
-    assert_eq!(out.stdout, "olleh\n");
+    assert_eq!(out.stdout, "olleh", "the reply as it is, no newline added");
 
     let mut cmd = butter();
     cmd.args(["call", &addr, "reverse"]);
     let out = run(cmd, Some("from stdin")).await;
     assert!(out.ok, "{}", out.stderr);
-    assert_eq!(out.stdout, "nidts morf\n");
+    assert_eq!(out.stdout, "nidts morf");
 
     // Same address, someone else's id: refused, one line saying why.
     let wrong = format!(
@@ -774,4 +774,98 @@ async fn one_shot_commands_leave_no_registration_behind() {
         "a one-shot command registered"
     );
     intro.shutdown().await;
+}
+
+/// Runs `cmd` with `input` on stdin; (success, stdout bytes, stderr).
+async fn run_bytes(mut cmd: Command, input: Vec<u8>) -> (bool, Vec<u8>, String) {
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let feed = tokio::spawn(async move {
+        let _ = stdin.write_all(&input).await;
+    });
+    let out = within(120, "command", child.wait_with_output())
+        .await
+        .unwrap();
+    feed.await.unwrap();
+    (
+        out.status.success(),
+        out.stdout,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `butter node --route NAME=COMMAND` serves a command; `butter call` moves
+/// any bytes through it exactly (0 B, 1 B, 64 MiB, to stdout or a file),
+/// reports a failing command's error, and `butter routes` lists the routes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_moves_any_bytes_through_a_command_route() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = butter();
+    cmd.args([
+        "node",
+        "--listen",
+        "127.0.6.50:0",
+        "--no-discovery",
+        "--no-upnp",
+    ])
+    .args(["--data-dir", dir.path().to_str().unwrap()])
+    .args(["--route", "cat=cat"])
+    .args(["--route", "fail=echo oops >&2; exit 3"])
+    .args(["--route", "who=printf %s \"$BUTTER_PEER\""]);
+    let mut node = Running::start(cmd);
+    let addr = node.line("node address").await;
+    let call = |route: &str| {
+        let mut cmd = butter();
+        cmd.args(["call", &addr, route]);
+        cmd
+    };
+    let mut big = vec![0u8; 64 << 20];
+    blake3::Hasher::new()
+        .update(b"cli bytes")
+        .finalize_xof()
+        .fill(&mut big);
+    for body in [Vec::new(), vec![0u8], vec![b'\n'], big.clone()] {
+        let (ok, out, err) = run_bytes(call("cat"), body.clone()).await;
+        assert!(ok, "{err}");
+        assert!(
+            out == body,
+            "{} bytes came back as {}",
+            body.len(),
+            out.len()
+        );
+    }
+    let file = dir.path().join("reply.bin");
+    let mut cmd = call("cat");
+    cmd.args(["-o", file.to_str().unwrap()]);
+    let (ok, out, err) = run_bytes(cmd, big.clone()).await;
+    assert!(ok && out.is_empty(), "{err}");
+    assert!(std::fs::read(&file).unwrap() == big);
+    // A failing command: an error naming it, with its stderr.
+    let (ok, _, err) = run_bytes(call("fail"), b"x".to_vec()).await;
+    assert!(!ok);
+    assert!(err.contains("oops") && err.contains('3'), "{err}");
+    // The caller's id reaches the command.
+    let data = tempfile::tempdir().unwrap();
+    let mut cmd = call("who");
+    cmd.args(["--data-dir", data.path().to_str().unwrap()]);
+    let (ok, out, err) = run_bytes(cmd, Vec::new()).await;
+    assert!(ok, "{err}");
+    let mut id = butter();
+    id.args(["id", "--data-dir", data.path().to_str().unwrap()]);
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        run(id, None).await.stdout.trim()
+    );
+    // The routes, one per line.
+    let mut cmd = butter();
+    cmd.args(["routes", &addr]);
+    let out = run(cmd, None).await;
+    assert!(out.ok, "{}", out.stderr);
+    let routes: Vec<&str> = out.stdout.lines().collect();
+    for r in ["cat", "fail", "who", "butter/ping", "butter/routes"] {
+        assert!(routes.contains(&r), "{r} missing: {routes:?}");
+    }
 }

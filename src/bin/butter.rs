@@ -81,6 +81,19 @@ enum Command {
         /// Also serve the `bench/sink` route that `butter bench` sends to.
         #[arg(long)]
         bench: bool,
+        /// Serve route NAME by running COMMAND (with `sh -c`) for each
+        /// request: the body on its stdin, its stdout the reply, the caller's
+        /// id in `BUTTER_PEER`; a non-zero exit is an error reply with its
+        /// stderr. Repeatable.
+        #[arg(long = "route", value_name = "NAME=COMMAND", value_parser = parse_route)]
+        routes: Vec<(String, String)>,
+        /// Commands of `--route` running at once, at most (more requests are
+        /// answered "busy").
+        #[arg(long, default_value_t = 8)]
+        route_concurrency: usize,
+        /// Longest a `--route` command may run, in seconds.
+        #[arg(long, default_value_t = 60)]
+        route_timeout_secs: u64,
         /// Do not ask the LAN's gateway for a port mapping (UPnP).
         #[arg(long)]
         no_upnp: bool,
@@ -134,7 +147,9 @@ enum Command {
         #[command(subcommand)]
         command: MsgCommand,
     },
-    /// Call a route and print the reply body.
+    /// Call a route and write the reply body as it is (no newline added) to
+    /// stdout or a file. The request body streams from stdin when BODY is
+    /// omitted (any size).
     Call {
         /// NODEID@HOST:PORT[,HOST:PORT...], NODEID alone with --introducer, or
         /// `local` (the node running from this data dir, `BUTTER_DATA_DIR`)
@@ -145,11 +160,24 @@ enum Command {
         introducers: Vec<NodeAddr>,
         /// Route name, e.g. `reverse`.
         route: String,
-        /// Request body (read from stdin if omitted).
+        /// Request body (streamed from stdin if omitted).
         body: Option<String>,
+        /// Write the reply to this file instead of stdout.
+        #[arg(short = 'o', long = "output")]
+        output: Option<PathBuf>,
         /// Identity to call with (default: a throwaway one).
         #[arg(long, value_parser = parse_dir)]
         data_dir: Option<PathBuf>,
+    },
+    /// List the routes a node serves, one per line.
+    Routes {
+        /// NODEID@HOST:PORT[,HOST:PORT...], NODEID alone with --introducer, or
+        /// `local` (the node running from this data dir, `BUTTER_DATA_DIR`)
+        #[arg(value_parser = parse_target)]
+        addr: Target,
+        /// Introducer to reach the node through (NODEID@IP:PORT); repeatable.
+        #[arg(long = "introducer", value_parser = parse_node_addr)]
+        introducers: Vec<NodeAddr>,
     },
     /// DHT lookups as a guest (this process never enters anyone's table):
     /// the result alone on stdout, hops and messages on stderr.
@@ -351,6 +379,161 @@ fn parse_target(s: &str) -> Result<Target, String> {
         s.parse::<butter::NodeId>().map(Target::Id).map_err(|e| {
             format!("expected NODEID@IP:PORT[,IP:PORT...], or a NODEID with --introducer ({e})")
         })
+    }
+}
+
+/// `NAME=COMMAND` of `butter node --route`.
+fn parse_route(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((name, command)) if !name.is_empty() && !command.trim().is_empty() => {
+            Ok((name.to_string(), command.to_string()))
+        }
+        _ => Err(format!("expected NAME=COMMAND, got {s:?}")),
+    }
+}
+
+/// One request to a `--route` route: `command` runs with the request body
+/// streaming into its stdin and its stdout streaming back as the reply (any
+/// size both ways). A command that fails before writing anything is an
+/// error reply with the first line of its stderr; one that fails later
+/// cuts the reply short (the caller sees an error, not a short body). The
+/// slot is held until the command has exited.
+async fn run_route(
+    command: String,
+    running: std::sync::Arc<tokio::sync::Semaphore>,
+    limit: Duration,
+    mut req: butter::StreamRequest,
+) -> butter::Result<butter::Body> {
+    use futures_util::StreamExt;
+    use tokio::io::AsyncReadExt;
+    let slot = running
+        .try_acquire_owned()
+        .map_err(|_| butter::Error::Busy("every --route command slot"))?;
+    let mut child = tokio::process::Command::new("sh")
+        .args(["-c", &command])
+        .env("BUTTER_PEER", req.peer().to_string())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| butter::Error::handler(format!("cannot run `{command}`: {e}")))?;
+    let mut stdin = child.stdin.take().expect("piped");
+    let mut stdout = child.stdout.take().expect("piped");
+    let mut stderr = child.stderr.take().expect("piped");
+    tokio::spawn(async move {
+        let _ = tokio::io::copy(&mut req.body, &mut stdin).await;
+    });
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(4);
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel::<Option<String>>();
+    tokio::spawn(async move {
+        let _slot = slot;
+        let run = async {
+            let mut first = Some(first_tx);
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match stdout.read(&mut buf).await {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        if let Some(f) = first.take() {
+                            let _ = f.send(None);
+                        }
+                        if tx
+                            .send(Ok(bytes::Bytes::copy_from_slice(&buf[..n])))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                }
+            }
+            let mut err = Vec::new();
+            let _ = (&mut stderr).take(4096).read_to_end(&mut err).await;
+            let failed = match child.wait().await {
+                Ok(status) if status.success() => None,
+                Ok(status) => {
+                    let why = String::from_utf8_lossy(&err);
+                    let why = why.lines().next().unwrap_or("").trim().to_string();
+                    Some(format!(
+                        "`{command}` failed ({status}){}",
+                        if why.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {why}")
+                        }
+                    ))
+                }
+                Err(e) => Some(format!("`{command}`: {e}")),
+            };
+            match (first.take(), failed) {
+                (Some(f), failed) => {
+                    let _ = f.send(failed);
+                }
+                (None, Some(why)) => {
+                    let _ = tx.send(Err(std::io::Error::other(why))).await;
+                }
+                (None, None) => {}
+            }
+        };
+        if tokio::time::timeout(limit, run).await.is_err() {
+            let _ = tx
+                .send(Err(std::io::Error::other(format!(
+                    "`{command}` ran longer than {limit:?}"
+                ))))
+                .await;
+        }
+    });
+    // An error before any output is a proper error reply.
+    if let Ok(Some(why)) = first_rx.await {
+        return Err(butter::Error::handler(why));
+    }
+    let chunks =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) })
+            .boxed();
+    Ok(butter::Body::from_reader(ChunkReader::new(chunks)))
+}
+
+/// An `AsyncRead` over a stream of byte chunks (or an error).
+struct ChunkReader {
+    chunks: futures_util::stream::BoxStream<'static, std::io::Result<bytes::Bytes>>,
+    current: bytes::Bytes,
+}
+
+impl ChunkReader {
+    fn new(
+        chunks: futures_util::stream::BoxStream<'static, std::io::Result<bytes::Bytes>>,
+    ) -> Self {
+        ChunkReader {
+            chunks,
+            current: bytes::Bytes::new(),
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for ChunkReader {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use futures_util::StreamExt;
+        use std::task::Poll;
+        while self.current.is_empty() {
+            match self.chunks.poll_next_unpin(cx) {
+                Poll::Ready(Some(Ok(b))) => self.current = b,
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+                Poll::Ready(None) => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        let n = self.current.len().min(buf.remaining());
+        buf.put_slice(&self.current.split_to(n));
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -556,6 +739,9 @@ async fn run(cli: Cli) -> Result<()> {
             bootstrap,
             register_ms,
             bench,
+            routes,
+            route_concurrency,
+            route_timeout_secs,
             no_upnp,
             upnp_gateway,
             upnp_lease_secs,
@@ -569,6 +755,15 @@ async fn run(cli: Cli) -> Result<()> {
             }
             if bench {
                 builder = builder.stream_route(SINK_ROUTE, sink);
+            }
+            let running =
+                std::sync::Arc::new(tokio::sync::Semaphore::new(route_concurrency.max(1)));
+            for (name, command) in routes {
+                let running = running.clone();
+                let limit = Duration::from_secs(route_timeout_secs.max(1));
+                builder = builder.stream_route(&name, move |req: butter::StreamRequest| {
+                    run_route(command.clone(), running.clone(), limit, req)
+                });
             }
             let node = builder
                 .nat(butter::NatSettings {
@@ -763,25 +958,42 @@ async fn run(cli: Cli) -> Result<()> {
             introducers,
             route,
             body,
+            output,
             data_dir,
         } => {
-            let body = match body {
-                Some(b) => b.into_bytes(),
-                None => {
-                    let mut buf = Vec::new();
-                    std::io::stdin()
-                        .read_to_end(&mut buf)
-                        .context("reading the body from stdin")?;
-                    buf
-                }
-            };
+            use tokio::io::AsyncWriteExt;
             check_reachable(&addr, &introducers)?;
+            let body = match body {
+                Some(b) => butter::Body::from(b.into_bytes()),
+                None => butter::Body::from_reader(tokio::io::stdin()),
+            };
             let node = client(data_dir, introducers).await?;
-            let reply = node.call(addr, &route, body).await?;
-            let mut out = std::io::stdout();
-            out.write_all(&reply)?;
-            if !reply.ends_with(b"\n") {
-                out.write_all(b"\n")?;
+            let mut reply = node.call_stream(addr, &route, body).await?;
+            match output {
+                Some(path) => {
+                    let mut file = tokio::fs::File::create(&path)
+                        .await
+                        .with_context(|| format!("cannot create {}", path.display()))?;
+                    tokio::io::copy(&mut reply, &mut file)
+                        .await
+                        .context("receiving the reply")?;
+                    file.flush().await?;
+                }
+                None => {
+                    let mut out = tokio::io::stdout();
+                    tokio::io::copy(&mut reply, &mut out)
+                        .await
+                        .context("receiving the reply")?;
+                    out.flush().await?;
+                }
+            }
+            node.shutdown().await;
+        }
+        Command::Routes { addr, introducers } => {
+            check_reachable(&addr, &introducers)?;
+            let node = client(None, introducers).await?;
+            for name in node.routes_of(addr).await? {
+                println!("{name}");
             }
             node.shutdown().await;
         }

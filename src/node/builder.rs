@@ -392,6 +392,7 @@ impl NodeBuilder {
                 members: members.clone(),
             }),
             Box::new(info::StatsService(stats.clone())),
+            Box::new(info::RoutesService),
             Box::new(super::membership::PeersService(members.clone())),
             Box::new(super::goodbye::GoodbyeService(members.clone())),
             Box::new(super::punch::PunchService),

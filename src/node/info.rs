@@ -21,6 +21,9 @@ pub const PING_ROUTE: &str = "butter/ping";
 /// Route of a node's counters.
 pub const STATS_ROUTE: &str = "butter/stats";
 
+/// The route that lists a node's routes (names, sorted).
+pub const ROUTES_ROUTE: &str = "butter/routes";
+
 /// Request of `butter/ping` (an empty body means all defaults).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PingRequest {
@@ -130,7 +133,38 @@ impl Service for StatsService {
     }
 }
 
+/// `butter/routes`: the names of the node's routes (the platform's and the
+/// application's), so a person can see what a node serves.
+pub(super) struct RoutesService;
+
+impl Service for RoutesService {
+    fn name(&self) -> &'static str {
+        "routes"
+    }
+
+    fn routes(&self, routes: &mut Routes<'_>) {
+        let n = routes.node();
+        routes.typed(ROUTES_ROUTE, 64, move |_peer, _from: SocketAddr, (): ()| {
+            let node = n.upgrade();
+            async move {
+                let node = node.ok_or(crate::Error::Shutdown)?;
+                Ok(node.route_names())
+            }
+        });
+    }
+}
+
 impl Node {
+    /// The names of the routes this node serves, sorted.
+    pub fn route_names(&self) -> Vec<String> {
+        self.shared().router.names()
+    }
+
+    /// The names of the routes a peer serves (`butter/routes`).
+    pub async fn routes_of(&self, target: impl Into<Target>) -> Result<Vec<String>> {
+        self.call_typed(target, ROUTES_ROUTE, &()).await
+    }
+
     /// Checks a peer is alive and is who we think: calls `butter/ping`.
     pub async fn ping(&self, target: impl Into<Target>) -> Result<Ping> {
         self.ping_with(target.into(), false).await

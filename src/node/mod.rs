@@ -79,7 +79,7 @@ pub use builder::NodeBuilder;
 pub use content::{ContentSettings, Fetched, Shared as SharedFile, StorageUse};
 pub use dht::{Dht, DhtSettings, FoundNode, FoundRecord, LookupReport, ProviderStream, Published};
 pub use goodbye::GOODBYE_ROUTE;
-pub use info::{Ping, PingReply, PingRequest, PING_ROUTE, STATS_ROUTE};
+pub use info::{Ping, PingReply, PingRequest, PING_ROUTE, ROUTES_ROUTE, STATS_ROUTE};
 pub use messaging::{Drained, MessageStatus, Messages, MessagingSettings};
 pub use search::{
     Document, Hit, HitStream, Indexed, PeerHit, Query, SearchReport, SearchSettings, Searched,

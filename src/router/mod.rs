@@ -205,6 +205,13 @@ impl Router {
             .is_some()
     }
 
+    /// Every route's name, sorted.
+    pub(crate) fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.routes.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
     /// Sets a route's guard; false if there is no such route.
     pub(crate) fn set_guard(&mut self, name: &str, guard: Arc<GuardFn>) -> bool {
         self.routes
