@@ -869,3 +869,140 @@ async fn call_moves_any_bytes_through_a_command_route() {
         assert!(routes.contains(&r), "{r} missing: {routes:?}");
     }
 }
+
+/// `butter pipe`: 256 MiB each way at once between `listen` and `connect`,
+/// byte-identical, and both processes end on their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipe_moves_256_mib_each_way() {
+    let data = |seed: &[u8]| {
+        let mut v = vec![0u8; 256 << 20];
+        blake3::Hasher::new()
+            .update(seed)
+            .finalize_xof()
+            .fill(&mut v);
+        v
+    };
+    let (to_connect, to_listen) = (data(b"listener's"), data(b"connector's"));
+    let mut listen = butter();
+    listen
+        .args(["pipe", "listen", "--listen", "127.0.6.60:0"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut listener = listen.spawn().unwrap();
+    let mut err = BufReader::new(listener.stderr.take().unwrap()).lines();
+    let addr = within(20, "the address", err.next_line())
+        .await
+        .unwrap()
+        .expect("a line");
+    let mut stdin = listener.stdin.take().unwrap();
+    let feed = to_connect.clone();
+    let feeding = tokio::spawn(async move {
+        stdin.write_all(&feed).await.unwrap();
+    });
+    let mut out = listener.stdout.take().unwrap();
+    let reading = tokio::spawn(async move {
+        let mut got = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut out, &mut got)
+            .await
+            .unwrap();
+        got
+    });
+    let mut connect = butter();
+    connect.args(["pipe", "connect", &addr]);
+    let (ok, got_by_connect, errs) = run_bytes(connect, to_listen.clone()).await;
+    assert!(ok, "{errs}");
+    assert!(
+        got_by_connect == to_connect,
+        "{} bytes",
+        got_by_connect.len()
+    );
+    let got_by_listen = within(60, "the listener's stdout", reading).await.unwrap();
+    assert!(got_by_listen == to_listen, "{} bytes", got_by_listen.len());
+    feeding.await.unwrap();
+    let status = within(20, "the listener exits", listener.wait())
+        .await
+        .unwrap();
+    assert!(status.success());
+}
+
+/// `butter pipe --tcp` / `--tcp-connect`: an HTTP request and its answer
+/// through a tunnelled TCP port (python3's http.server behind the listener).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipe_forwards_tcp_for_an_http_server() {
+    let site = tempfile::tempdir().unwrap();
+    std::fs::write(site.path().join("hello.txt"), "served through butter\n").unwrap();
+    let web_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut web = Command::new("python3");
+    web.args([
+        "-m",
+        "http.server",
+        &web_port.to_string(),
+        "--bind",
+        "127.0.0.1",
+    ])
+    .current_dir(site.path())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .kill_on_drop(true);
+    let _web = web.spawn().expect("python3");
+    let mut listen = butter();
+    listen
+        .args(["pipe", "listen", "--listen", "127.0.6.61:0"])
+        .args(["--tcp-connect", &format!("127.0.0.1:{web_port}")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut listener = listen.spawn().unwrap();
+    let mut err = BufReader::new(listener.stderr.take().unwrap()).lines();
+    let addr = within(20, "the address", err.next_line())
+        .await
+        .unwrap()
+        .expect("a line");
+    let local_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let local = format!("127.0.0.1:{local_port}");
+    let mut connect = butter();
+    connect
+        .args(["pipe", "connect", &addr, "--tcp", &local])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut connector = connect.spawn().unwrap();
+    let mut err = BufReader::new(connector.stderr.take().unwrap()).lines();
+    let said = within(20, "forwarding", err.next_line())
+        .await
+        .unwrap()
+        .expect("a line");
+    assert!(said.contains("forwarding"), "{said}");
+    // The web server may take a moment to start: a few tries.
+    let mut answer = String::new();
+    for _ in 0..50 {
+        if let Ok(mut s) = tokio::net::TcpStream::connect(&local).await {
+            s.write_all(b"GET /hello.txt HTTP/1.0\r\nHost: x\r\n\r\n")
+                .await
+                .unwrap();
+            let mut buf = Vec::new();
+            let _ = within(
+                20,
+                "the answer",
+                tokio::io::AsyncReadExt::read_to_end(&mut s, &mut buf),
+            )
+            .await;
+            answer = String::from_utf8_lossy(&buf).into_owned();
+            if answer.contains("200") {
+                break;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
+    assert!(answer.ends_with("served through butter\n"), "{answer}");
+    connector.kill().await.unwrap();
+    listener.kill().await.unwrap();
+}

@@ -5,6 +5,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+#[path = "butter/pipe.rs"]
+mod pipe;
+
 use anyhow::{Context, Result};
 use butter::{Identity, Node, NodeAddr, PeerEvent, Target};
 use clap::{Parser, Subcommand};
@@ -140,6 +143,12 @@ enum Command {
         /// Identity to call with (default: a throwaway one).
         #[arg(long, value_parser = parse_dir)]
         data_dir: Option<PathBuf>,
+    },
+    /// Raw bytes between two machines, both ends authenticated by NodeId
+    /// (like dumbpipe): `listen` on one, `connect` from the other.
+    Pipe {
+        #[command(subcommand)]
+        command: PipeCommand,
     },
     /// Secure messages between nodes: sealed to the recipient, kept in its
     /// mailbox on the network while it is offline.
@@ -311,6 +320,50 @@ enum DhtCommand {
     Providers {
         /// The content's key (64 hex digits).
         key: butter::NodeId,
+    },
+}
+
+#[derive(Subcommand)]
+enum PipeCommand {
+    /// Wait for a peer: prints this end's address (NODEID@IP:PORT,...) as
+    /// the first line on stderr, then copies stdin to the first peer that
+    /// connects and what it sends to stdout; exits when both directions
+    /// ended. With --tcp-connect, each connecting pipe is instead a new TCP
+    /// connection to TARGET (runs until stopped).
+    Listen {
+        /// UDP address to listen on.
+        #[arg(long, default_value = "0.0.0.0:0")]
+        listen: SocketAddr,
+        /// Identity (default: a new one each run).
+        #[arg(long, value_parser = parse_dir)]
+        data_dir: Option<PathBuf>,
+        /// Accept only this peer; repeatable (default: anyone).
+        #[arg(long = "allow", value_parser = pipe::parse_allow)]
+        allow: Vec<butter::NodeId>,
+        /// Introducer to register with, so that peers behind NATs can reach
+        /// this end by id (NODEID@IP:PORT); repeatable.
+        #[arg(long = "introducer", value_parser = parse_node_addr)]
+        introducers: Vec<NodeAddr>,
+        /// Forward each pipe to this TCP address (HOST:PORT).
+        #[arg(long)]
+        tcp_connect: Option<String>,
+    },
+    /// Connect to a listening end: stdin goes to it, what it sends to
+    /// stdout. With --tcp, a local TCP port instead: each connection to it
+    /// is a pipe.
+    Connect {
+        /// NODEID@HOST:PORT[,HOST:PORT...], or NODEID alone with --introducer.
+        #[arg(value_parser = parse_target)]
+        addr: Target,
+        /// Introducer to reach the other end through (NODEID@IP:PORT); repeatable.
+        #[arg(long = "introducer", value_parser = parse_node_addr)]
+        introducers: Vec<NodeAddr>,
+        /// Identity to connect with (default: a throwaway one).
+        #[arg(long, value_parser = parse_dir)]
+        data_dir: Option<PathBuf>,
+        /// Listen on this local TCP address and forward each connection.
+        #[arg(long)]
+        tcp: Option<SocketAddr>,
     },
 }
 
@@ -724,6 +777,48 @@ async fn run(cli: Cli) -> Result<()> {
             println!("{}", Identity::load_or_generate(&dir)?.id());
         }
         Command::Msg { command } => msg(command).await?,
+        Command::Pipe { command } => match command {
+            PipeCommand::Listen {
+                listen,
+                data_dir,
+                allow,
+                introducers,
+                tcp_connect,
+            } => {
+                let mut builder = Node::builder()
+                    .listen(listen)
+                    .lan_discovery(false)
+                    .dht(butter::DhtSettings {
+                        serve: false,
+                        ..Default::default()
+                    })
+                    .nat(butter::NatSettings {
+                        introducers,
+                        ..Default::default()
+                    });
+                if let Some(dir) = data_dir {
+                    builder = builder.data_dir(dir);
+                }
+                let serve = match tcp_connect {
+                    Some(target) => pipe::Serve::Tcp(target),
+                    None => pipe::Serve::Stdio,
+                };
+                pipe::listen(builder, allow, serve).await?;
+            }
+            PipeCommand::Connect {
+                addr,
+                introducers,
+                data_dir,
+                tcp,
+            } => {
+                check_reachable(&addr, &introducers)?;
+                let node = spawn_guest(data_dir, introducers, Vec::new(), |b| {
+                    b.keep_alive(pipe::KEEP_ALIVE)
+                })
+                .await?;
+                pipe::connect(node, addr, tcp).await?;
+            }
+        },
         Command::Node {
             listen,
             data_dir,
