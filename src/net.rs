@@ -356,3 +356,58 @@ mod tests {
         assert_eq!(demux.diverted(), (1, 0));
     }
 }
+
+/// The addresses a node bound to an unspecified address advertises: those
+/// of the interfaces that are up (an interface set down, or a bridge with
+/// nothing attached — no carrier — is left out), IPv4 or IPv6 as bound
+/// (`v4`), link-local left out; routable
+/// first, then private, loopback only when nothing else is there.
+pub fn advertised_ips(v4: bool) -> Vec<IpAddr> {
+    let interfaces = if_addrs::get_if_addrs().unwrap_or_default();
+    let mut ips: Vec<IpAddr> = interfaces
+        .iter()
+        .filter(|i| i.is_loopback() || interface_is_up(&i.name))
+        .map(|i| i.ip())
+        .filter(|ip| ip.is_ipv4() == v4)
+        .filter(|ip| !matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80))
+        .filter(|ip| !matches!(ip, IpAddr::V4(v4) if v4.is_link_local()))
+        .collect();
+    ips.sort_by_key(|ip| (address_class(*ip), !ip.is_ipv4(), *ip));
+    ips.dedup();
+    if ips.iter().any(|ip| !ip.is_loopback()) {
+        ips.retain(|ip| !ip.is_loopback());
+    }
+    if ips.is_empty() {
+        ips.push(if v4 {
+            IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+        } else {
+            IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)
+        });
+    }
+    ips
+}
+
+/// 0: routable, 1: private (a LAN, CGNAT, unique-local), 2: loopback.
+fn address_class(ip: IpAddr) -> u8 {
+    if ip.is_loopback() {
+        2
+    } else if crate::source::is_private(ip) {
+        1
+    } else {
+        0
+    }
+}
+
+/// Whether the interface `name` is up with a carrier (Linux: its sysfs
+/// `operstate` is not "down"/"lowerlayerdown"/"notpresent", and its
+/// `carrier` is not 0). Elsewhere, or when sysfs says nothing: up.
+fn interface_is_up(name: &str) -> bool {
+    let dir = std::path::Path::new("/sys/class/net").join(name);
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).ok();
+    if let Some(state) = read("operstate") {
+        if matches!(state.trim(), "down" | "lowerlayerdown" | "notpresent") {
+            return false;
+        }
+    }
+    !matches!(read("carrier").as_deref().map(str::trim), Some("0"))
+}

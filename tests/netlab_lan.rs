@@ -318,3 +318,40 @@ async fn one_ping_draws_a_few_pongs_not_one_per_node() {
     assert!(drawn >= 1, "nobody answered");
     assert!(drawn <= 5, "{drawn} pongs for one ping");
 }
+
+/// A host with an interface set down and a docker-like bridge without
+/// carrier: a node listening on every interface advertises
+/// neither, nor loopback, only its LAN address.
+#[tokio::test]
+async fn the_advertised_addresses_skip_down_interfaces_and_empty_bridges() {
+    let Some(mut lab) =
+        netlab::lab("the_advertised_addresses_skip_down_interfaces_and_empty_bridges")
+    else {
+        return;
+    };
+    let hosts = lab.lan(1);
+    let h = &hosts[0];
+    let ip = |args: &[&str]| {
+        let out = lab.exec(h, "ip", args);
+        assert!(
+            out.status.success(),
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    ip(&[
+        "link", "add", "down0", "type", "veth", "peer", "name", "down1",
+    ]);
+    ip(&["addr", "add", "10.99.0.1/24", "dev", "down0"]);
+    ip(&["link", "add", "docker9", "type", "bridge"]);
+    ip(&["addr", "add", "172.30.0.1/16", "dev", "docker9"]);
+    ip(&["link", "set", "docker9", "up"]);
+    // Like docker0 once its containers stopped: a port whose other end is
+    // down, so the bridge has no carrier.
+    ip(&["link", "add", "vp0", "type", "veth", "peer", "name", "vp1"]);
+    ip(&["link", "set", "vp0", "master", "docker9"]);
+    ip(&["link", "set", "vp0", "up"]);
+    let node = lab.node(h, &["--no-discovery", "--no-upnp"]).await;
+    let addrs = node.addr.split('@').nth(1).unwrap();
+    assert_eq!(addrs, format!("{}:7400", h.ip), "advertised {addrs}");
+}

@@ -191,8 +191,10 @@ impl Node {
     }
 
     /// Where others can reach this node: the bound address, or, when bound to
-    /// an unspecified address, every interface address (non-loopback first);
-    /// then the UPnP-mapped address, while the gateway holds one.
+    /// an unspecified address, the addresses of the interfaces that are up
+    /// (not a bridge without carrier, not one set down), routable ones
+    /// first, loopback only when there is nothing else; then the
+    /// UPnP-mapped address, while the gateway holds one.
     pub fn addr(&self) -> NodeAddr {
         let mut addr = self.interface_addr();
         if let crate::nat::UpnpStatus::Mapped { external, .. } = *self.shared().upnp.borrow() {
@@ -208,22 +210,7 @@ impl Node {
         if !local.ip().is_unspecified() {
             return NodeAddr::new(self.id(), [local]);
         }
-        let mut ips: Vec<IpAddr> = if_addrs::get_if_addrs()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|i| i.ip())
-            .filter(|ip| ip.is_ipv4() == local.is_ipv4() || (local.is_ipv6() && !ip.is_ipv4()))
-            .filter(|ip| !matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80))
-            .collect();
-        ips.sort_by_key(|ip| (ip.is_loopback(), *ip));
-        ips.dedup();
-        if ips.is_empty() {
-            ips.push(if local.is_ipv4() {
-                IpAddr::V4(Ipv4Addr::LOCALHOST)
-            } else {
-                IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)
-            });
-        }
+        let ips = crate::net::advertised_ips(local.is_ipv4());
         NodeAddr::new(
             self.id(),
             ips.into_iter().map(|ip| SocketAddr::new(ip, local.port())),
