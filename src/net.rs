@@ -318,45 +318,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stun_and_quic_first_bytes_are_told_apart() {
-        // STUN binding request type 0x0001: first byte 0x00.
-        assert!(!is_quic(0x00));
-        assert!(!is_quic(0x01));
-        // QUIC long header (0xc0..) and short header (0x40..).
-        assert!(is_quic(0xc3));
-        assert!(is_quic(0x43));
-    }
-
-    #[tokio::test]
-    async fn non_quic_datagrams_reach_the_side_channel() {
-        let rt = quinn::default_runtime().unwrap();
-        let std_sock = bind("127.0.0.1:0".parse().unwrap()).unwrap();
-        let addr = std_sock.local_addr().unwrap();
-        let demux = DemuxSocket::new(rt.wrap_udp_socket(std_sock).unwrap());
-        let mut rx = demux.subscribe(4);
-        // Segments: QUIC, STUN, QUIC (stride 4).
-        let mut data = [0x40, 1, 1, 1, 0x00, 2, 2, 2, 0xc0, 3, 3];
-        let mut meta = RecvMeta {
-            addr,
-            len: data.len(),
-            stride: 4,
-            ecn: None,
-            dst_ip: None,
-        };
-        demux.divert(&mut data, &mut meta);
-        assert_eq!(meta.len, 7);
-        assert_eq!(&data[..7], &[0x40, 1, 1, 1, 0xc0, 3, 3]);
-        let got = rx.try_recv().unwrap();
-        assert_eq!(&got.data[..], &[0x00, 2, 2, 2]);
-        assert_eq!(demux.diverted(), (1, 0));
-    }
-}
-
 /// The addresses a node bound to an unspecified address advertises: those
 /// of the interfaces that are up (an interface set down, or a bridge with
 /// nothing attached — no carrier — is left out), IPv4 or IPv6 as bound
@@ -410,4 +371,43 @@ fn interface_is_up(name: &str) -> bool {
         }
     }
     !matches!(read("carrier").as_deref().map(str::trim), Some("0"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stun_and_quic_first_bytes_are_told_apart() {
+        // STUN binding request type 0x0001: first byte 0x00.
+        assert!(!is_quic(0x00));
+        assert!(!is_quic(0x01));
+        // QUIC long header (0xc0..) and short header (0x40..).
+        assert!(is_quic(0xc3));
+        assert!(is_quic(0x43));
+    }
+
+    #[tokio::test]
+    async fn non_quic_datagrams_reach_the_side_channel() {
+        let rt = quinn::default_runtime().unwrap();
+        let std_sock = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = std_sock.local_addr().unwrap();
+        let demux = DemuxSocket::new(rt.wrap_udp_socket(std_sock).unwrap());
+        let mut rx = demux.subscribe(4);
+        // Segments: QUIC, STUN, QUIC (stride 4).
+        let mut data = [0x40, 1, 1, 1, 0x00, 2, 2, 2, 0xc0, 3, 3];
+        let mut meta = RecvMeta {
+            addr,
+            len: data.len(),
+            stride: 4,
+            ecn: None,
+            dst_ip: None,
+        };
+        demux.divert(&mut data, &mut meta);
+        assert_eq!(meta.len, 7);
+        assert_eq!(&data[..7], &[0x40, 1, 1, 1, 0xc0, 3, 3]);
+        let got = rx.try_recv().unwrap();
+        assert_eq!(&got.data[..], &[0x00, 2, 2, 2]);
+        assert_eq!(demux.diverted(), (1, 0));
+    }
 }
