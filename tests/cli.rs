@@ -9,6 +9,11 @@ use common::within;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
+/// Tests that move hundreds of MiB, or whose network must answer in time,
+/// run one at a time: on 2 cores a 256 MiB pipe beside a `share` starves
+/// the share's pushes.
+static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn butter() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_butter"));
     cmd.kill_on_drop(true).env("RUST_LOG", "warn");
@@ -206,6 +211,7 @@ async fn chat_lines_cross_both_ways() {
 /// never enter anyone's table.
 #[tokio::test]
 async fn dht_commands_put_get_and_find_through_a_bootstrapped_network() {
+    let _heavy = HEAVY.lock().await;
     let dirs: Vec<_> = (0..5).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut nodes = Vec::new();
     let mut addrs: Vec<String> = Vec::new();
@@ -324,6 +330,7 @@ async fn dht_commands_put_get_and_find_through_a_bootstrapped_network() {
 /// exit.
 #[tokio::test]
 async fn share_then_fetch_with_the_sharer_gone() {
+    let _heavy = HEAVY.lock().await;
     let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut nodes = Vec::new();
     let mut addrs: Vec<String> = Vec::new();
@@ -445,6 +452,7 @@ async fn share_then_fetch_with_the_sharer_gone() {
 /// whole item or nothing of it; a node started on it serves.
 #[tokio::test]
 async fn kill_9_during_a_large_store_leaves_it_whole_or_empty() {
+    let _heavy = HEAVY.lock().await;
     let work = tempfile::tempdir().unwrap();
     let file = work.path().join("large.bin");
     let mut data = vec![0u8; 96 << 20];
@@ -542,6 +550,7 @@ async fn kill_9_during_a_large_store_leaves_it_whole_or_empty() {
 /// loses the sharer, and still fetches the file intact.
 #[tokio::test]
 async fn the_demo_spreads_a_file_and_fetches_it_after_the_sharer_left() {
+    let _heavy = HEAVY.lock().await;
     let mut cmd = butter();
     cmd.args(["demo", "--nodes", "6"]);
     let out = run(cmd, None).await;
@@ -565,6 +574,7 @@ async fn the_demo_spreads_a_file_and_fetches_it_after_the_sharer_left() {
 /// printed when it starts; both as `FROM_ID TEXT`.
 #[tokio::test]
 async fn msg_send_reaches_a_listener_online_and_one_that_was_offline() {
+    let _heavy = HEAVY.lock().await;
     let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
     let dir = |i: usize| dirs[i].path().to_str().unwrap().to_string();
     // Three nodes that hold mailboxes.
@@ -802,6 +812,7 @@ async fn run_bytes(mut cmd: Command, input: Vec<u8>) -> (bool, Vec<u8>, String) 
 /// reports a failing command's error, and `butter routes` lists the routes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn call_moves_any_bytes_through_a_command_route() {
+    let _heavy = HEAVY.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = butter();
     cmd.args([
@@ -874,6 +885,7 @@ async fn call_moves_any_bytes_through_a_command_route() {
 /// byte-identical, and both processes end on their own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipe_moves_256_mib_each_way() {
+    let _heavy = HEAVY.lock().await;
     let data = |seed: &[u8]| {
         let mut v = vec![0u8; 256 << 20];
         blake3::Hasher::new()
