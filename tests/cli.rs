@@ -38,7 +38,8 @@ fn example(name: &str) -> Command {
 }
 
 struct Running {
-    child: Child,
+    /// Kept: the process is killed when this is dropped.
+    _child: Child,
     lines: Lines<BufReader<ChildStdout>>,
 }
 
@@ -51,7 +52,10 @@ impl Running {
             .spawn()
             .unwrap();
         let lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        Running { child, lines }
+        Running {
+            _child: child,
+            lines,
+        }
     }
 
     async fn line(&mut self, what: &str) -> String {
@@ -59,15 +63,6 @@ impl Running {
             .await
             .unwrap()
             .unwrap_or_else(|| panic!("{what}: stdout closed"))
-    }
-
-    async fn type_line(&mut self, text: &str) {
-        let stdin = self.child.stdin.as_mut().unwrap();
-        stdin
-            .write_all(format!("{text}\n").as_bytes())
-            .await
-            .unwrap();
-        stdin.flush().await.unwrap();
     }
 }
 
@@ -189,20 +184,6 @@ async fn node_and_id_share_the_persisted_identity() {
     let out = run(cmd, None).await;
     assert!(!out.ok);
     assert!(out.stderr.contains("node.key"), "{}", out.stderr);
-}
-
-#[tokio::test]
-async fn chat_lines_cross_both_ways() {
-    let mut a = Running::start(example("chat"));
-    let addr = a.line("chat address").await;
-    let mut cmd = example("chat");
-    cmd.arg(&addr);
-    let mut b = Running::start(cmd);
-    let _b_addr = b.line("second chat address").await;
-    b.type_line("hi from b").await;
-    assert_eq!(a.line("a receives").await, "hi from b");
-    a.type_line("hi from a").await;
-    assert_eq!(b.line("b receives").await, "hi from a");
 }
 
 /// `butter dht`: one-shot lookups as a guest against a network of
@@ -1017,4 +998,150 @@ async fn pipe_forwards_tcp_for_an_http_server() {
     assert!(answer.ends_with("served through butter\n"), "{answer}");
     connector.kill().await.unwrap();
     listener.kill().await.unwrap();
+}
+
+/// A chat process: its stdout (lines) and stderr (joins and leaves).
+struct Chatter {
+    child: tokio::process::Child,
+    out: Lines<BufReader<ChildStdout>>,
+    err: Lines<BufReader<tokio::process::ChildStderr>>,
+    /// Stderr lines read but not asked for yet (joins come in any order).
+    seen: Vec<String>,
+}
+
+impl Chatter {
+    fn start(args: &[&str]) -> Self {
+        let mut cmd = example("chat");
+        cmd.args(args)
+            .env("RUST_LOG", "error")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let out = BufReader::new(child.stdout.take().unwrap()).lines();
+        let err = BufReader::new(child.stderr.take().unwrap()).lines();
+        Chatter {
+            child,
+            out,
+            err,
+            seen: Vec::new(),
+        }
+    }
+
+    async fn out_line(&mut self, what: &str) -> String {
+        within(20, what, self.out.next_line())
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("{what}: stdout closed"))
+    }
+
+    /// Waits for a stderr line containing `text` (or finds one read
+    /// already).
+    async fn said(&mut self, secs: u64, text: &str) {
+        if let Some(i) = self.seen.iter().position(|l| l.contains(text)) {
+            self.seen.remove(i);
+            return;
+        }
+        within(secs, text, async {
+            loop {
+                let line = self.err.next_line().await.unwrap().expect("stderr open");
+                if line.contains(text) {
+                    return;
+                }
+                self.seen.push(line);
+            }
+        })
+        .await
+    }
+
+    async fn type_line(&mut self, text: &str) {
+        let stdin = self.child.stdin.as_mut().unwrap();
+        stdin
+            .write_all(format!("{text}\n").as_bytes())
+            .await
+            .unwrap();
+        stdin.flush().await.unwrap();
+    }
+
+    /// Closes stdin: the chatter says goodbye and exits.
+    async fn leave(mut self) {
+        drop(self.child.stdin.take());
+        let status = within(10, "chat exits", self.child.wait()).await.unwrap();
+        assert!(status.success());
+    }
+}
+
+/// The chat example with two, then three participants as processes:
+/// labelled lines reach everyone, a newcomer learns the room through the
+/// one it joined, a leaving peer is announced within a second, and a new
+/// peer is welcome after one left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_rooms_of_two_and_three() {
+    let mut ann = Chatter::start(&["--name", "ann"]);
+    let room = ann.out_line("ann's address").await;
+    let mut bob = Chatter::start(&["--name", "bob", &room]);
+    let bob_addr = bob.out_line("bob's address").await;
+    ann.said(20, "bob joined").await;
+    bob.said(20, "ann joined").await;
+    bob.type_line("hi from bob").await;
+    assert_eq!(ann.out_line("ann hears bob").await, "bob: hi from bob");
+    ann.type_line("hi from ann").await;
+    assert_eq!(bob.out_line("bob hears ann").await, "ann: hi from ann");
+
+    // Cy joins through bob and meets ann too.
+    let mut cy = Chatter::start(&["--name", "cy", &bob_addr]);
+    let _ = cy.out_line("cy's address").await;
+    ann.said(20, "cy joined").await;
+    cy.said(20, "ann joined").await;
+    cy.said(20, "bob joined").await;
+    cy.type_line("hello all").await;
+    assert_eq!(ann.out_line("ann hears cy").await, "cy: hello all");
+    assert_eq!(bob.out_line("bob hears cy").await, "cy: hello all");
+
+    // Bob leaves: announced to both within a second.
+    let left = std::time::Instant::now();
+    bob.leave().await;
+    ann.said(1, "bob left").await;
+    cy.said(1, "bob left").await;
+    assert!(left.elapsed() < std::time::Duration::from_secs(3));
+
+    // A newcomer after someone left is welcome.
+    let mut dee = Chatter::start(&["--name", "dee", &room]);
+    let _ = dee.out_line("dee's address").await;
+    ann.said(20, "dee joined").await;
+    dee.said(20, "ann joined").await;
+    dee.said(20, "cy joined").await;
+    dee.type_line("am I late?").await;
+    assert_eq!(ann.out_line("ann hears dee").await, "dee: am I late?");
+    assert_eq!(cy.out_line("cy hears dee").await, "dee: am I late?");
+    for c in [ann, cy, dee] {
+        c.leave().await;
+    }
+}
+
+/// The chat example reaches a peer by id alone through an introducer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_by_id_through_an_introducer() {
+    let service = butter::introducer::Introducer::new(Default::default());
+    let intro = butter::introducer::builder("127.0.6.70:0".parse().unwrap())
+        .service(service.clone())
+        .spawn()
+        .await
+        .unwrap();
+    let intro_addr = intro.addr().to_string();
+    let mut ann = Chatter::start(&["--name", "ann", "--introducer", &intro_addr]);
+    let room = ann.out_line("ann's address").await;
+    let id = room.split('@').next().unwrap().to_string();
+    // Registered before bob asks for it.
+    common::eventually(20, "ann registered", || service.stats().registrations == 1).await;
+    let mut bob = Chatter::start(&["--name", "bob", &id, "--introducer", &intro_addr]);
+    let _ = bob.out_line("bob's address").await;
+    ann.said(20, "bob joined").await;
+    bob.said(20, "ann joined").await;
+    bob.type_line("found you by id").await;
+    assert_eq!(ann.out_line("ann hears bob").await, "bob: found you by id");
+    for c in [ann, bob] {
+        c.leave().await;
+    }
+    intro.shutdown().await;
 }
