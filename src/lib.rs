@@ -20,8 +20,8 @@
 //! # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
 //! ```
 //!
-//! Layers, bottom-up: [`identity`] (keys, certificates, verifiers), [`wire`] (frames),
-//! [`net`] (the shared UDP socket), `endpoint` (quinn, connection cache, dialing),
+//! Layers, bottom-up: [`identity`] (keys, certificates, verifiers), `wire` (frames),
+//! `net` (the shared UDP socket; these two are in [`unstable`]), `endpoint` (quinn, connection cache, dialing),
 //! `router` (named routes), [`node`] (the [`Node`] API).
 #![warn(missing_docs)]
 
@@ -39,6 +39,8 @@ pub mod identity;
 pub mod introducer;
 pub mod messaging;
 pub mod nat;
+/// Protocol internals: see [`crate::unstable`].
+#[doc(hidden)]
 pub mod net;
 pub mod node;
 mod path;
@@ -50,7 +52,26 @@ pub mod source;
 mod stats;
 pub mod store;
 pub mod tasks;
+/// Protocol internals: see [`crate::unstable`].
+#[doc(hidden)]
 pub mod wire;
+
+/// Protocol internals with no stability promise: the wire framing, the
+/// introducer protocol's messages and routes, punch packets, relay framing,
+/// the STUN responder, the TLS configuration and certificate checks, the
+/// shared UDP socket. The introducer, the tests, the fuzz targets and the
+/// benchmarks use them; applications should not (they change with the
+/// protocol version).
+pub mod unstable {
+    #[doc(no_inline)]
+    pub use crate::identity::{resume, tls};
+    #[doc(no_inline)]
+    pub use crate::nat::{protocol, punch, relay, stun};
+    #[doc(no_inline)]
+    pub use crate::net;
+    #[doc(no_inline)]
+    pub use crate::wire;
+}
 
 /// The README's examples are compiled and run as doc tests.
 #[doc = include_str!("../README.md")]

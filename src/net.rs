@@ -2,7 +2,7 @@
 //!
 //! QUIC v1 packets always have the fixed bit (0x40) set in their first byte, since
 //! Butter endpoints do not advertise `grease_quic_bit`; STUN messages start with
-//! two zero bits. [`DemuxSocket`] sits between quinn and the kernel socket and
+//! two zero bits. [`DemuxSocket`](crate::net::DemuxSocket) sits between quinn and the kernel socket and
 //! diverts every datagram without the fixed bit to a side channel, so the STUN
 //! client (and later the hole-punching probes) use the same port, and therefore
 //! the same NAT mapping, as the QUIC connections.

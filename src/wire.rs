@@ -7,7 +7,7 @@
 //! callee → caller:  [u32 LE len][postcard ResponseHeader] body bytes … FIN
 //! ```
 //!
-//! Header frames are bounded ([`MAX_HEADER`] at most); bodies are raw bytes up to the
+//! Header frames are bounded ([`MAX_HEADER`](crate::wire::MAX_HEADER) at most); bodies are raw bytes up to the
 //! end of the stream, so they can be streamed without any framing cost. The protocol
 //! version lives in the ALPN (`butter/1`). Serialization is postcard (bincode is
 //! unmaintained: its last release is a `compile_error!` tombstone).

@@ -7,8 +7,8 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use butter::identity::tls;
-use butter::wire::{self, RequestHeader, ResponseHeader, Status, MAX_HEADER};
+use butter::unstable::tls;
+use butter::unstable::wire::{self, RequestHeader, ResponseHeader, Status, MAX_HEADER};
 use butter::{Error, Identity, Node};
 use common::{eventually, loopback, reverse_node, within};
 

@@ -15,8 +15,8 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use butter::identity::tls;
-use butter::wire::{self, RequestHeader, ResponseHeader, Status, MAX_HEADER};
+use butter::unstable::tls;
+use butter::unstable::wire::{self, RequestHeader, ResponseHeader, Status, MAX_HEADER};
 use butter::{Identity, Node, NodeAddr};
 use common::within;
 

@@ -29,7 +29,7 @@ async fn hostile_datagrams_on_the_node_port_are_counted_and_dropped() {
     let node = reverse_node().await;
     let port = node.addr().addrs[0];
     let attacker = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let (_, request) = butter::nat::stun::binding_request().unwrap();
+    let (_, request) = butter::unstable::stun::binding_request().unwrap();
     let mut bad_fingerprint = request.clone();
     *bad_fingerprint.last_mut().unwrap() ^= 0x55;
     let mut stray_response = request.clone();
@@ -184,7 +184,7 @@ async fn stun_answers_to_one_source_are_rate_limited() {
         .set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
     for _ in 0..2000 {
-        let (_, request) = butter::nat::stun::binding_request().unwrap();
+        let (_, request) = butter::unstable::stun::binding_request().unwrap();
         flooder.send_to(&request, port).unwrap();
     }
     let limits = butter::Limits::default();

@@ -8,7 +8,7 @@ mod common;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use butter::identity::tls;
+use butter::unstable::tls;
 use butter::{Error, Identity, Node, NodeAddr};
 use common::{loopback, reverse_node, within};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};

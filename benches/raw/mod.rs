@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use butter::identity::tls;
+use butter::unstable::tls;
 use butter::{Identity, Limits, TransportSettings};
 
 /// Butter's default transport parameters.

@@ -2,7 +2,7 @@
 //! never a panic, and anything accepted speaks for the key it carries.
 #![no_main]
 
-use butter::identity::tls;
+use butter::unstable::tls;
 use libfuzzer_sys::fuzz_target;
 use rustls::pki_types::{CertificateDer, UnixTime};
 

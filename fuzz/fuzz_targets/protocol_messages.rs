@@ -2,7 +2,7 @@
 //! the type, the rest is decoded. Never a panic.
 #![no_main]
 
-use butter::nat::protocol::*;
+use butter::unstable::protocol::*;
 use butter::node::{PingReply, PingRequest};
 use butter::peers::{PeerRecord, PeersRequest};
 use butter::{NodeAddr, StatsSnapshot};

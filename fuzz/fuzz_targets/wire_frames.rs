@@ -3,7 +3,7 @@
 //! decodes encodes back to the same value; both readers agree.
 #![no_main]
 
-use butter::wire::{self, RequestHeader, ResponseHeader, MAX_HEADER};
+use butter::unstable::wire::{self, RequestHeader, ResponseHeader, MAX_HEADER};
 use libfuzzer_sys::fuzz_target;
 
 #[path = "common.rs"]

@@ -6,7 +6,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::process::Stdio;
 use std::time::Duration;
 
-use butter::nat::protocol::*;
+use butter::unstable::protocol::*;
 use butter::{Node, NodeAddr};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -196,7 +196,7 @@ async fn garbage_and_a_registration_flood_do_not_stop_the_service() {
     let port = intro.udp();
     // Garbage on the UDP port: random bytes, truncated STUN, bad FINGERPRINT.
     let junk = UdpSocket::bind("127.0.0.3:0").unwrap();
-    let (_, request) = butter::nat::stun::binding_request().unwrap();
+    let (_, request) = butter::unstable::stun::binding_request().unwrap();
     let mut bad_fp = request.clone();
     *bad_fp.last_mut().unwrap() ^= 0xff;
     junk.send_to(&request[..request.len() - 5], port).unwrap();
@@ -282,7 +282,10 @@ async fn hold_tunnel(
     intro: &Intro,
     target: butter::NodeId,
 ) -> butter::Result<butter::RecvBody> {
-    let open = butter::wire::encode_frame(&RelayOpen { target }, butter::wire::MAX_HEADER)?;
+    let open = butter::unstable::wire::encode_frame(
+        &RelayOpen { target },
+        butter::unstable::wire::MAX_HEADER,
+    )?;
     use futures_util::StreamExt as _;
     let upload = futures_util::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(open))])
         .chain(futures_util::stream::pending());

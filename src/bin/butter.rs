@@ -956,8 +956,8 @@ async fn run(cli: Cli) -> Result<()> {
                 println!("{name} {value}");
             }
             // Introducers also answer with their service figures.
-            let figures: butter::Result<butter::nat::protocol::IntroducerStats> = node
-                .call_typed(addr, butter::nat::protocol::INTRO_STATS_ROUTE, &())
+            let figures: butter::Result<butter::unstable::protocol::IntroducerStats> = node
+                .call_typed(addr, butter::unstable::protocol::INTRO_STATS_ROUTE, &())
                 .await;
             if let Ok(f) = figures {
                 for (name, value) in [

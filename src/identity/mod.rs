@@ -4,7 +4,11 @@
 //! [`tls`] turns the key into the self-signed certificate and the rustls verifiers
 //! that make every connection mutually authenticated.
 
+/// Protocol internals: see [`crate::unstable`].
+#[doc(hidden)]
 pub mod resume;
+/// Protocol internals: see [`crate::unstable`].
+#[doc(hidden)]
 pub mod tls;
 
 use std::fmt;

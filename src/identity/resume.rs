@@ -4,7 +4,7 @@
 //! signatures made or checked again, so the handshake is cheaper.
 //!
 //! Resumption keeps both identities: a ticket is stored under the server
-//! name, which is the NodeId the client dialed ([`super::tls::server_name`]),
+//! name, which is the NodeId the client dialed ([`server_name`](crate::identity::tls::server_name)),
 //! and the session it resumes carries the certificates verified in the full
 //! handshake (`peer_identity` after a resumed handshake is that of the
 //! original one). Only the two ends of the original handshake know the

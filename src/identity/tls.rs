@@ -12,7 +12,7 @@
 //! a certificate chain is refused (a node presents exactly one self-signed
 //! certificate), the certificate's SubjectPublicKeyInfo must be byte for byte the
 //! canonical encoding of an Ed25519 key, its self-signature must verify, and it
-//! must be within its validity period (with [`CLOCK_SKEW`] of slack). Only
+//! must be within its validity period (with [`CLOCK_SKEW`](crate::identity::tls::CLOCK_SKEW) of slack). Only
 //! TLS 1.3 is spoken (QUIC requires it; rustls is built without TLS 1.2).
 
 use std::sync::Arc;
@@ -107,7 +107,7 @@ pub fn node_id_of_spki(spki: &[u8]) -> std::result::Result<NodeId, rustls::Error
 
 /// Checks a peer's certificate as a whole: one certificate, no chain; an
 /// Ed25519 key in canonical form; a valid self-signature; within its validity
-/// period at `now` (± [`CLOCK_SKEW`]). Returns the NodeId it speaks for.
+/// period at `now` (± [`CLOCK_SKEW`](crate::identity::tls::CLOCK_SKEW)). Returns the NodeId it speaks for.
 pub fn check_peer_cert(
     end_entity: &CertificateDer<'_>,
     intermediates: &[CertificateDer<'_>],

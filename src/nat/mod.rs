@@ -4,11 +4,19 @@
 //! [`protocol`].
 
 pub mod predict;
+/// Protocol internals: see [`crate::unstable`].
+#[doc(hidden)]
 pub mod protocol;
+/// Protocol internals: see [`crate::unstable`].
+#[doc(hidden)]
 pub mod punch;
+/// Protocol internals: see [`crate::unstable`].
+#[doc(hidden)]
 pub mod relay;
 pub mod schedule;
 pub mod scope;
+/// Protocol internals: see [`crate::unstable`].
+#[doc(hidden)]
 pub mod stun;
 pub mod upnp;
 

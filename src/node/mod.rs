@@ -1,7 +1,7 @@
 //! [`Node`]: a running peer. The module wires the layers together
 //! ([`NodeBuilder::spawn`]) and registers the platform's protocols as
 //! [services](Service), each owning its routes, limits and tasks; every task
-//! runs on the node's [`Tasks`](crate::tasks::Tasks) and ends on shutdown.
+//! runs on the node's [`Tasks`] and ends on shutdown.
 //!
 //! | file | job |
 //! | --- | --- |
@@ -312,7 +312,7 @@ impl Node {
     }
 
     /// The node's shared UDP socket (for the NAT layer: STUN, punching).
-    pub fn socket(&self) -> &crate::net::DemuxSocket {
+    pub(crate) fn socket(&self) -> &crate::net::DemuxSocket {
         &self.shared().endpoint.socket
     }
 }

@@ -199,7 +199,7 @@ impl From<RecvBody> for Body {
 }
 
 /// A body arriving from a peer, read as a stream. A peer that sends nothing
-/// for the node's stall timeout ([`Limits::stall_timeout`]) ends it with a
+/// for the node's stall timeout ([`Limits::stall_timeout`](crate::Limits::stall_timeout)) ends it with a
 /// timed-out error.
 pub struct RecvBody {
     stream: quinn::RecvStream,

@@ -346,8 +346,9 @@ impl Node {
     }
 
     /// Queues `body` for `to` on `topic` and returns its id at once; the
-    /// node delivers it directly or through `to`'s mailbox (see the
-    /// [module](self)). Errors: a body over
+    /// node delivers it directly, or through `to`'s mailbox when `to` cannot
+    /// be reached (sealed to `to`'s key, kept by the nodes closest to the
+    /// mailbox, drained when `to` comes online). Errors: a body over
     /// [`MAX_BODY`](crate::messaging::MAX_BODY), a topic over
     /// [`MAX_TOPIC`](crate::messaging::MAX_TOPIC), or too many messages
     /// waiting for their acknowledgement.
