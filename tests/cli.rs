@@ -1145,3 +1145,30 @@ async fn chat_by_id_through_an_introducer() {
     }
     intro.shutdown().await;
 }
+
+/// One-shot commands reach a node that listens on IPv6 only.
+#[tokio::test]
+async fn one_shot_commands_reach_an_ipv6_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = butter();
+    cmd.args(["node", "--listen", "[::1]:0", "--no-discovery", "--no-upnp"])
+        .args(["--data-dir", dir.path().to_str().unwrap()])
+        .args(["--route", "echo=cat"]);
+    let mut node = Running::start(cmd);
+    let addr = node.line("node address").await;
+    assert!(addr.contains("[::1]:"), "{addr}");
+    let mut cmd = butter();
+    cmd.args(["ping", &addr]);
+    let out = run(cmd, None).await;
+    assert!(
+        out.ok && out.stdout.contains("via direct [::1]"),
+        "{}{}",
+        out.stdout,
+        out.stderr
+    );
+    let mut cmd = butter();
+    cmd.args(["call", &addr, "echo", "over ipv6"]);
+    let out = run(cmd, None).await;
+    assert!(out.ok, "{}", out.stderr);
+    assert_eq!(out.stdout, "over ipv6");
+}

@@ -731,9 +731,30 @@ fn default_data_dir() -> PathBuf {
 }
 
 /// A client node for one-shot commands: persistent identity only if asked for.
-async fn client(data_dir: Option<PathBuf>, introducers: Vec<NodeAddr>) -> Result<Node> {
+async fn client(
+    target: &Target,
+    data_dir: Option<PathBuf>,
+    introducers: Vec<NodeAddr>,
+) -> Result<Node> {
     // It calls one peer: no need to wait for hosts.
-    spawn_guest(data_dir, introducers, Vec::new(), |b| b).await
+    let v6 = guest_needs_v6(target);
+    spawn_guest(data_dir, introducers, Vec::new(), |b| {
+        if v6 {
+            b.listen(std::net::SocketAddr::from((
+                std::net::Ipv6Addr::UNSPECIFIED,
+                0,
+            )))
+        } else {
+            b
+        }
+    })
+    .await
+}
+
+/// A peer given only IPv6 addresses is called from an IPv6 socket
+/// (dual-stack where the system allows): the default one is IPv4.
+fn guest_needs_v6(target: &Target) -> bool {
+    matches!(target, Target::Addr(a) if !a.addrs.is_empty() && a.addrs.iter().all(|x| x.is_ipv6()))
 }
 
 /// A target given by id alone needs an introducer to be found through.
@@ -812,8 +833,14 @@ async fn run(cli: Cli) -> Result<()> {
                 tcp,
             } => {
                 check_reachable(&addr, &introducers)?;
+                let v6 = guest_needs_v6(&addr);
                 let node = spawn_guest(data_dir, introducers, Vec::new(), |b| {
-                    b.keep_alive(pipe::KEEP_ALIVE)
+                    let b = b.keep_alive(pipe::KEEP_ALIVE);
+                    if v6 {
+                        b.listen(SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)))
+                    } else {
+                        b
+                    }
                 })
                 .await?;
                 pipe::connect(node, addr, tcp).await?;
@@ -924,7 +951,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Peers { addr, introducers } => {
             check_reachable(&addr, &introducers)?;
-            let node = client(None, introducers).await?;
+            let node = client(&addr, None, introducers).await?;
             let peers = node.peers_of(addr.clone(), 64).await?;
             println!(
                 "{:<64}  {:<22}  {:<9}  {:>9}  {:>10}",
@@ -950,7 +977,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Stats { addr, introducers } => {
             check_reachable(&addr, &introducers)?;
-            let node = client(None, introducers).await?;
+            let node = client(&addr, None, introducers).await?;
             let stats = node.stats_of(addr.clone()).await?;
             for (name, value) in stats.fields() {
                 println!("{name} {value}");
@@ -1018,7 +1045,7 @@ async fn run(cli: Cli) -> Result<()> {
             data_dir,
         } => {
             check_reachable(&addr, &introducers)?;
-            let node = client(data_dir, introducers).await?;
+            let node = client(&addr, data_dir, introducers).await?;
             for i in 0..count {
                 if i > 0 {
                     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -1062,7 +1089,7 @@ async fn run(cli: Cli) -> Result<()> {
                 Some(b) => butter::Body::from(b.into_bytes()),
                 None => butter::Body::from_reader(tokio::io::stdin()),
             };
-            let node = client(data_dir, introducers).await?;
+            let node = client(&addr, data_dir, introducers).await?;
             let mut reply = node.call_stream(addr, &route, body).await?;
             match output {
                 Some(path) => {
@@ -1086,7 +1113,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Routes { addr, introducers } => {
             check_reachable(&addr, &introducers)?;
-            let node = client(None, introducers).await?;
+            let node = client(&addr, None, introducers).await?;
             for name in node.routes_of(addr).await? {
                 println!("{name}");
             }
@@ -1098,7 +1125,7 @@ async fn run(cli: Cli) -> Result<()> {
             introducers,
         } => {
             check_reachable(&addr, &introducers)?;
-            let node = client(None, introducers).await?;
+            let node = client(&addr, None, introducers).await?;
             let id = addr.id();
             // Connect first so the figure is the transfer, not the handshake.
             let ping = node.ping(addr.clone()).await?;
