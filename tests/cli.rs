@@ -718,17 +718,23 @@ async fn an_unreachable_introducer_is_one_plain_warning() {
     child.kill().await.unwrap();
 }
 
+/// An introducer in this process (its service, for its figures; its node).
+async fn introducer(listen: &str) -> (butter::introducer::Introducer, butter::Node) {
+    let service = butter::introducer::Introducer::new(Default::default());
+    let node = butter::introducer::builder(listen.parse().unwrap())
+        .service(service.clone())
+        .spawn()
+        .await
+        .unwrap();
+    (service, node)
+}
+
 /// One-shot commands reaching a node by id through an introducer do not
 /// register there (nobody keeps trying to reach a client that has exited),
 /// and `peers` and `stats` take an id with `--introducer` like the others.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_shot_commands_leave_no_registration_behind() {
-    let service = butter::introducer::Introducer::new(Default::default());
-    let intro = butter::introducer::builder("127.0.6.40:0".parse().unwrap())
-        .service(service.clone())
-        .spawn()
-        .await
-        .unwrap();
+    let (service, intro) = introducer("127.0.6.40:0").await;
     let intro_addr = intro.addr().to_string();
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = butter();
@@ -1122,12 +1128,7 @@ async fn chat_rooms_of_two_and_three() {
 /// The chat example reaches a peer by id alone through an introducer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chat_by_id_through_an_introducer() {
-    let service = butter::introducer::Introducer::new(Default::default());
-    let intro = butter::introducer::builder("127.0.6.70:0".parse().unwrap())
-        .service(service.clone())
-        .spawn()
-        .await
-        .unwrap();
+    let (service, intro) = introducer("127.0.6.70:0").await;
     let intro_addr = intro.addr().to_string();
     let mut ann = Chatter::start(&["--name", "ann", "--introducer", &intro_addr]);
     let room = ann.out_line("ann's address").await;

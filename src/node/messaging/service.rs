@@ -29,6 +29,20 @@ pub(crate) struct MessagingService {
     pub(crate) serve: bool,
 }
 
+/// Body limit of a receipt or an acknowledgement: `MAX_IDS` ids.
+const IDS_LIMIT: usize = MAX_IDS * 17 + 16;
+
+/// A receipt or acknowledgement naming more ids than a caller may.
+fn check_ids(r: &Receipt, what: &str) -> Result<(), Error> {
+    if r.ids.len() > MAX_IDS {
+        return Err(Error::Message(MessageError::Malformed(format!(
+            "{} ids in {what} (at most {MAX_IDS})",
+            r.ids.len()
+        ))));
+    }
+    Ok(())
+}
+
 /// How often expired envelopes are swept.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
@@ -67,21 +81,15 @@ impl Service for MessagingService {
             },
         );
         let n = routes.node();
-        routes.typed(
-            RECEIPT_ROUTE,
-            MAX_IDS * 17 + 16,
-            move |peer, _from, r: Receipt| {
-                let node = n.upgrade();
-                async move {
-                    let node = node.ok_or(Error::Shutdown)?;
-                    if r.ids.len() > MAX_IDS {
-                        return Err(Error::Malformed("too many ids in a receipt".into()));
-                    }
-                    node.messaging().acked(&peer, &r.ids);
-                    Ok(())
-                }
-            },
-        );
+        routes.typed(RECEIPT_ROUTE, IDS_LIMIT, move |peer, _from, r: Receipt| {
+            let node = n.upgrade();
+            async move {
+                let node = node.ok_or(Error::Shutdown)?;
+                check_ids(&r, "a receipt")?;
+                node.messaging().acked(&peer, &r.ids);
+                Ok(())
+            }
+        });
         if !self.serve {
             return;
         }
@@ -129,25 +137,17 @@ impl Service for MessagingService {
             }
         });
         let n = routes.node();
-        routes.typed(
-            ACK_ROUTE,
-            MAX_IDS * 17 + 16,
-            move |peer, _from, r: Receipt| {
-                let node = n.upgrade();
-                async move {
-                    let node = node.ok_or(Error::Shutdown)?;
-                    if r.ids.len() > MAX_IDS {
-                        return Err(Error::Message(MessageError::Malformed(
-                            "too many ids in an acknowledgement".into(),
-                        )));
-                    }
-                    let state = node.messaging();
-                    let removed = lock(&state.mailbox).ack(&peer, &r.ids, now_ms() / 1000);
-                    state.changed();
-                    Ok(removed as u32)
-                }
-            },
-        );
+        routes.typed(ACK_ROUTE, IDS_LIMIT, move |peer, _from, r: Receipt| {
+            let node = n.upgrade();
+            async move {
+                let node = node.ok_or(Error::Shutdown)?;
+                check_ids(&r, "an acknowledgement")?;
+                let state = node.messaging();
+                let removed = lock(&state.mailbox).ack(&peer, &r.ids, now_ms() / 1000);
+                state.changed();
+                Ok(removed as u32)
+            }
+        });
     }
 
     fn start(&self, ctx: &ServiceContext) {
