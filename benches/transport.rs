@@ -356,13 +356,19 @@ async fn main() {
     print_p50_p99("latency, 1 in flight, 64 B", &q, &b);
 
     let (mut q, mut b, mut qd, mut bd) = (vec![], vec![], vec![], vec![]);
+    // `BUTTER_BENCH_SIDE=raw` or `butter` runs one side only (for profiles).
+    let side = std::env::var("BUTTER_BENCH_SIDE").unwrap_or_default();
     for _ in 0..rounds("calls") {
-        let d = udp_datagrams();
-        q.push(throughput(raw_call_fn.clone()).await);
-        qd.push((udp_datagrams() - d) as f64 / THROUGHPUT_CALLS as f64);
-        let d = udp_datagrams();
-        b.push(throughput(butter_call.clone()).await);
-        bd.push((udp_datagrams() - d) as f64 / THROUGHPUT_CALLS as f64);
+        if side != "butter" {
+            let d = udp_datagrams();
+            q.push(throughput(raw_call_fn.clone()).await);
+            qd.push((udp_datagrams() - d) as f64 / THROUGHPUT_CALLS as f64);
+        }
+        if side != "raw" {
+            let d = udp_datagrams();
+            b.push(throughput(butter_call.clone()).await);
+            bd.push((udp_datagrams() - d) as f64 / THROUGHPUT_CALLS as f64);
+        }
     }
     let (q, b) = (median(q), median(b));
     println!("calls/s, {IN_FLIGHT} in flight, 64 B   raw quinn {q:9.0}         | butter {b:9.0}         | ratio {:.2}x", b / q);

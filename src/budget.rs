@@ -78,9 +78,17 @@ impl Reservation {
                 "this source's share of buffered bodies is in use",
             ));
         }
-        let acquired =
-            tokio::time::timeout_at(deadline, self.budget.total.clone().acquire_many_owned(step))
-                .await;
+        // Room now (the common case) costs no timer.
+        let acquired = match self.budget.total.clone().try_acquire_many_owned(step) {
+            Ok(permit) => Ok(Ok(permit)),
+            Err(_) => {
+                tokio::time::timeout_at(
+                    deadline,
+                    self.budget.total.clone().acquire_many_owned(step),
+                )
+                .await
+            }
+        };
         match acquired {
             Ok(Ok(permit)) => {
                 self.held += step as usize;

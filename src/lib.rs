@@ -31,6 +31,7 @@ pub mod backoff;
 mod budget;
 pub mod config;
 pub mod content;
+mod deadline;
 pub mod dht;
 pub mod discovery;
 mod endpoint;

@@ -96,6 +96,90 @@ impl Tasks {
     pub fn is_empty(&self) -> bool {
         self.tracker.is_empty()
     }
+
+    /// A group of tasks owned by one task of this owner (e.g. a connection's
+    /// request streams, owned by the task serving the connection): spawning
+    /// on it costs no cancellation registration, the group's tasks are
+    /// aborted when the group is dropped (its owning task ended or was
+    /// cancelled), and shutdown waits for them as for any other task.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let tasks = butter::tasks::Tasks::new();
+    /// let owner = tasks.clone();
+    /// tasks.spawn(async move {
+    ///     let mut group = owner.group();
+    ///     group.spawn(std::future::pending::<()>());
+    ///     std::future::pending::<()>().await // the group lives as long as this task
+    /// });
+    /// assert_eq!(tasks.len(), 1);
+    /// tokio::task::yield_now().await;
+    /// assert_eq!(tasks.len(), 2);
+    /// assert!(tasks.shut_down(std::time::Duration::from_secs(1)).await);
+    /// assert!(tasks.is_empty());
+    /// # }
+    /// ```
+    pub fn group(&self) -> TaskGroup {
+        TaskGroup {
+            tracker: self.tracker.clone(),
+            running: Vec::new(),
+            prune_at: GROUP_PRUNE,
+        }
+    }
+}
+
+/// The group's list of handles is pruned of finished tasks when it reaches
+/// this length (then at twice what is still running).
+const GROUP_PRUNE: usize = 64;
+
+/// Tasks owned by one task: see [`Tasks::group`].
+#[derive(Debug)]
+pub struct TaskGroup {
+    tracker: TaskTracker,
+    running: Vec<JoinHandle<()>>,
+    prune_at: usize,
+}
+
+impl TaskGroup {
+    /// Spawns `fut` in the group (on the runtime's threads, like
+    /// `tokio::spawn`).
+    pub fn spawn<F>(&mut self, fut: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        if self.running.len() >= self.prune_at {
+            self.running.retain(|h| !h.is_finished());
+            self.prune_at = (self.running.len() * 2).max(GROUP_PRUNE);
+        }
+        self.running
+            .push(tokio::spawn(self.tracker.track_future(fut)));
+    }
+
+    /// Tasks of the group not known to have ended.
+    pub fn len(&self) -> usize {
+        self.running.iter().filter(|h| !h.is_finished()).count()
+    }
+
+    /// Whether every task of the group has ended.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Waits until every task of the group has ended.
+    pub async fn wait(&mut self) {
+        for handle in self.running.iter_mut() {
+            let _ = handle.await;
+        }
+        self.running.clear();
+    }
+}
+
+impl Drop for TaskGroup {
+    fn drop(&mut self) {
+        for handle in &self.running {
+            handle.abort();
+        }
+    }
 }
 
 #[cfg(test)]
@@ -138,6 +222,64 @@ mod tests {
         tasks.spawn_graceful(tokio::time::sleep(Duration::from_secs(30)));
         assert!(!tasks.shut_down(Duration::from_millis(20)).await);
         assert_eq!(tasks.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_group_is_aborted_with_its_owner_and_awaited_on_shutdown() {
+        let tasks = Tasks::new();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let (started_tx, started) = tokio::sync::oneshot::channel::<()>();
+        let owner = tasks.clone();
+        tasks.spawn(async move {
+            let mut group = owner.group();
+            group.spawn(async move {
+                let _keep = tx;
+                let _ = started_tx.send(());
+                std::future::pending::<()>().await
+            });
+            std::future::pending::<()>().await
+        });
+        started.await.unwrap();
+        assert_eq!(tasks.len(), 2);
+        assert!(tasks.shut_down(Duration::from_secs(1)).await);
+        // The group's task was dropped with its owner, and shutdown waited.
+        assert!(rx.await.is_err());
+        assert!(tasks.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_group_waits_for_its_tasks_and_stays_small() {
+        let tasks = Tasks::new();
+        let mut group = tasks.group();
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        for _ in 0..1000 {
+            let done = done.clone();
+            group.spawn(async move {
+                tokio::task::yield_now().await;
+                done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            });
+            tokio::task::yield_now().await;
+        }
+        // Finished tasks' handles are dropped as the group grows.
+        assert!(group.running.len() < 200, "{}", group.running.len());
+        group.wait().await;
+        assert_eq!(done.load(std::sync::atomic::Ordering::Relaxed), 1000);
+        assert!(group.is_empty());
+        assert!(tasks.is_empty());
+    }
+
+    #[tokio::test]
+    async fn dropping_a_group_aborts_its_tasks() {
+        let tasks = Tasks::new();
+        let mut group = tasks.group();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        group.spawn(async move {
+            let _keep = tx;
+            std::future::pending::<()>().await
+        });
+        drop(group);
+        assert!(rx.await.is_err());
+        assert!(tasks.shut_down(Duration::from_secs(1)).await);
     }
 
     #[tokio::test]

@@ -85,17 +85,68 @@ impl Status {
 
 /// Encodes `value` as one length-prefixed frame.
 pub fn encode_frame<T: Serialize>(value: &T, max: usize) -> Result<Vec<u8>, Error> {
-    let mut out = postcard::to_extend(value, vec![0u8; 4])
-        .map_err(|e| Error::Malformed(format!("encode: {e}")))?;
-    let len = out.len() - 4;
+    encode_frame_into(value, max, Vec::with_capacity(64))
+}
+
+/// Appends `value` as one length-prefixed frame to `out` (which may have
+/// room set aside for what follows the frame).
+fn encode_frame_into<T: Serialize>(
+    value: &T,
+    max: usize,
+    mut out: Vec<u8>,
+) -> Result<Vec<u8>, Error> {
+    let at = out.len();
+    out.extend_from_slice(&[0; 4]);
+    let mut out =
+        postcard::to_extend(value, out).map_err(|e| Error::Malformed(format!("encode: {e}")))?;
+    let len = out.len() - at - 4;
     if len > max.min(MAX_HEADER) {
         return Err(Error::TooLarge {
             what: "header frame",
             limit: max.min(MAX_HEADER) as u64,
         });
     }
-    out[..4].copy_from_slice(&(len as u32).to_le_bytes());
+    out[at..at + 4].copy_from_slice(&(len as u32).to_le_bytes());
     Ok(out)
+}
+
+/// The frame of an `Ok` reply's header (what [`encode_frame`] makes of
+/// `ResponseHeader { status: Status::Ok }`), sent as it is.
+pub const OK_FRAME: &[u8] = &[1, 0, 0, 0, 0];
+
+/// A request header borrowing its route name: encodes exactly as
+/// [`RequestHeader`] does, without copying the name.
+#[derive(Serialize)]
+struct RequestHeaderRef<'a> {
+    route: &'a str,
+    flags: u8,
+    body_len: Option<u64>,
+}
+
+/// Bodies up to this size are sent in the same buffer as their header.
+const INLINE_BODY: usize = 1024;
+
+/// A request's first bytes: its header frame and, when it is small, the
+/// body in memory (one buffer: one write). Returns the frame and whether
+/// `body` went in it.
+pub(crate) fn request_frame(
+    route: &str,
+    flags: u8,
+    body: Option<&[u8]>,
+    max: usize,
+) -> Result<(Vec<u8>, bool), Error> {
+    let header = RequestHeaderRef {
+        route,
+        flags,
+        body_len: body.map(|b| b.len() as u64),
+    };
+    let inline = body.filter(|b| b.len() <= INLINE_BODY);
+    let room = 4 + route.len() + 12 + inline.map_or(0, <[u8]>::len);
+    let mut frame = encode_frame_into(&header, max, Vec::with_capacity(room))?;
+    if let Some(body) = inline {
+        frame.extend_from_slice(body);
+    }
+    Ok((frame, inline.is_some()))
 }
 
 /// Reads one length-prefixed frame of at most `max` bytes and decodes it.
@@ -232,6 +283,37 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, Error::TooLarge { .. }));
+    }
+
+    #[test]
+    fn shortcuts_encode_as_the_headers_do() {
+        let ok = encode_frame(&ResponseHeader { status: Status::Ok }, MAX_HEADER).unwrap();
+        assert_eq!(ok, OK_FRAME);
+        for (body, inline) in [(vec![1u8; 5], true), (vec![2u8; 5000], false)] {
+            let (frame, inlined) =
+                request_frame("reverse", FLAG_STREAMED, Some(&body), MAX_HEADER).unwrap();
+            assert_eq!(inlined, inline);
+            let want = RequestHeader {
+                route: "reverse".into(),
+                flags: FLAG_STREAMED,
+                body_len: Some(body.len() as u64),
+            };
+            let (got, rest) =
+                split_frame::<RequestHeader>(&bytes::Bytes::from(frame.clone()), MAX_HEADER)
+                    .unwrap();
+            assert_eq!(got, want);
+            let mut whole = encode_frame(&want, MAX_HEADER).unwrap();
+            if inline {
+                assert_eq!(&rest[..], &body[..]);
+                whole.extend_from_slice(&body);
+            }
+            assert_eq!(frame, whole);
+        }
+        let (streamed, inlined) = request_frame("x", 1, None, MAX_HEADER).unwrap();
+        assert!(!inlined);
+        let (h, _) = split_frame::<RequestHeader>(&streamed.into(), MAX_HEADER).unwrap();
+        assert_eq!(h.body_len, None);
+        assert!(request_frame(&"r".repeat(100), 0, None, 50).is_err());
     }
 
     #[tokio::test]

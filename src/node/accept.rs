@@ -83,15 +83,27 @@ pub(super) async fn accept_loop(endpoint: quinn::Endpoint, shared: Weak<Shared>)
     }
 }
 
-/// Serves the request streams a peer opens on one connection, each on its own task.
+/// How long the source address a connection's requests are counted
+/// against may lag behind a migration (reading it takes the connection's
+/// lock, which every stream operation contends for).
+const REMOTE_REFRESH: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Serves the request streams a peer opens on one connection, each on its
+/// own task of the connection's group: the group ends with this task
+/// (which, once the connection closed, waits for the streams still served).
 pub(super) async fn serve_connection(shared: Arc<Shared>, peer: NodeId, conn: quinn::Connection) {
+    let mut streams = shared.tasks.group();
+    let mut remote = conn.remote_address();
+    let mut remote_read = std::time::Instant::now();
     loop {
         match conn.accept_bi().await {
             Ok((send, recv)) => {
+                if remote_read.elapsed() >= REMOTE_REFRESH {
+                    remote = conn.remote_address();
+                    remote_read = std::time::Instant::now();
+                }
                 let shared = shared.clone();
-                let remote = conn.remote_address();
-                let tasks = shared.tasks.clone();
-                tasks.spawn(async move {
+                streams.spawn(async move {
                     let ctx = router::Serving {
                         limits: &shared.limits,
                         stats: &shared.stats,
@@ -124,4 +136,6 @@ pub(super) async fn serve_connection(shared: Arc<Shared>, peer: NodeId, conn: qu
             }
         }
     }
+    drop(shared);
+    streams.wait().await;
 }

@@ -10,6 +10,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 
+use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 
 /// A body to send: bytes in memory, or a reader streamed to the peer.
@@ -74,6 +75,14 @@ impl Body {
         }
     }
 
+    /// The bytes, if the body is in memory.
+    pub(crate) fn bytes(&self) -> Option<&[u8]> {
+        match &self.0 {
+            BodyKind::Bytes(b) => Some(b),
+            BodyKind::Reader(_) | BodyKind::Chunks(_) => None,
+        }
+    }
+
     /// Whether the body is known to be empty.
     pub fn is_empty(&self) -> bool {
         self.len() == Some(0)
@@ -81,27 +90,34 @@ impl Body {
 
     /// Writes `frame` (a header) and then the body, and finishes the
     /// stream: a body in memory goes out with its header in one write (one
-    /// pass through the connection's lock, not three).
+    /// pass through the connection's lock, not three). A write that waits
+    /// longer than `stall` ends with a timeout (on `deadline`'s timer).
     pub(crate) async fn write_framed(
         self,
-        frame: Vec<u8>,
+        frame: Bytes,
         send: &mut quinn::SendStream,
         stall: std::time::Duration,
+        deadline: &mut Deadline,
     ) -> Result<()> {
         match self.0 {
             BodyKind::Bytes(b) => {
-                let mut pieces = [Bytes::from(frame), b];
-                match tokio::time::timeout(stall, send.write_all_chunks(&mut pieces)).await {
-                    Ok(r) => r.map_err(write_error)?,
-                    Err(_) => return Err(Error::Timeout("the peer stopped reading")),
+                let mut pieces = [frame, b];
+                let pieces = if pieces[1].is_empty() {
+                    &mut pieces[..1]
+                } else {
+                    &mut pieces[..]
+                };
+                match deadline.within(stall, send.write_all_chunks(pieces)).await {
+                    Some(r) => r.map_err(write_error)?,
+                    None => return Err(Error::Timeout("the peer stopped reading")),
                 }
                 let _ = send.finish();
                 Ok(())
             }
             kind => {
-                match tokio::time::timeout(stall, send.write_all(&frame)).await {
-                    Ok(r) => r.map_err(write_error)?,
-                    Err(_) => return Err(Error::Timeout("the peer stopped reading")),
+                match deadline.within(stall, send.write_all(&frame)).await {
+                    Some(r) => r.map_err(write_error)?,
+                    None => return Err(Error::Timeout("the peer stopped reading")),
                 }
                 Body(kind).write_to(send, stall).await
             }
@@ -347,6 +363,11 @@ pub(crate) async fn read_to_end(
 /// Pieces below this size are copied, not kept.
 const SMALL_PIECE: usize = 1024;
 
+/// At most this much is set aside up front for small pieces (before any
+/// byte arrived and was counted in a budget: a peer announcing a length it
+/// never sends must not make the reader hold much).
+const SMALL_CAPACITY: usize = SMALL_PIECE;
+
 /// A message's pieces as they arrive, joined at the end. A piece is a
 /// slice of the datagram (or batch of datagrams) it came in, and keeping it
 /// keeps that whole allocation: a peer sending a byte per packet would make
@@ -361,6 +382,15 @@ pub(crate) struct Pieces {
 }
 
 impl Pieces {
+    /// No pieces yet; small ones will be copied into a buffer of `capacity`
+    /// bytes (the message's announced length, when known) before it grows.
+    pub(crate) fn with_capacity(capacity: usize) -> Self {
+        Pieces {
+            small: BytesMut::with_capacity(capacity.min(SMALL_CAPACITY)),
+            ..Pieces::default()
+        }
+    }
+
     /// Adds the next piece.
     pub(crate) fn push(&mut self, piece: Bytes) {
         self.len += piece.len();
@@ -383,6 +413,10 @@ impl Pieces {
     /// page-aligned address (a file written with `O_DIRECT` takes the bytes
     /// as they are, without a second copy).
     pub(crate) fn join(mut self) -> Bytes {
+        if self.kept.is_empty() {
+            // Only small pieces (a small message): their buffer as it is.
+            return self.small.freeze();
+        }
         if !self.small.is_empty() {
             self.kept.push(self.small.split().freeze());
         }

@@ -6,9 +6,10 @@ use bytes::Bytes;
 
 use super::{read_to_end, write_error, Body, RecvBody};
 use crate::config::Limits;
+use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 use crate::tasks::Tasks;
-use crate::wire::{self, RequestHeader, ResponseHeader, FLAG_STREAMED, MAX_HEADER};
+use crate::wire::{self, ResponseHeader, FLAG_STREAMED, MAX_HEADER};
 
 /// A stream pair opened for one call.
 pub(crate) type Streams = (quinn::SendStream, quinn::RecvStream);
@@ -21,31 +22,41 @@ pub(crate) struct Sent {
 }
 
 /// Sends the header and, for a body in memory, the body. A streamed body
-/// uploads on its own task (owned by `tasks`) while the caller reads the reply.
+/// uploads on its own task (owned by `tasks`) while the caller reads the
+/// reply. Writes that wait are bounded by the stall timeout, except a body
+/// in memory when `bounded` (the caller bounds the whole call in time).
 pub(crate) async fn send(
     (mut send, recv): Streams,
     route: &str,
     body: Body,
     limits: &Limits,
     tasks: &Tasks,
+    bounded: bool,
 ) -> Result<Sent> {
-    let header = RequestHeader {
-        route: route.to_string(),
-        flags: if body.len().is_none() {
-            FLAG_STREAMED
-        } else {
-            0
-        },
-        body_len: body.len().map(|n| n as u64),
+    let flags = if body.len().is_none() {
+        FLAG_STREAMED
+    } else {
+        0
     };
-    let frame = wire::encode_frame(&header, limits.max_header)?;
+    let (frame, inlined) = wire::request_frame(route, flags, body.bytes(), limits.max_header)?;
     if body.len().is_some() {
         // Header and body in one write. A refusal (the callee stopped
         // reading) is reported by the reply status.
-        match body
-            .write_framed(frame, &mut send, limits.stall_timeout)
+        let written = if inlined && bounded {
+            let written = send.write_chunk(frame.into()).await.map_err(write_error);
+            let _ = send.finish();
+            written
+        } else {
+            let body = if inlined { Body::empty() } else { body };
+            body.write_framed(
+                frame.into(),
+                &mut send,
+                limits.stall_timeout,
+                &mut Deadline::new(),
+            )
             .await
-        {
+        };
+        match written {
             Ok(()) | Err(Error::Remote(_)) => Ok(Sent { recv, upload: None }),
             Err(e) => Err(e),
         }
@@ -78,7 +89,7 @@ pub(crate) async fn buffered(
     limits: &Limits,
     tasks: &Tasks,
 ) -> Result<Bytes> {
-    let mut sent = send(streams, route, body.into(), limits, tasks).await?;
+    let mut sent = send(streams, route, body.into(), limits, tasks, true).await?;
     // The status and the body read in one loop, then split.
     let all = read_to_end(
         &mut sent.recv,
@@ -117,7 +128,7 @@ pub(crate) async fn streaming(
     limits: &Limits,
     tasks: &Tasks,
 ) -> Result<RecvBody> {
-    let Sent { mut recv, upload } = send(streams, route, body, limits, tasks).await?;
+    let Sent { mut recv, upload } = send(streams, route, body, limits, tasks, false).await?;
     let status = tokio::time::timeout(limits.call_timeout, read_status(&mut recv, route))
         .await
         .unwrap_or(Err(Error::Timeout("reply header")));

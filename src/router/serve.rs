@@ -9,6 +9,7 @@ use futures_util::FutureExt;
 
 use super::{read_error, write_error, Handler, RecvBody, Request, Router, Serving, StreamRequest};
 use crate::config::Limits;
+use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 use crate::identity::NodeId;
 use crate::wire::{self, RequestHeader, ResponseHeader, Status};
@@ -25,37 +26,40 @@ impl Router {
         ctx: &Serving<'_>,
     ) {
         let (limits, stats) = (ctx.limits, ctx.stats);
-        let header = tokio::time::timeout(
-            limits.header_timeout,
-            read_header(&mut recv, limits.max_header),
-        )
-        .await;
+        // One timer for every step of the stream, made only if a step waits.
+        let mut deadline = Deadline::new();
+        let header = deadline
+            .within(
+                limits.header_timeout,
+                read_header(&mut recv, limits.max_header),
+            )
+            .await;
         let (header, first) = match header {
-            Ok(Ok(h)) => h,
-            Ok(Err(e)) => {
+            Some(Ok(h)) => h,
+            Some(Err(e)) => {
                 stats.malformed.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(peer = %peer.short(), error = %e, "bad request header");
                 let _ = recv.stop(0u32.into());
-                reply_error(&mut send, &e, limits).await;
+                reply_error(&mut send, &e, limits, &mut deadline).await;
                 return;
             }
-            Err(_) => {
+            None => {
                 let _ = recv.stop(0u32.into());
-                reply_status(&mut send, Status::Timeout, limits).await;
+                reply_status(&mut send, Status::Timeout, limits, &mut deadline).await;
                 return;
             }
         };
         let Some(route) = self.routes.get(&header.route) else {
             stats.no_route.fetch_add(1, Ordering::Relaxed);
             let _ = recv.stop(0u32.into());
-            reply_status(&mut send, Status::NoSuchRoute, limits).await;
+            reply_status(&mut send, Status::NoSuchRoute, limits, &mut deadline).await;
             return;
         };
         if let Some(guard) = &route.guard {
             if let Err(e) = guard(&peer, remote) {
                 stats.requests_refused.fetch_add(1, Ordering::Relaxed);
                 let _ = recv.stop(0u32.into());
-                reply_error(&mut send, &e, limits).await;
+                reply_error(&mut send, &e, limits, &mut deadline).await;
                 return;
             }
         }
@@ -66,54 +70,58 @@ impl Router {
                 if header.body_len.is_some_and(|n| n > max_body as u64) {
                     stats.too_large.fetch_add(1, Ordering::Relaxed);
                     let _ = recv.stop(0u32.into());
-                    reply_status(
-                        &mut send,
-                        Status::TooLarge {
-                            limit: max_body as u64,
-                        },
-                        limits,
-                    )
-                    .await;
+                    let too_large = Status::TooLarge {
+                        limit: max_body as u64,
+                    };
+                    reply_status(&mut send, too_large, limits, &mut deadline).await;
                     return;
                 }
-                let deadline = tokio::time::Instant::now() + limits.body_timeout;
+                let until = tokio::time::Instant::now() + limits.body_timeout;
                 let mut reservation = ctx.budget.reservation(remote.ip());
-                let body =
-                    match read_buffered(&mut recv, first, max_body, &mut reservation, deadline)
-                        .await
-                    {
-                        Ok(b) => b,
-                        Err(e) => {
-                            let _ = recv.stop(0u32.into());
-                            match e {
-                                Error::TooLarge { .. } => {
-                                    stats.too_large.fetch_add(1, Ordering::Relaxed)
-                                }
-                                Error::Busy(_) | Error::Timeout(_) => {
-                                    stats.requests_refused.fetch_add(1, Ordering::Relaxed)
-                                }
-                                _ => 0,
-                            };
-                            reply_error(&mut send, &e, limits).await;
-                            return;
-                        }
-                    };
+                let read = read_buffered(
+                    &mut recv,
+                    first,
+                    header.body_len,
+                    max_body,
+                    &mut reservation,
+                    until,
+                );
+                let body = match deadline.until(until, read).await {
+                    Some(Ok(b)) => Ok(b),
+                    Some(Err(e)) => Err(e),
+                    None => Err(Error::Timeout("request body")),
+                };
+                let body = match body {
+                    Ok(b) => b,
+                    Err(e) => {
+                        let _ = recv.stop(0u32.into());
+                        match e {
+                            Error::TooLarge { .. } => {
+                                stats.too_large.fetch_add(1, Ordering::Relaxed)
+                            }
+                            Error::Busy(_) | Error::Timeout(_) => {
+                                stats.requests_refused.fetch_add(1, Ordering::Relaxed)
+                            }
+                            _ => 0,
+                        };
+                        reply_error(&mut send, &e, limits, &mut deadline).await;
+                        return;
+                    }
+                };
                 let fut = h(Request {
                     peer,
                     remote,
                     route: name,
                     body,
                 });
-                let outcome = tokio::time::timeout(
-                    limits.handler_timeout,
-                    AssertUnwindSafe(fut).catch_unwind(),
-                )
-                .await;
+                let outcome = deadline
+                    .within(limits.handler_timeout, AssertUnwindSafe(fut).catch_unwind())
+                    .await;
                 drop(reservation);
                 match outcome {
-                    Ok(outcome) => outcome,
-                    Err(_) => {
-                        reply_status(&mut send, Status::Timeout, limits).await;
+                    Some(outcome) => outcome,
+                    None => {
+                        reply_status(&mut send, Status::Timeout, limits, &mut deadline).await;
                         return;
                     }
                 }
@@ -132,34 +140,24 @@ impl Router {
             Ok(Ok(body)) => {
                 stats.calls_served.fetch_add(1, Ordering::Relaxed);
                 // The status and a body in memory go out in one write.
-                let written = match wire::encode_frame(
-                    &ResponseHeader { status: Status::Ok },
-                    limits.max_header,
-                ) {
-                    Ok(frame) => {
-                        body.write_framed(frame, &mut send, limits.stall_timeout)
-                            .await
-                    }
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = written {
+                let ok = Bytes::from_static(wire::OK_FRAME);
+                if let Err(e) = body
+                    .write_framed(ok, &mut send, limits.stall_timeout, &mut deadline)
+                    .await
+                {
                     tracing::debug!(peer = %peer.short(), error = %e, "reply body not delivered");
                     let _ = send.reset(1u32.into());
                 }
             }
             Ok(Err(e)) => {
                 stats.handler_errors.fetch_add(1, Ordering::Relaxed);
-                reply_error(&mut send, &e, limits).await;
+                reply_error(&mut send, &e, limits, &mut deadline).await;
             }
             Err(_panic) => {
                 stats.handler_panics.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(peer = %peer.short(), "route handler panicked");
-                reply_status(
-                    &mut send,
-                    Status::HandlerError("handler panicked".into()),
-                    limits,
-                )
-                .await;
+                let status = Status::HandlerError("handler panicked".into());
+                reply_status(&mut send, status, limits, &mut deadline).await;
             }
         }
     }
@@ -205,24 +203,26 @@ async fn read_header(recv: &mut quinn::RecvStream, max: usize) -> Result<(Reques
 
 /// Reads a buffered route's body (`first`, what came with the header, then
 /// the rest): at most `limit` bytes, each reserved in the node's budget
-/// before it is kept, all of it before `deadline`.
+/// before it is kept (waiting for the node's total until `until`). The
+/// caller bounds the whole read in time.
 async fn read_buffered(
     recv: &mut quinn::RecvStream,
     first: Bytes,
+    announced: Option<u64>,
     limit: usize,
     reservation: &mut crate::budget::Reservation,
-    deadline: tokio::time::Instant,
+    until: tokio::time::Instant,
 ) -> Result<Bytes> {
-    let mut pieces = super::body::Pieces::default();
+    // The announced length (if any) sizes the buffer small pieces are
+    // copied into: one allocation for a small body.
+    let hint = announced.map_or(0, |n| n.min(limit as u64) as usize);
+    let mut pieces = super::body::Pieces::with_capacity(hint);
     let mut first = Some(first).filter(|f| !f.is_empty());
     loop {
         let chunk = match first.take() {
             Some(f) => f,
             None => {
-                let chunk = tokio::time::timeout_at(deadline, recv.read_chunk(64 * 1024, true))
-                    .await
-                    .map_err(|_| Error::Timeout("request body"))?
-                    .map_err(read_error)?;
+                let chunk = recv.read_chunk(64 * 1024, true).await.map_err(read_error)?;
                 let Some(chunk) = chunk else { break };
                 chunk.bytes
             }
@@ -233,7 +233,7 @@ async fn read_buffered(
                 limit: limit as u64,
             });
         }
-        reservation.grow(chunk.len(), deadline).await?;
+        reservation.grow(chunk.len(), until).await?;
         pieces.push(chunk);
     }
     Ok(pieces.join())
@@ -250,20 +250,36 @@ fn status_of(e: &Error) -> Status {
     }
 }
 
-async fn write_status(send: &mut quinn::SendStream, status: Status, limits: &Limits) -> Result<()> {
+async fn write_status(
+    send: &mut quinn::SendStream,
+    status: Status,
+    limits: &Limits,
+    deadline: &mut Deadline,
+) -> Result<()> {
     let frame = wire::encode_frame(&ResponseHeader { status }, limits.max_header)?;
-    tokio::time::timeout(limits.stall_timeout, send.write_all(&frame))
+    deadline
+        .within(limits.stall_timeout, send.write_all(&frame))
         .await
-        .map_err(|_| Error::Timeout("the peer stopped reading"))?
+        .ok_or(Error::Timeout("the peer stopped reading"))?
         .map_err(write_error)
 }
 
-async fn reply_status(send: &mut quinn::SendStream, status: Status, limits: &Limits) {
-    if write_status(send, status, limits).await.is_ok() {
+async fn reply_status(
+    send: &mut quinn::SendStream,
+    status: Status,
+    limits: &Limits,
+    deadline: &mut Deadline,
+) {
+    if write_status(send, status, limits, deadline).await.is_ok() {
         let _ = send.finish();
     }
 }
 
-async fn reply_error(send: &mut quinn::SendStream, e: &Error, limits: &Limits) {
-    reply_status(send, status_of(e), limits).await
+async fn reply_error(
+    send: &mut quinn::SendStream,
+    e: &Error,
+    limits: &Limits,
+    deadline: &mut Deadline,
+) {
+    reply_status(send, status_of(e), limits, deadline).await
 }
