@@ -78,19 +78,14 @@ impl Reservation {
                 "this source's share of buffered bodies is in use",
             ));
         }
-        // Room now (the common case) costs no timer.
+        // Room now (the common case) costs no timer; waiting for room is
+        // boxed, so a request's task is not sized for the rare wait.
         let acquired = match self.budget.total.clone().try_acquire_many_owned(step) {
-            Ok(permit) => Ok(Ok(permit)),
-            Err(_) => {
-                tokio::time::timeout_at(
-                    deadline,
-                    self.budget.total.clone().acquire_many_owned(step),
-                )
-                .await
-            }
+            Ok(permit) => Some(permit),
+            Err(_) => Box::pin(wait_for(self.budget.total.clone(), step, deadline)).await,
         };
         match acquired {
-            Ok(Ok(permit)) => {
+            Some(permit) => {
                 self.held += step as usize;
                 match &mut self.permit {
                     Some(p) => p.merge(permit),
@@ -98,7 +93,7 @@ impl Reservation {
                 }
                 Ok(())
             }
-            _ => {
+            None => {
                 self.budget
                     .per_source
                     .lock()
@@ -109,6 +104,18 @@ impl Reservation {
                 ))
             }
         }
+    }
+}
+
+/// `step` permits of `total`, if they come before `deadline`.
+async fn wait_for(
+    total: Arc<Semaphore>,
+    step: u32,
+    deadline: tokio::time::Instant,
+) -> Option<OwnedSemaphorePermit> {
+    match tokio::time::timeout_at(deadline, total.acquire_many_owned(step)).await {
+        Ok(Ok(permit)) => Some(permit),
+        _ => None,
     }
 }
 

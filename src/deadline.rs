@@ -26,36 +26,57 @@ impl Deadline {
 
     /// Runs `fut` for at most `limit` from now: `None` if the time ran out
     /// first (`fut` is then dropped).
-    pub(crate) async fn within<F: Future>(&mut self, limit: Duration, fut: F) -> Option<F::Output> {
-        let at = Instant::now() + limit;
-        self.until(at, fut).await
+    pub(crate) fn within<F: Future>(&mut self, limit: Duration, fut: F) -> Until<'_, F> {
+        self.until(Instant::now() + limit, fut)
     }
 
     /// Runs `fut` until `at` at the latest: `None` if the time ran out first.
-    pub(crate) async fn until<F: Future>(&mut self, at: Instant, fut: F) -> Option<F::Output> {
-        let mut fut = std::pin::pin!(fut);
-        std::future::poll_fn(|cx| {
-            if let Poll::Ready(out) = fut.as_mut().poll(cx) {
-                return Poll::Ready(Some(out));
-            }
-            let timer = match &mut self.timer {
-                Some(timer) => {
-                    if timer.deadline() != at {
-                        timer.as_mut().reset(at);
-                    }
-                    timer
-                }
-                None => self.timer.insert(Box::pin(tokio::time::sleep_until(at))),
-            };
-            timer.as_mut().poll(cx).map(|()| None)
-        })
-        .await
+    pub(crate) fn until<F: Future>(&mut self, at: Instant, fut: F) -> Until<'_, F> {
+        Until {
+            fut,
+            at,
+            timer: &mut self.timer,
+        }
     }
 
     /// Whether a timer was made (some step had to wait).
     #[cfg(test)]
     fn made(&self) -> bool {
         self.timer.is_some()
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A step bounded by a [`Deadline`] (a future of the step's output, or
+    /// `None` once its time ran out). Kept small: a request's task holds one
+    /// per step.
+    pub(crate) struct Until<'a, F> {
+        #[pin]
+        fut: F,
+        at: Instant,
+        timer: &'a mut Option<Pin<Box<Sleep>>>,
+    }
+}
+
+impl<F: Future> Future for Until<'_, F> {
+    type Output = Option<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(out) = this.fut.poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        let at = *this.at;
+        let timer = match this.timer {
+            Some(timer) => {
+                if timer.deadline() != at {
+                    timer.as_mut().reset(at);
+                }
+                timer
+            }
+            None => this.timer.insert(Box::pin(tokio::time::sleep_until(at))),
+        };
+        timer.as_mut().poll(cx).map(|()| None)
     }
 }
 

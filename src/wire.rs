@@ -123,6 +123,11 @@ struct RequestHeaderRef<'a> {
     body_len: Option<u64>,
 }
 
+/// Bytes of `n` as a postcard varint.
+fn varint_len(n: u64) -> usize {
+    (64 - n.leading_zeros() as usize).max(1).div_ceil(7)
+}
+
 /// Bodies up to this size are sent in the same buffer as their header.
 const INLINE_BODY: usize = 1024;
 
@@ -141,7 +146,13 @@ pub(crate) fn request_frame(
         body_len: body.map(|b| b.len() as u64),
     };
     let inline = body.filter(|b| b.len() <= INLINE_BODY);
-    let room = 4 + route.len() + 12 + inline.map_or(0, <[u8]>::len);
+    // The exact size (postcard: varint lengths, a tag for the option), so
+    // the buffer becomes `Bytes` without another allocation.
+    let header_len = varint_len(route.len() as u64)
+        + route.len()
+        + 1
+        + header.body_len.map_or(1, |n| 1 + varint_len(n));
+    let room = 4 + header_len + inline.map_or(0, <[u8]>::len);
     let mut frame = encode_frame_into(&header, max, Vec::with_capacity(room))?;
     if let Some(body) = inline {
         frame.extend_from_slice(body);
@@ -184,7 +195,7 @@ where
 /// `bytes` (a whole message read at once), decoded, and what follows it —
 /// with the errors [`read_frame`] gives for the same bytes.
 pub fn split_frame<T: DeserializeOwned>(
-    bytes: &bytes::Bytes,
+    mut bytes: bytes::Bytes,
     max: usize,
 ) -> Result<(T, bytes::Bytes), Error> {
     let max = max.min(MAX_HEADER);
@@ -207,7 +218,10 @@ pub fn split_frame<T: DeserializeOwned>(
     };
     let value = postcard::from_bytes(payload)
         .map_err(|e| Error::Malformed(format!("header does not decode: {e}")))?;
-    Ok((value, bytes.slice(4 + len..)))
+    // Advanced, not sliced: a slice of a buffer made from a `Vec` would
+    // make it shared (an allocation).
+    bytes::Buf::advance(&mut bytes, 4 + len);
+    Ok((value, bytes))
 }
 
 fn read_error(e: std::io::Error, what: &str) -> Error {
@@ -246,7 +260,7 @@ mod tests {
                 .unwrap_err();
             assert!(matches!(err, Error::Malformed(_)), "cut {cut}: {err}");
             let whole = bytes::Bytes::copy_from_slice(&bytes[..cut]);
-            let err = split_frame::<RequestHeader>(&whole, MAX_HEADER).unwrap_err();
+            let err = split_frame::<RequestHeader>(whole, MAX_HEADER).unwrap_err();
             assert!(
                 matches!(err, Error::Malformed(_)),
                 "split, cut {cut}: {err}"
@@ -259,12 +273,12 @@ mod tests {
         let mut bytes = encode_frame(&header(), MAX_HEADER).unwrap();
         bytes.extend_from_slice(b"body");
         let (h, rest) =
-            split_frame::<RequestHeader>(&bytes::Bytes::from(bytes), MAX_HEADER).unwrap();
+            split_frame::<RequestHeader>(bytes::Bytes::from(bytes), MAX_HEADER).unwrap();
         assert_eq!(h, header());
         assert_eq!(&rest[..], b"body");
         let big = bytes::Bytes::from((70_000u32).to_le_bytes().to_vec());
         assert!(matches!(
-            split_frame::<RequestHeader>(&big, MAX_HEADER),
+            split_frame::<RequestHeader>(big, MAX_HEADER),
             Err(Error::TooLarge { .. })
         ));
     }
@@ -299,7 +313,7 @@ mod tests {
                 body_len: Some(body.len() as u64),
             };
             let (got, rest) =
-                split_frame::<RequestHeader>(&bytes::Bytes::from(frame.clone()), MAX_HEADER)
+                split_frame::<RequestHeader>(bytes::Bytes::from(frame.clone()), MAX_HEADER)
                     .unwrap();
             assert_eq!(got, want);
             let mut whole = encode_frame(&want, MAX_HEADER).unwrap();
@@ -307,11 +321,17 @@ mod tests {
                 assert_eq!(&rest[..], &body[..]);
                 whole.extend_from_slice(&body);
             }
+            assert_eq!(frame.len(), frame.capacity(), "sized exactly");
             assert_eq!(frame, whole);
+        }
+        for n in [0u64, 1, 127, 128, 16_383, 16_384, u32::MAX as u64, u64::MAX] {
+            let mut out = [0u8; 10];
+            let used = postcard::to_slice(&n, &mut out).unwrap().len();
+            assert_eq!(varint_len(n), used, "{n}");
         }
         let (streamed, inlined) = request_frame("x", 1, None, MAX_HEADER).unwrap();
         assert!(!inlined);
-        let (h, _) = split_frame::<RequestHeader>(&streamed.into(), MAX_HEADER).unwrap();
+        let (h, _) = split_frame::<RequestHeader>(streamed.into(), MAX_HEADER).unwrap();
         assert_eq!(h.body_len, None);
         assert!(request_frame(&"r".repeat(100), 0, None, 50).is_err());
     }

@@ -25,7 +25,7 @@ fuzz_target!(|data: &[u8]| {
     // Split off a whole message: the same header as the stream reader
     // finds, and the rest is what follows it.
     let whole = bytes::Bytes::copy_from_slice(data);
-    let split = wire::split_frame::<RequestHeader>(&whole, MAX_HEADER);
+    let split = wire::split_frame::<RequestHeader>(whole.clone(), MAX_HEADER);
     let mut r = data;
     let streamed = common::ready(wire::read_frame::<RequestHeader, _>(&mut r, MAX_HEADER));
     match (split, streamed) {
@@ -37,5 +37,5 @@ fuzz_target!(|data: &[u8]| {
         (Err(_), Some(Ok(_))) => panic!("the stream reader decoded, split did not"),
         (Err(_), _) => {}
     }
-    let _ = wire::split_frame::<ResponseHeader>(&whole, MAX_HEADER);
+    let _ = wire::split_frame::<ResponseHeader>(whole, MAX_HEADER);
 });

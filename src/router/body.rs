@@ -119,7 +119,9 @@ impl Body {
                     Some(r) => r.map_err(write_error)?,
                     None => return Err(Error::Timeout("the peer stopped reading")),
                 }
-                Body(kind).write_to(send, stall).await
+                // Boxed: a reply in memory, the common case, is not sized
+                // for a streamed one.
+                Box::pin(Body(kind).write_to(send, stall)).await
             }
         }
     }

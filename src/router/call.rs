@@ -104,7 +104,7 @@ pub(crate) async fn buffered(
         },
         e => e,
     })?;
-    let (header, body): (ResponseHeader, Bytes) = wire::split_frame(&all, MAX_HEADER)?;
+    let (header, body): (ResponseHeader, Bytes) = wire::split_frame(all, MAX_HEADER)?;
     if let Some(e) = header.status.into_error(route) {
         return Err(e);
     }

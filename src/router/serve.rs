@@ -198,7 +198,7 @@ async fn read_header(recv: &mut quinn::RecvStream, max: usize) -> Result<(Reques
         }
     }
     let got = joined.map_or(first, BytesMut::freeze);
-    wire::split_frame(&got, max)
+    wire::split_frame(got, max)
 }
 
 /// Reads a buffered route's body (`first`, what came with the header, then
@@ -264,22 +264,26 @@ async fn write_status(
         .map_err(write_error)
 }
 
-async fn reply_status(
-    send: &mut quinn::SendStream,
+/// A reply carrying only a status (an error: rare), boxed so the request's
+/// task is not sized for it.
+fn reply_status<'a>(
+    send: &'a mut quinn::SendStream,
     status: Status,
-    limits: &Limits,
-    deadline: &mut Deadline,
-) {
-    if write_status(send, status, limits, deadline).await.is_ok() {
-        let _ = send.finish();
-    }
+    limits: &'a Limits,
+    deadline: &'a mut Deadline,
+) -> futures_util::future::BoxFuture<'a, ()> {
+    Box::pin(async move {
+        if write_status(send, status, limits, deadline).await.is_ok() {
+            let _ = send.finish();
+        }
+    })
 }
 
-async fn reply_error(
-    send: &mut quinn::SendStream,
+fn reply_error<'a>(
+    send: &'a mut quinn::SendStream,
     e: &Error,
-    limits: &Limits,
-    deadline: &mut Deadline,
-) {
-    reply_status(send, status_of(e), limits, deadline).await
+    limits: &'a Limits,
+    deadline: &'a mut Deadline,
+) -> futures_util::future::BoxFuture<'a, ()> {
+    reply_status(send, status_of(e), limits, deadline)
 }
