@@ -15,7 +15,9 @@
 //! ```
 
 use std::future::Future;
-use std::time::Duration;
+use std::pin::Pin;
+use std::task::Poll;
+use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -124,6 +126,7 @@ impl Tasks {
             tracker: self.tracker.clone(),
             running: Vec::new(),
             prune_at: GROUP_PRUNE,
+            inline_paused: None,
         }
     }
 }
@@ -132,12 +135,19 @@ impl Tasks {
 /// this length (then at twice what is still running).
 const GROUP_PRUNE: usize = 64;
 
+/// Work done in place ([`TaskGroup::run`]) for longer than this...
+const INLINE_SLOW: Duration = Duration::from_micros(500);
+/// ...makes the group give the next pieces tasks of their own for this long.
+const INLINE_PAUSE: Duration = Duration::from_millis(100);
+
 /// Tasks owned by one task: see [`Tasks::group`].
 #[derive(Debug)]
 pub struct TaskGroup {
     tracker: TaskTracker,
     running: Vec<JoinHandle<()>>,
     prune_at: usize,
+    /// Until when [`TaskGroup::run`] spawns at once.
+    inline_paused: Option<Instant>,
 }
 
 impl TaskGroup {
@@ -153,6 +163,44 @@ impl TaskGroup {
         }
         self.running
             .push(tokio::spawn(self.tracker.track_future(fut)));
+    }
+
+    /// Runs `fut` on the calling task as far as it gets without waiting,
+    /// and from there on a task of the group if it has to wait: work that
+    /// is ready at once (a small request) costs no task, no wake-up of
+    /// another thread. `spare` keeps the allocation of a future that
+    /// finished at once, for the next one.
+    ///
+    /// The calling task does the ready part's work itself: it should call
+    /// this for short pieces of work and let the runtime preempt it
+    /// (e.g. `tokio::task::coop::consume_budget`) between them.
+    pub async fn run<F>(&mut self, spare: &mut Option<Pin<Box<F>>>, fut: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let mut fut = match spare.take() {
+            Some(mut done) => {
+                done.set(fut);
+                done
+            }
+            None => Box::pin(fut),
+        };
+        if self
+            .inline_paused
+            .is_some_and(|until| Instant::now() < until)
+        {
+            return self.spawn(fut);
+        }
+        let start = Instant::now();
+        let polled = futures_util::poll!(fut.as_mut());
+        // Work that kept the calling task busy (a handler computing before
+        // it answers) makes the next pieces go to tasks of their own for a
+        // while, in parallel, instead of queueing behind one another.
+        self.inline_paused = (start.elapsed() > INLINE_SLOW).then(|| Instant::now() + INLINE_PAUSE);
+        match polled {
+            Poll::Ready(()) => *spare = Some(fut),
+            Poll::Pending => self.spawn(fut),
+        }
     }
 
     /// Tasks of the group not known to have ended.
@@ -266,6 +314,71 @@ mod tests {
         assert_eq!(done.load(std::sync::atomic::Ordering::Relaxed), 1000);
         assert!(group.is_empty());
         assert!(tasks.is_empty());
+    }
+
+    #[tokio::test]
+    async fn ready_work_runs_in_place_and_waiting_work_on_a_task() {
+        let tasks = Tasks::new();
+        let mut group = tasks.group();
+        let mut spare = None;
+        let caller = std::thread::current().id();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let (ran_tx, mut ran) = tokio::sync::mpsc::unbounded_channel();
+        let mut rx = Some(rx);
+        for i in 0..3 {
+            let ran_tx = ran_tx.clone();
+            let wait = if i == 1 { rx.take() } else { None };
+            group
+                .run(&mut spare, async move {
+                    if let Some(wait) = wait {
+                        let _ = wait.await;
+                    }
+                    let _ = ran_tx.send((i, std::thread::current().id()));
+                })
+                .await;
+            // Work that did not wait finished in place, and its box is kept.
+            assert_eq!(spare.is_some(), i != 1, "step {i}");
+        }
+        assert_eq!(ran.try_recv().unwrap(), (0, caller));
+        assert_eq!(ran.try_recv().unwrap().0, 2);
+        // The waiting one went on in the group, and finishes there.
+        assert_eq!(group.len(), 1);
+        tx.send(()).unwrap();
+        group.wait().await;
+        assert_eq!(ran.recv().await.unwrap().0, 1);
+        assert!(tasks.is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn after_slow_work_in_place_the_next_pieces_get_tasks() {
+        let tasks = Tasks::new();
+        let mut group = tasks.group();
+        let mut spare = None;
+        let caller = std::thread::current().id();
+        let (ran_tx, mut ran) = tokio::sync::mpsc::unbounded_channel();
+        for i in 0..3 {
+            let ran_tx = ran_tx.clone();
+            group
+                .run(&mut spare, async move {
+                    if i == 0 {
+                        // Busy, without waiting: a handler computing.
+                        std::thread::sleep(INLINE_SLOW * 4);
+                    }
+                    let _ = ran_tx.send((i, std::thread::current().id()));
+                })
+                .await;
+        }
+        assert_eq!(ran.recv().await.unwrap(), (0, caller));
+        // The next ones were spawned, though ready at once.
+        assert_eq!(group.running.len(), 2);
+        group.wait().await;
+        let mut later: Vec<_> = [ran.recv().await.unwrap(), ran.recv().await.unwrap()]
+            .iter()
+            .map(|r| r.0)
+            .collect();
+        later.sort();
+        assert_eq!(later, vec![1, 2]);
+        assert!(group.is_empty());
     }
 
     #[tokio::test]

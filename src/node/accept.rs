@@ -88,11 +88,15 @@ pub(super) async fn accept_loop(endpoint: quinn::Endpoint, shared: Weak<Shared>)
 /// lock, which every stream operation contends for).
 const REMOTE_REFRESH: std::time::Duration = std::time::Duration::from_millis(250);
 
-/// Serves the request streams a peer opens on one connection, each on its
-/// own task of the connection's group: the group ends with this task
-/// (which, once the connection closed, waits for the streams still served).
+/// Serves the request streams a peer opens on one connection: each is
+/// served in place as far as it gets without waiting (a small request is
+/// read, handled and answered without a task of its own), and on a task of
+/// the connection's group once it has to wait. The group ends with this
+/// task, which, once the connection closed, waits for the streams still
+/// served.
 pub(super) async fn serve_connection(shared: Arc<Shared>, peer: NodeId, conn: quinn::Connection) {
     let mut streams = shared.tasks.group();
+    let mut spare = None;
     let mut remote = conn.remote_address();
     let mut remote_read = std::time::Instant::now();
     loop {
@@ -103,14 +107,18 @@ pub(super) async fn serve_connection(shared: Arc<Shared>, peer: NodeId, conn: qu
                     remote_read = std::time::Instant::now();
                 }
                 let shared = shared.clone();
-                streams.spawn(async move {
+                let serve = async move {
                     let ctx = router::Serving {
                         limits: &shared.limits,
                         stats: &shared.stats,
                         budget: &shared.budget,
                     };
                     shared.router.serve(peer, remote, send, recv, &ctx).await
-                });
+                };
+                streams.run(&mut spare, serve).await;
+                // A peer whose requests are all ready at once does not keep
+                // this thread from other tasks.
+                tokio::task::coop::consume_budget().await;
             }
             Err(e) => {
                 tracing::trace!(peer = %peer.short(), reason = %e, "connection ended");
