@@ -2,7 +2,7 @@
 //! run, over loopback. Prints figures (no assertions):
 //!
 //! - call latency p50/p99, one request in flight, 64-byte bodies, a new stream per call;
-//! - calls/s with 64 requests in flight;
+//! - calls/s with 1, 64 and 256 requests in flight;
 //! - connect + first reply p50/p99, a fresh client each time (its endpoint
 //!   or node made outside the timing), no session resumption;
 //! - bulk MiB/s of a 512 MiB streamed upload.
@@ -20,8 +20,8 @@ use tokio::io::AsyncReadExt;
 
 const BODY: [u8; 64] = [0x5a; 64];
 const LATENCY_CALLS: usize = 5_000;
-const THROUGHPUT_CALLS: usize = 50_000;
-const IN_FLIGHT: usize = 64;
+/// Calls at a time, and calls per round.
+const IN_FLIGHT: [(usize, usize); 3] = [(1, 10_000), (64, 50_000), (256, 50_000)];
 const CHUNK: usize = 256 * 1024;
 const ROUNDS: usize = 5;
 const CONNECTS: usize = 40;
@@ -241,15 +241,16 @@ fn udp_datagrams() -> u64 {
         .unwrap_or(0)
 }
 
-async fn throughput<F, Fut>(call: F) -> f64
+/// Calls per second with `in_flight` calls at a time (`calls` in all).
+async fn throughput<F, Fut>(call: F, in_flight: usize, calls: usize) -> f64
 where
     F: Fn() -> Fut + Send + Sync + Clone + 'static,
     Fut: std::future::Future<Output = ()> + Send,
 {
     let call = Arc::new(call);
     let start = Instant::now();
-    let per_task = THROUGHPUT_CALLS / IN_FLIGHT;
-    let tasks: Vec<_> = (0..IN_FLIGHT)
+    let per_task = calls / in_flight;
+    let tasks: Vec<_> = (0..in_flight)
         .map(|_| {
             let call = call.clone();
             tokio::spawn(async move {
@@ -262,7 +263,7 @@ where
     for t in tasks {
         t.await.unwrap();
     }
-    (per_task * IN_FLIGHT) as f64 / start.elapsed().as_secs_f64()
+    (per_task * in_flight) as f64 / start.elapsed().as_secs_f64()
 }
 
 /// Streams `body` to the server's sink route and checks the byte count it saw.
@@ -345,8 +346,9 @@ async fn main() {
     };
 
     println!(
-        "butter transport benchmark (loopback, release build, {} cores; median of {ROUNDS} alternating rounds)",
-        std::thread::available_parallelism().map_or(1, |n| n.get())
+        "butter transport benchmark (loopback, release build, {} cores; median of {ROUNDS} alternating rounds; load average {})",
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        load_average()
     );
     let (mut q, mut b) = (vec![], vec![]);
     for _ in 0..rounds("latency") {
@@ -355,24 +357,30 @@ async fn main() {
     }
     print_p50_p99("latency, 1 in flight, 64 B", &q, &b);
 
-    let (mut q, mut b, mut qd, mut bd) = (vec![], vec![], vec![], vec![]);
     // `BUTTER_BENCH_SIDE=raw` or `butter` runs one side only (for profiles).
     let side = std::env::var("BUTTER_BENCH_SIDE").unwrap_or_default();
-    for _ in 0..rounds("calls") {
-        if side != "butter" {
-            let d = udp_datagrams();
-            q.push(throughput(raw_call_fn.clone()).await);
-            qd.push((udp_datagrams() - d) as f64 / THROUGHPUT_CALLS as f64);
+    for (in_flight, calls) in IN_FLIGHT {
+        let (mut q, mut b, mut qd, mut bd) = (vec![], vec![], vec![], vec![]);
+        for _ in 0..rounds("calls") {
+            if side != "butter" {
+                let d = udp_datagrams();
+                q.push(throughput(raw_call_fn.clone(), in_flight, calls).await);
+                qd.push((udp_datagrams() - d) as f64 / calls as f64);
+            }
+            if side != "raw" {
+                let d = udp_datagrams();
+                b.push(throughput(butter_call.clone(), in_flight, calls).await);
+                bd.push((udp_datagrams() - d) as f64 / calls as f64);
+            }
         }
-        if side != "raw" {
-            let d = udp_datagrams();
-            b.push(throughput(butter_call.clone()).await);
-            bd.push((udp_datagrams() - d) as f64 / THROUGHPUT_CALLS as f64);
+        if q.is_empty() && b.is_empty() {
+            continue;
         }
-    }
-    let (q, b) = (median(q), median(b));
-    println!("calls/s, {IN_FLIGHT} in flight, 64 B   raw quinn {q:9.0}         | butter {b:9.0}         | ratio {:.2}x", b / q);
-    if !qd.is_empty() {
+        let (q, b) = (median(q), median(b));
+        println!(
+            "calls/s, {in_flight:3} in flight, 64 B raw quinn {q:9.0}         | butter {b:9.0}         | ratio {:.2}x",
+            b / q
+        );
         println!(
             "  UDP datagrams per call (both directions): raw quinn {:.2}, butter {:.2}",
             median(qd),
@@ -403,8 +411,10 @@ async fn main() {
         b.push(bulk_mib as f64 / t.elapsed().as_secs_f64());
     }
     let (q, b, c) = (median(q), median(b), median(c));
-    println!("bulk upload {bulk_mib} MiB           raw quinn {q:7.1} MiB/s     | butter {c:7.1} MiB/s     | ratio {:.2}x (Body::from_stream)", c / q);
-    println!("                                                        | butter {b:7.1} MiB/s     | ratio {:.2}x (Body::from_reader)", b / q);
+    if !q.is_nan() {
+        println!("bulk upload {bulk_mib} MiB           raw quinn {q:7.1} MiB/s     | butter {c:7.1} MiB/s     | ratio {:.2}x (Body::from_stream)", c / q);
+        println!("                                                        | butter {b:7.1} MiB/s     | ratio {:.2}x (Body::from_reader)", b / q);
+    }
     // Last: the long-lived raw connection idles meanwhile.
     let (mut q, mut b) = (vec![], vec![]);
     for _ in 0..rounds("connect") {
@@ -426,7 +436,20 @@ async fn main() {
         server.stats().handshakes_resumed_in
     );
 
+    println!("load average at the end: {}", load_average());
     raw.client.close(0u32.into(), b"done");
+}
+
+/// The machine's 1, 5 and 15 minute load averages (other work competing
+/// for the 2 cores moves the figures).
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| {
+            let parts: Vec<&str> = l.split_whitespace().take(3).collect();
+            (parts.len() == 3).then(|| parts.join(" "))
+        })
+        .unwrap_or_else(|| "unknown".into())
 }
 
 /// An AsyncRead of `total` bytes repeating `chunk`, without allocating per read.

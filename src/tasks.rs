@@ -127,6 +127,7 @@ impl Tasks {
             running: Vec::new(),
             prune_at: GROUP_PRUNE,
             inline_paused: None,
+            inline_busy: Duration::ZERO,
         }
     }
 }
@@ -139,6 +140,8 @@ const GROUP_PRUNE: usize = 64;
 const INLINE_SLOW: Duration = Duration::from_micros(500);
 /// ...makes the group give the next pieces tasks of their own for this long.
 const INLINE_PAUSE: Duration = Duration::from_millis(100);
+/// Work done in place between two yields of the calling task.
+const INLINE_SLICE: Duration = Duration::from_micros(200);
 
 /// Tasks owned by one task: see [`Tasks::group`].
 #[derive(Debug)]
@@ -148,6 +151,8 @@ pub struct TaskGroup {
     prune_at: usize,
     /// Until when [`TaskGroup::run`] spawns at once.
     inline_paused: Option<Instant>,
+    /// Work done in place since the calling task last yielded.
+    inline_busy: Duration,
 }
 
 impl TaskGroup {
@@ -193,13 +198,21 @@ impl TaskGroup {
         }
         let start = Instant::now();
         let polled = futures_util::poll!(fut.as_mut());
+        let took = start.elapsed();
         // Work that kept the calling task busy (a handler computing before
         // it answers) makes the next pieces go to tasks of their own for a
         // while, in parallel, instead of queueing behind one another.
-        self.inline_paused = (start.elapsed() > INLINE_SLOW).then(|| Instant::now() + INLINE_PAUSE);
+        self.inline_paused = (took > INLINE_SLOW).then(|| Instant::now() + INLINE_PAUSE);
         match polled {
             Poll::Ready(()) => *spare = Some(fut),
             Poll::Pending => self.spawn(fut),
+        }
+        // Tasks woken meanwhile on this thread (one this work spawned, say)
+        // run after a slice of work in place, not after a whole burst.
+        self.inline_busy += took;
+        if self.inline_busy > INLINE_SLICE {
+            self.inline_busy = Duration::ZERO;
+            tokio::task::yield_now().await;
         }
     }
 
