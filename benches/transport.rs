@@ -195,6 +195,9 @@ fn p50_p99(mut samples: Vec<Duration>) -> (Duration, Duration) {
 /// One line comparing raw quinn's and Butter's p50 and p99, each the
 /// median over the rounds.
 fn print_p50_p99(label: &str, raw: &[(Duration, Duration)], butter: &[(Duration, Duration)]) {
+    if raw.is_empty() && butter.is_empty() {
+        return;
+    }
     let med = |v: &[(Duration, Duration)], p99: bool| {
         median(v.iter().map(|s| us(if p99 { s.1 } else { s.0 })).collect())
     };
@@ -350,15 +353,19 @@ async fn main() {
         std::thread::available_parallelism().map_or(1, |n| n.get()),
         load_average()
     );
+    // `BUTTER_BENCH_SIDE=raw` or `butter` runs one side only (for profiles).
+    let side = std::env::var("BUTTER_BENCH_SIDE").unwrap_or_default();
     let (mut q, mut b) = (vec![], vec![]);
     for _ in 0..rounds("latency") {
-        q.push(latency(&raw_call_fn).await);
-        b.push(latency(&butter_call).await);
+        if side != "butter" {
+            q.push(latency(&raw_call_fn).await);
+        }
+        if side != "raw" {
+            b.push(latency(&butter_call).await);
+        }
     }
     print_p50_p99("latency, 1 in flight, 64 B", &q, &b);
 
-    // `BUTTER_BENCH_SIDE=raw` or `butter` runs one side only (for profiles).
-    let side = std::env::var("BUTTER_BENCH_SIDE").unwrap_or_default();
     for (in_flight, calls) in IN_FLIGHT {
         let (mut q, mut b, mut qd, mut bd) = (vec![], vec![], vec![], vec![]);
         for _ in 0..rounds("calls") {
