@@ -395,6 +395,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn work_in_place_lets_other_tasks_run_between_slices() {
+        let tasks = Tasks::new();
+        let mut group = tasks.group();
+        let mut spare = None;
+        let ran = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let probe = ran.clone();
+        // On this (single) thread, only a yield of the loop below lets it run.
+        tokio::spawn(async move { probe.store(true, std::sync::atomic::Ordering::SeqCst) });
+        let mut pieces_before = None;
+        for i in 0..20 {
+            // Ready at once, but busy for a while (under the slow mark).
+            group
+                .run(&mut spare, async { std::thread::sleep(INLINE_SLICE / 4) })
+                .await;
+            if pieces_before.is_none() && ran.load(std::sync::atomic::Ordering::SeqCst) {
+                pieces_before = Some(i);
+            }
+        }
+        let before = pieces_before.expect("the other task never ran during the burst");
+        assert!(before <= 5, "it waited for {before} pieces");
+    }
+
+    #[tokio::test]
     async fn dropping_a_group_aborts_its_tasks() {
         let tasks = Tasks::new();
         let mut group = tasks.group();

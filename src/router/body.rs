@@ -469,6 +469,21 @@ mod tests {
     /// byte per packet cannot make the reader keep a packet per byte); large
     /// ones are kept without a copy; the message comes out whole, in order,
     /// page-aligned when joined.
+    /// What is set aside before any byte arrived (and was counted in a
+    /// budget) is small, whatever length the peer announced.
+    #[test]
+    fn an_announced_length_reserves_little() {
+        let pieces = Pieces::with_capacity(16 * 1024 * 1024);
+        assert!(
+            pieces.small.capacity() <= SMALL_PIECE,
+            "{}",
+            pieces.small.capacity()
+        );
+        let mut small = Pieces::with_capacity(64);
+        small.push(Bytes::from_static(&[1; 64]));
+        assert_eq!(&small.join()[..], &[1; 64]);
+    }
+
     #[test]
     fn small_pieces_are_copied_and_large_ones_kept() {
         let mut pieces = Pieces::default();
