@@ -870,6 +870,22 @@ async fn call_moves_any_bytes_through_a_command_route() {
 
 /// `butter pipe`: 256 MiB each way at once between `listen` and `connect`,
 /// byte-identical, and both processes end on their own.
+/// Starts `cmd` with its stderr piped and waits for the first line it
+/// writes there (`what`: e.g. the address a listener took). The rest of
+/// stderr stays readable (and open) in the returned lines.
+async fn spawn_until_first_line(
+    mut cmd: Command,
+    what: &str,
+) -> (Child, Lines<BufReader<tokio::process::ChildStderr>>, String) {
+    let mut child = cmd.stderr(Stdio::piped()).spawn().unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap()).lines();
+    let line = within(20, what, err.next_line())
+        .await
+        .unwrap()
+        .expect("a line");
+    (child, err, line)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipe_moves_256_mib_each_way() {
     let _heavy = HEAVY.lock().await;
@@ -886,14 +902,8 @@ async fn pipe_moves_256_mib_each_way() {
     listen
         .args(["pipe", "listen", "--listen", "127.0.6.60:0"])
         .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut listener = listen.spawn().unwrap();
-    let mut err = BufReader::new(listener.stderr.take().unwrap()).lines();
-    let addr = within(20, "the address", err.next_line())
-        .await
-        .unwrap()
-        .expect("a line");
+        .stdout(Stdio::piped());
+    let (mut listener, _err, addr) = spawn_until_first_line(listen, "the address").await;
     let mut stdin = listener.stdin.take().unwrap();
     let feed = to_connect.clone();
     let feeding = tokio::spawn(async move {
@@ -953,14 +963,8 @@ async fn pipe_forwards_tcp_for_an_http_server() {
         .args(["pipe", "listen", "--listen", "127.0.6.61:0"])
         .args(["--tcp-connect", &format!("127.0.0.1:{web_port}")])
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut listener = listen.spawn().unwrap();
-    let mut err = BufReader::new(listener.stderr.take().unwrap()).lines();
-    let addr = within(20, "the address", err.next_line())
-        .await
-        .unwrap()
-        .expect("a line");
+        .stdout(Stdio::null());
+    let (mut listener, _err, addr) = spawn_until_first_line(listen, "the address").await;
     let local_port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
@@ -970,14 +974,8 @@ async fn pipe_forwards_tcp_for_an_http_server() {
     connect
         .args(["pipe", "connect", &addr, "--tcp", &local])
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut connector = connect.spawn().unwrap();
-    let mut err = BufReader::new(connector.stderr.take().unwrap()).lines();
-    let said = within(20, "forwarding", err.next_line())
-        .await
-        .unwrap()
-        .expect("a line");
+        .stdout(Stdio::null());
+    let (mut connector, _err2, said) = spawn_until_first_line(connect, "forwarding").await;
     assert!(said.contains("forwarding"), "{said}");
     // The web server may take a moment to start: a few tries.
     let mut answer = String::new();
