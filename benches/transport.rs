@@ -1,7 +1,8 @@
 //! Transport benchmark: Butter route calls vs raw quinn doing the same work, in one
 //! run, over loopback. Prints figures (no assertions):
 //!
-//! - call latency p50/p99, one request in flight, 64-byte bodies, a new stream per call;
+//! - call latency p50/p99, one request in flight, 64-byte bodies, a new stream per call
+//!   (raw quinn and Butter in alternating blocks of 50 calls);
 //! - calls/s with 1, 64 and 256 requests in flight;
 //! - connect + first reply p50/p99, a fresh client each time (its endpoint
 //!   or node made outside the timing), no session resumption;
@@ -20,6 +21,8 @@ use tokio::io::AsyncReadExt;
 
 const BODY: [u8; 64] = [0x5a; 64];
 const LATENCY_CALLS: usize = 5_000;
+/// Latency calls in a block of one side, before the other side's block.
+const LATENCY_BLOCK: usize = 50;
 /// Calls at a time, and calls per round.
 const IN_FLIGHT: [(usize, usize); 3] = [(1, 10_000), (64, 50_000), (256, 50_000)];
 const CHUNK: usize = 256 * 1024;
@@ -211,21 +214,40 @@ fn print_p50_p99(label: &str, raw: &[(Duration, Duration)], butter: &[(Duration,
         b50 / q50, b99 / q99);
 }
 
-async fn latency<F, Fut>(mut call: F) -> (Duration, Duration)
+/// Latency samples of raw quinn's and Butter's calls, taken in blocks of
+/// [`LATENCY_BLOCK`] calls that alternate between the two (and which of them
+/// goes first), so that a change in the machine's speed during a round (other
+/// work, CPU frequency, the host's neighbours) weighs on both alike. `None`
+/// for a side that is not run (`BUTTER_BENCH_SIDE`).
+async fn latency<F, FF, G, GF>(
+    mut raw: Option<F>,
+    mut butter: Option<G>,
+) -> (Option<(Duration, Duration)>, Option<(Duration, Duration)>)
 where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = ()>,
+    F: FnMut() -> FF,
+    FF: std::future::Future<Output = ()>,
+    G: FnMut() -> GF,
+    GF: std::future::Future<Output = ()>,
 {
-    for _ in 0..200 {
-        call().await;
+    let (mut q, mut b) = (vec![], vec![]);
+    for block in 0..(200 + LATENCY_CALLS) / LATENCY_BLOCK {
+        let warm = block * LATENCY_BLOCK < 200;
+        for side in [block % 2, 1 - block % 2] {
+            for _ in 0..LATENCY_BLOCK {
+                let t = Instant::now();
+                match (side, &mut raw, &mut butter) {
+                    (0, Some(raw), _) => raw().await,
+                    (1, _, Some(butter)) => butter().await,
+                    _ => break,
+                }
+                if !warm {
+                    [&mut q, &mut b][side].push(t.elapsed());
+                }
+            }
+        }
     }
-    let mut samples = Vec::with_capacity(LATENCY_CALLS);
-    for _ in 0..LATENCY_CALLS {
-        let t = Instant::now();
-        call().await;
-        samples.push(t.elapsed());
-    }
-    p50_p99(samples)
+    let p = |v: Vec<Duration>| (!v.is_empty()).then(|| p50_p99(v));
+    (p(q), p(b))
 }
 
 /// UDP datagrams this host has sent (all sockets: the benchmark is alone
@@ -357,12 +379,13 @@ async fn main() {
     let side = std::env::var("BUTTER_BENCH_SIDE").unwrap_or_default();
     let (mut q, mut b) = (vec![], vec![]);
     for _ in 0..rounds("latency") {
-        if side != "butter" {
-            q.push(latency(&raw_call_fn).await);
-        }
-        if side != "raw" {
-            b.push(latency(&butter_call).await);
-        }
+        let (r, o) = latency(
+            (side != "butter").then_some(&raw_call_fn),
+            (side != "raw").then_some(&butter_call),
+        )
+        .await;
+        q.extend(r);
+        b.extend(o);
     }
     print_p50_p99("latency, 1 in flight, 64 B", &q, &b);
 

@@ -16,9 +16,13 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::task::Poll;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use futures_util::task::AtomicWaker;
+use slab::Slab;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -29,6 +33,78 @@ use tokio_util::task::TaskTracker;
 pub struct Tasks {
     tracker: TaskTracker,
     cancel: CancellationToken,
+    stop: Arc<Stop>,
+}
+
+/// How [`Tasks::spawn`]'s tasks learn of cancellation: a flag each poll
+/// reads without a lock, and a waker slot per running task, all woken on
+/// cancel. (tokio-util's `run_until_cancelled` takes the token's mutex and
+/// its `Notify`'s mutex on every poll of every task: locks shared by all of
+/// a node's threads, taken on the path of every request a connection's task
+/// serves.)
+#[derive(Default, Debug)]
+struct Stop {
+    stopped: AtomicBool,
+    waiting: Mutex<Slab<Arc<AtomicWaker>>>,
+}
+
+impl Stop {
+    fn waiting(&self) -> std::sync::MutexGuard<'_, Slab<Arc<AtomicWaker>>> {
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
+        for (_, waker) in self.waiting().iter() {
+            waker.wake();
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// `fut`, ended (output `None`) at its next poll once its owner stopped.
+    struct UntilStopped<F> {
+        #[pin]
+        fut: F,
+        stop: Arc<Stop>,
+        waker: Arc<AtomicWaker>,
+        key: usize,
+    }
+
+    impl<F> PinnedDrop for UntilStopped<F> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            this.stop.waiting().try_remove(*this.key);
+        }
+    }
+}
+
+impl<F> UntilStopped<F> {
+    fn new(stop: Arc<Stop>, fut: F) -> Self {
+        let waker = Arc::new(AtomicWaker::new());
+        let key = stop.waiting().insert(waker.clone());
+        UntilStopped {
+            fut,
+            stop,
+            waker,
+            key,
+        }
+    }
+}
+
+impl<F: Future> Future for UntilStopped<F> {
+    type Output = Option<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        // Registered before the flag is read: a stop after the read wakes
+        // this task (registering the same waker again costs no clone).
+        this.waker.register(cx.waker());
+        if this.stop.stopped.load(Ordering::Acquire) {
+            return Poll::Ready(None);
+        }
+        this.fut.poll(cx).map(Some)
+    }
 }
 
 impl Tasks {
@@ -44,8 +120,8 @@ impl Tasks {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        let cancel = self.cancel.clone();
-        self.tracker.spawn(cancel.run_until_cancelled_owned(fut))
+        self.tracker
+            .spawn(UntilStopped::new(self.stop.clone(), fut))
     }
 
     /// Spawns a task that watches [`Tasks::cancelled`] itself to finish
@@ -64,18 +140,20 @@ impl Tasks {
         self.cancel.clone().cancelled_owned()
     }
 
-    /// The token cancelled with the owner, for code that takes one.
+    /// A token cancelled with the owner, for code that takes one
+    /// (cancelling it does not cancel the owner).
     pub fn token(&self) -> CancellationToken {
-        self.cancel.clone()
+        self.cancel.child_token()
     }
 
     /// Whether the owner was cancelled.
     pub fn is_cancelled(&self) -> bool {
-        self.cancel.is_cancelled()
+        self.stop.stopped.load(Ordering::Acquire)
     }
 
     /// Cancels every task and refuses new ones (they end at once). Does not wait.
     pub fn cancel(&self) {
+        self.stop.stop();
         self.cancel.cancel();
         self.tracker.close();
     }
@@ -265,6 +343,46 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_task_spawned_after_cancel_ends_without_running() {
+        let tasks = Tasks::new();
+        tasks.cancel();
+        let ran = Arc::new(AtomicBool::new(false));
+        let flag = ran.clone();
+        let late = tasks.spawn(async move { flag.store(true, Ordering::SeqCst) });
+        assert_eq!(late.await.unwrap(), None);
+        let pending = tasks.spawn(std::future::pending::<()>());
+        assert_eq!(pending.await.unwrap(), None);
+        assert!(!ran.load(Ordering::SeqCst));
+        assert!(tasks.is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn an_ended_task_gives_back_its_waker_slot() {
+        let tasks = Tasks::new();
+        let waiting = tasks.spawn(std::future::pending::<()>());
+        for i in 0..1_000 {
+            assert_eq!(tasks.spawn(async move { i }).await.unwrap(), Some(i));
+        }
+        // Only the task still running holds a slot.
+        assert_eq!(tasks.stop.waiting().len(), 1);
+        waiting.abort();
+        let _ = waiting.await;
+        assert_eq!(tasks.stop.waiting().len(), 0);
+    }
+
+    #[tokio::test]
+    async fn cancelling_the_handed_out_token_leaves_the_owner_running() {
+        let tasks = Tasks::new();
+        let token = tasks.token();
+        token.cancel();
+        assert!(!tasks.is_cancelled());
+        assert_eq!(tasks.spawn(async { 1 }).await.unwrap(), Some(1));
+        let token = tasks.token();
+        tasks.cancel();
+        assert!(token.is_cancelled());
+    }
+
+    #[tokio::test]
     async fn a_graceful_task_finishes_its_cleanup() {
         let tasks = Tasks::new();
         let cancelled = tasks.cancelled();
@@ -429,13 +547,5 @@ mod tests {
         drop(group);
         assert!(rx.await.is_err());
         assert!(tasks.shut_down(Duration::from_secs(1)).await);
-    }
-
-    #[tokio::test]
-    async fn tasks_spawned_after_cancel_end_at_once() {
-        let tasks = Tasks::new();
-        tasks.cancel();
-        let late = tasks.spawn(std::future::pending::<()>());
-        assert_eq!(late.await.unwrap(), None);
     }
 }
