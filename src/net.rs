@@ -18,12 +18,11 @@ use std::fmt;
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use futures_util::task::AtomicWaker;
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
 use tokio::sync::mpsc;
@@ -88,11 +87,6 @@ pub struct DemuxSocket {
     virtual_out: Mutex<HashMap<SocketAddr, mpsc::Sender<Bytes>>>,
     inject_tx: mpsc::Sender<(SocketAddr, Bytes)>,
     inject_rx: Mutex<mpsc::Receiver<(SocketAddr, Bytes)>>,
-    /// Packets in `inject_rx` (counted after they are queued), so that a
-    /// receive looks at the queue's lock only when a relay injected some.
-    injected: AtomicUsize,
-    /// The endpoint driver waiting for injected packets.
-    inject_waker: AtomicWaker,
     next_virtual: AtomicU32,
 }
 
@@ -118,8 +112,6 @@ impl DemuxSocket {
             virtual_out: Mutex::default(),
             inject_tx,
             inject_rx: Mutex::new(inject_rx),
-            injected: AtomicUsize::new(0),
-            inject_waker: AtomicWaker::new(),
             next_virtual: AtomicU32::new(1),
         }
     }
@@ -143,15 +135,9 @@ impl DemuxSocket {
     /// Hands quinn a packet that arrived over a virtual path. False if the
     /// queue is full (dropped, as a congested link would).
     pub(crate) fn inject(&self, from: SocketAddr, packet: Bytes) -> bool {
-        let queued = self
-            .inject_tx
+        self.inject_tx
             .try_send((self.quinn_form(from), packet))
-            .is_ok();
-        if queued {
-            self.injected.fetch_add(1, Ordering::Release);
-            self.inject_waker.wake();
-        }
-        queued
+            .is_ok()
     }
 
     /// The address form quinn uses: v4-mapped IPv6 on a dual-stack socket.
@@ -282,19 +268,9 @@ impl AsyncUdpSocket for DemuxSocket {
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
-        // Relayed packets first. The waker is registered before the count
-        // is read: a packet injected after the read wakes the driver. The
-        // queue's lock is taken only when a relay injected something (every
-        // receive of every packet comes through here).
+        // Relayed packets first (this also registers the waker for them).
         if let (Some(buf), Some(m)) = (bufs.first_mut(), meta.first_mut()) {
-            self.inject_waker.register(cx.waker());
-            let injected = if self.injected.load(Ordering::Acquire) > 0 {
-                lock(&self.inject_rx).try_recv().ok()
-            } else {
-                None
-            };
-            if let Some((from, packet)) = injected {
-                self.injected.fetch_sub(1, Ordering::AcqRel);
+            if let Poll::Ready(Some((from, packet))) = lock(&self.inject_rx).poll_recv(cx) {
                 let len = packet.len().min(buf.len());
                 buf[..len].copy_from_slice(&packet[..len]);
                 *m = RecvMeta {
@@ -400,7 +376,6 @@ fn interface_is_up(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn stun_and_quic_first_bytes_are_told_apart() {
@@ -410,48 +385,6 @@ mod tests {
         // QUIC long header (0xc0..) and short header (0x40..).
         assert!(is_quic(0xc3));
         assert!(is_quic(0x43));
-    }
-
-    /// Receives one datagram from `demux` into a fresh buffer.
-    async fn recv_one(demux: &DemuxSocket) -> (SocketAddr, Vec<u8>) {
-        let mut buf = [0u8; 1500];
-        let mut meta = [RecvMeta::default()];
-        let n = std::future::poll_fn(|cx| {
-            demux.poll_recv(cx, &mut [IoSliceMut::new(&mut buf)], &mut meta)
-        })
-        .await
-        .unwrap();
-        assert_eq!(n, 1);
-        (meta[0].addr, buf[..meta[0].len].to_vec())
-    }
-
-    #[tokio::test]
-    async fn injected_packets_arrive_in_order_wake_the_receiver_and_are_bounded() {
-        let rt = quinn::default_runtime().unwrap();
-        let std_sock = bind("127.0.0.1:0".parse().unwrap()).unwrap();
-        let demux = Arc::new(DemuxSocket::new(rt.wrap_udp_socket(std_sock).unwrap()));
-        let from: SocketAddr = "240.0.0.7:1".parse().unwrap();
-        // A receiver already waiting is woken by an injection.
-        let waiting = tokio::spawn({
-            let demux = demux.clone();
-            async move { recv_one(&demux).await }
-        });
-        tokio::task::yield_now().await;
-        assert!(demux.inject(from, Bytes::from_static(&[0x40, 1])));
-        let got = tokio::time::timeout(Duration::from_secs(5), waiting)
-            .await
-            .expect("the waiting receiver was woken")
-            .unwrap();
-        assert_eq!(got, (from, vec![0x40, 1]));
-        // Queued ones come out in order; a full queue refuses more.
-        for i in 0..INJECT_QUEUE {
-            assert!(demux.inject(from, Bytes::from(vec![0x40, i as u8])));
-        }
-        assert!(!demux.inject(from, Bytes::from_static(&[0x40, 0xff])));
-        for i in 0..INJECT_QUEUE {
-            assert_eq!(recv_one(&demux).await.1, vec![0x40, i as u8]);
-        }
-        assert_eq!(demux.injected.load(Ordering::SeqCst), 0);
     }
 
     #[tokio::test]
