@@ -26,15 +26,17 @@ async fn node(i: usize, bootstrap: Option<&Node>) -> Node {
     b.spawn().await.expect("node starts")
 }
 
-/// Nodes no other node holds in its table yet (a newcomer is verified
-/// by those it asked before they keep it).
-fn unknown_to_all(nodes: &[Node]) -> Vec<usize> {
-    let held: std::collections::HashSet<NodeId> = nodes
-        .iter()
-        .flat_map(|n| n.known_hosts().into_iter().map(|h| h.addr.id))
-        .collect();
+/// Nodes fewer than `min` other nodes hold in their tables yet (a
+/// newcomer is verified by those it asked before they keep it).
+fn kept_by_fewer_than(nodes: &[Node], min: usize) -> Vec<usize> {
+    let mut held: std::collections::HashMap<NodeId, usize> = Default::default();
+    for n in nodes {
+        for h in n.known_hosts() {
+            *held.entry(h.addr.id).or_default() += 1;
+        }
+    }
     (0..nodes.len())
-        .filter(|i| !held.contains(&nodes[*i].id()))
+        .filter(|i| held.get(&nodes[*i].id()).copied().unwrap_or(0) < min)
         .collect()
 }
 
@@ -51,13 +53,28 @@ async fn fifty_nodes_bootstrapped_from_one_find_each_other_and_share_records() {
         nodes.push(node(i, Some(&first)).await);
     }
     // Joined: every node knows some hosts (its bootstrap, then what its
-    // self-lookup met), and some other node keeps it (the nodes a newcomer
+    // self-lookup met), and a few other nodes keep it (the nodes a newcomer
     // asked verify it before their tables take it: until one did, nobody
-    // can find it).
+    // can find it, and while only one far from it did, lookups that end
+    // among its neighbours miss it — seen in 1 of ~10 runs under load).
     within(60, "every node joins", async {
-        while nodes.iter().any(|n| n.known_hosts().len() < 3) || !unknown_to_all(&nodes).is_empty()
+        while nodes.iter().any(|n| n.known_hosts().len() < 3)
+            || !kept_by_fewer_than(&nodes, 3).is_empty()
         {
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Then settled: the last newcomers' neighbours learn of them from
+        // each other's lookups a moment later (lookups for a node its
+        // neighbourhood does not hold yet miss it: 1-84 of 2,450 missed in
+        // 4 of ~24 runs without this wait, the build before it too).
+        let total = || -> usize { nodes.iter().map(|n| n.known_hosts().len()).sum() };
+        let (mut last, mut since) = (total(), Instant::now());
+        while since.elapsed() < Duration::from_secs(1) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let now = total();
+            if now != last {
+                (last, since) = (now, Instant::now());
+            }
         }
     })
     .await;
@@ -100,10 +117,11 @@ async fn fifty_nodes_bootstrapped_from_one_find_each_other_and_share_records() {
     }
     assert!(
         failed.is_empty(),
-        "{} of {} find_node lookups failed: {:?}",
+        "{} of {} find_node lookups failed: {:?}; nodes kept by fewer than 3 others now: {:?}",
         failed.len(),
         pairs.len(),
-        &failed[..failed.len().min(10)]
+        &failed[..failed.len().min(10)],
+        kept_by_fewer_than(&nodes, 3)
     );
     latencies.sort();
     hops.sort();
