@@ -5,7 +5,8 @@
 //!   (raw quinn and Butter in alternating blocks of 50 calls);
 //! - calls/s with 1, 64 and 256 requests in flight;
 //! - connect + first reply p50/p99, a fresh client each time (its endpoint
-//!   or node made outside the timing), no session resumption;
+//!   or node made outside the timing), no session resumption (raw quinn and
+//!   Butter alternating connect by connect);
 //! - bulk MiB/s of a 512 MiB streamed upload.
 //!
 //! `cargo bench --bench transport` (set `BUTTER_BENCH_BULK_MIB` to change the size,
@@ -107,19 +108,16 @@ async fn raw_bulk(conn: &quinn::Connection, bytes: u64) {
 }
 
 /// Raw quinn: connect a fresh client endpoint (made outside the timing)
-/// and make one call; p50 and p99 over [`CONNECTS`].
-async fn raw_connects(addr: std::net::SocketAddr, id: &butter::Identity) -> (Duration, Duration) {
-    let mut samples = Vec::new();
-    for _ in 0..CONNECTS {
-        let client = raw::client(lo());
-        let t = Instant::now();
-        let conn = raw::dial(&client, addr, id).await;
-        raw_call(&conn).await;
-        samples.push(t.elapsed());
-        conn.close(0u32.into(), b"done");
-        client.wait_idle().await;
-    }
-    p50_p99(samples)
+/// and make one call.
+async fn raw_connect(addr: std::net::SocketAddr, id: &butter::Identity) -> Duration {
+    let client = raw::client(lo());
+    let t = Instant::now();
+    let conn = raw::dial(&client, addr, id).await;
+    raw_call(&conn).await;
+    let took = t.elapsed();
+    conn.close(0u32.into(), b"done");
+    client.wait_idle().await;
+    took
 }
 
 /// Raw quinn: one client endpoint connecting again and again (each time
@@ -166,23 +164,41 @@ async fn butter_reconnects(target: &butter::NodeAddr) -> (Duration, Duration, u6
 }
 
 /// Butter: a fresh node (spawned outside the timing) calls `target` by
-/// address; p50 and p99 over [`CONNECTS`].
-async fn butter_connects(target: &butter::NodeAddr) -> (Duration, Duration) {
-    let mut samples = Vec::new();
-    for _ in 0..CONNECTS {
-        let client = Node::builder()
-            .listen(lo())
-            .lan_discovery(false)
-            .spawn()
-            .await
-            .unwrap();
-        let t = Instant::now();
-        let r = client.call(target, "echo", &BODY[..]).await.unwrap();
-        samples.push(t.elapsed());
-        assert_eq!(r.len(), BODY.len());
-        client.shutdown().await;
+/// address.
+async fn butter_connect(target: &butter::NodeAddr) -> Duration {
+    let client = Node::builder()
+        .listen(lo())
+        .lan_discovery(false)
+        .spawn()
+        .await
+        .unwrap();
+    let t = Instant::now();
+    let r = client.call(target, "echo", &BODY[..]).await.unwrap();
+    let took = t.elapsed();
+    assert_eq!(r.len(), BODY.len());
+    client.shutdown().await;
+    took
+}
+
+/// Fresh connects of raw quinn and of Butter, alternating one by one (and
+/// which goes first), as the latency workload does: p50 and p99 of each
+/// over [`CONNECTS`].
+async fn connects(
+    raw_at: Option<(std::net::SocketAddr, &butter::Identity)>,
+    target: Option<&butter::NodeAddr>,
+) -> (Option<(Duration, Duration)>, Option<(Duration, Duration)>) {
+    let (mut q, mut b) = (vec![], vec![]);
+    for i in 0..CONNECTS {
+        for side in [i % 2, 1 - i % 2] {
+            match (side, raw_at, target) {
+                (0, Some((addr, id)), _) => q.push(raw_connect(addr, id).await),
+                (1, _, Some(target)) => b.push(butter_connect(target).await),
+                _ => {}
+            }
+        }
     }
-    p50_p99(samples)
+    let p = |v: Vec<Duration>| (!v.is_empty()).then(|| p50_p99(v));
+    (p(q), p(b))
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -448,8 +464,13 @@ async fn main() {
     // Last: the long-lived raw connection idles meanwhile.
     let (mut q, mut b) = (vec![], vec![]);
     for _ in 0..rounds("connect") {
-        q.push(raw_connects(raw.addr, &raw.id).await);
-        b.push(butter_connects(&target).await);
+        let (r, o) = connects(
+            (side != "butter").then_some((raw.addr, &raw.id)),
+            (side != "raw").then_some(&target),
+        )
+        .await;
+        q.extend(r);
+        b.extend(o);
     }
     print_p50_p99("connect + first reply, fresh client", &q, &b);
     let (mut q, mut b) = (vec![], vec![]);
