@@ -138,15 +138,20 @@ async fn raw_reconnects(addr: std::net::SocketAddr, id: &butter::Identity) -> (D
     p50_p99(samples)
 }
 
-/// Butter: one node calling `target` again and again, disconnecting after
-/// each call (each dial resumes the TLS session of the last); p50 and p99.
-async fn butter_reconnects(target: &butter::NodeAddr) -> (Duration, Duration, u64) {
-    let client = Node::builder()
+/// A Butter node on loopback, off the LAN: the connect workloads' client.
+async fn client_node() -> Node {
+    Node::builder()
         .listen(lo())
         .lan_discovery(false)
         .spawn()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// Butter: one node calling `target` again and again, disconnecting after
+/// each call (each dial resumes the TLS session of the last); p50 and p99.
+async fn butter_reconnects(target: &butter::NodeAddr) -> (Duration, Duration, u64) {
+    let client = client_node().await;
     let mut samples = Vec::new();
     for i in 0..=CONNECTS {
         let t = Instant::now();
@@ -166,12 +171,7 @@ async fn butter_reconnects(target: &butter::NodeAddr) -> (Duration, Duration, u6
 /// Butter: a fresh node (spawned outside the timing) calls `target` by
 /// address.
 async fn butter_connect(target: &butter::NodeAddr) -> Duration {
-    let client = Node::builder()
-        .listen(lo())
-        .lan_discovery(false)
-        .spawn()
-        .await
-        .unwrap();
+    let client = client_node().await;
     let t = Instant::now();
     let r = client.call(target, "echo", &BODY[..]).await.unwrap();
     let took = t.elapsed();
