@@ -115,9 +115,16 @@ impl Inbox {
         if letter.body.len() > MAX_BODY {
             return Err(MessageError::TooLarge("body".into()));
         }
-        if letter.seq == 0 {
+        if letter.seq == 0 || letter.seq == u64::MAX {
             return Err(MessageError::Malformed(
-                "sequence numbers start at 1".into(),
+                "sequence numbers run from 1 to 2^64 - 2".into(),
+            ));
+        }
+        // The sender's floor is its lowest message not acknowledged: this
+        // one is not, so the floor is at most its number.
+        if letter.floor > letter.seq {
+            return Err(MessageError::Malformed(
+                "the floor is above the message's own number".into(),
             ));
         }
         if self.ids.contains(&letter.id) {
@@ -296,6 +303,32 @@ mod tests {
         assert_eq!(inbox.waiting(), 1);
         assert_eq!(seqs(&inbox.accept(a, letter(6, 6, 1)).unwrap()), [6, 7]);
         assert_eq!(inbox.waiting(), 0);
+    }
+
+    #[test]
+    fn numbers_at_the_end_of_the_range_or_a_floor_above_the_message_are_refused() {
+        // Found by the fuzzer (CI): seq = floor = 2^64 - 1 overflowed the
+        // next number expected.
+        let a = Identity::generate().id();
+        let mut inbox = Inbox::new(InboxLimits::default());
+        for (seq, floor) in [(u64::MAX, u64::MAX), (u64::MAX, 1), (3, 4), (0, 0)] {
+            assert!(
+                matches!(
+                    inbox.accept(a, letter(seq, floor, 1)),
+                    Err(MessageError::Malformed(_))
+                ),
+                "seq {seq} floor {floor}"
+            );
+        }
+        let last = u64::MAX - 1;
+        assert_eq!(
+            seqs(&inbox.accept(a, letter(last, last, 1)).unwrap()),
+            [last]
+        );
+        assert!(matches!(
+            inbox.accept(a, letter(last, last, 1)),
+            Err(MessageError::Replayed)
+        ));
     }
 
     #[test]
