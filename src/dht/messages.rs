@@ -73,8 +73,8 @@ pub struct FindNode {
     /// The id looked for.
     pub target: NodeId,
     /// Whether the caller serves the DHT itself (and may be taken into the
-    /// responder's table after a check); a guest, such as a one-shot
-    /// command, says no and never enters anyone's table.
+    /// responder's table, at the address its packets come from); a guest,
+    /// such as a one-shot command, says no and never enters anyone's table.
     pub serving: bool,
 }
 

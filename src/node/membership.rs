@@ -292,6 +292,39 @@ async fn peer_exchange(node: &Node) {
     }
 }
 
+/// "I keep you": a host just taken in knows at once that it is known (it
+/// stops asking the LAN; a newcomer learns which of its neighbours hold it)
+/// instead of at our first liveness check. Best effort, bounded by the
+/// liveness timeout.
+async fn tell_kept(node: &Node, target: Target) {
+    let _ = tokio::time::timeout(
+        node.members().settings.liveness_timeout,
+        node.ping_with(target, true),
+    )
+    .await;
+}
+
+impl Node {
+    /// Takes a caller into the table whose key the connection it called on
+    /// proved and whose address that connection's handshake proved (QUIC
+    /// completes a handshake only with a source that receives at its
+    /// address): no verification of its own, as the caller takes in the
+    /// nodes that answer it. On [`Insert::Added`] it is told so (a task
+    /// bounded by the liveness timeout; one per host taken in, and the
+    /// table's bounds bound those).
+    pub(crate) fn admit_caller(&self, addr: NodeAddr, rtt: Duration) -> Insert {
+        let target = Target::Addr(addr.clone());
+        let outcome = self.admit_host(addr, rtt, None);
+        if outcome == Insert::Added {
+            let node = self.clone();
+            self.shared()
+                .tasks
+                .spawn(async move { tell_kept(&node, target).await });
+        }
+        outcome
+    }
+}
+
 /// Verifies a candidate with a handshake and a ping, then offers it to the table.
 /// Nothing heard about a host (multicast beacon, peer exchange) is trusted before
 /// this: the handshake proves the claimed key.
@@ -330,14 +363,7 @@ async fn verify(node: Node, addr: NodeAddr, reach: Reach) {
                 Some(ping.reply.quality(ping.rtt)),
             );
             if admitted == Insert::Added {
-                // "I keep you": the candidate knows at once that it is known
-                // (it stops asking the LAN) instead of at our first liveness
-                // check. Best effort, bounded like the verification.
-                let _ = tokio::time::timeout(
-                    node.members().settings.liveness_timeout,
-                    node.ping_with(target, true),
-                )
-                .await;
+                tell_kept(&node, target).await;
             }
             true
         }

@@ -116,6 +116,9 @@ pub(crate) struct DhtState {
     last_seq: AtomicU64,
     /// Something changed since the last snapshot ([`persist`]).
     dirty: std::sync::atomic::AtomicBool,
+    /// Whether a lookup for this node's own id was answered since it last
+    /// had no known host ([`Dht::joined`]).
+    joined: tokio::sync::watch::Sender<bool>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -138,8 +141,15 @@ impl DhtState {
             provided: Default::default(),
             last_seq: AtomicU64::new(0),
             dirty: Default::default(),
+            joined: tokio::sync::watch::Sender::new(false),
             settings,
         }
+    }
+
+    /// The self-lookup was answered (true), or the node is alone again.
+    pub(crate) fn set_joined(&self, joined: bool) {
+        self.joined
+            .send_if_modified(|j| std::mem::replace(j, joined) != joined);
     }
 
     /// Whether this node announces itself as a provider of `key` already
@@ -297,6 +307,45 @@ impl Dht {
         let config = self.state().lookup_config(paths);
         let done = lookups::run(&self.node, target, Ask::Node, config, |_, _| false).await?;
         Ok((done.closest, done.report))
+    }
+
+    /// Whether this node has joined the DHT: a lookup for its own id was
+    /// answered since it last had no known host. From then on the nodes
+    /// closest to it hold it (they took it in when it asked them), so a
+    /// lookup for it from anywhere finds it.
+    pub fn is_joined(&self) -> bool {
+        *self.state().joined.borrow()
+    }
+
+    /// Waits until this node [has joined](Self::is_joined) the DHT (at
+    /// once if it has); [`Error::Shutdown`] if the node shuts down first.
+    /// A node with neither a bootstrap node nor a host that finds it waits
+    /// until one does: bound the wait with a timeout.
+    ///
+    /// ```
+    /// # async fn run() -> butter::Result<()> {
+    /// let first = butter::Node::builder().listen("127.0.0.1:0".parse().unwrap()).spawn().await?;
+    /// let second = butter::Node::builder()
+    ///     .listen("127.0.0.1:0".parse().unwrap())
+    ///     .bootstrap(first.addr())
+    ///     .spawn()
+    ///     .await?;
+    /// second.dht().joined().await?;
+    /// // The node it asked holds it now: lookups find it.
+    /// let found = first.dht().find_node(second.id()).await?;
+    /// assert_eq!(found.addr.id, second.id());
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+    /// ```
+    pub fn joined(&self) -> impl std::future::Future<Output = Result<()>> + Send + 'static {
+        let mut joined = self.state().joined.subscribe();
+        let stopped = self.node.shared().tasks.cancelled();
+        async move {
+            tokio::select! {
+                r = joined.wait_for(|j| *j) => r.map(|_| ()).map_err(|_| Error::Shutdown),
+                _ = stopped => Err(Error::Shutdown),
+            }
+        }
     }
 
     /// Looks `id` up: its address, as it answered the lookup (which ends

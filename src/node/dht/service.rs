@@ -42,16 +42,27 @@ fn closer(node: &Node, target: &NodeId, asker: &NodeId) -> Closer {
     Closer { contacts }
 }
 
-/// A caller that serves the DHT too may enter the table: verified like any
-/// candidate (a ping at the address its packets came from), when its bucket
-/// and its network have room.
+/// A caller that serves the DHT too enters the table when its bucket and
+/// its network have room, at the address its packets came from: at once
+/// when the connection it called on is direct and live (its key and
+/// address are proven as a responder's are to the asker; a newcomer's
+/// neighbours must hold it as soon as its self-lookup reached them, or
+/// lookups for it miss it), else verified like any candidate. A relayed
+/// caller has no proven address and is not taken in.
 fn consider(node: &Node, peer: NodeId, from: SocketAddr, serving: bool) {
-    if serving
-        && !crate::net::is_virtual(from)
-        && !node.members().contains(&peer)
-        && node.members().would_consider(&peer, from)
+    if !serving
+        || crate::net::is_virtual(from)
+        || node.members().contains(&peer)
+        || !node.members().would_consider(&peer, from)
     {
-        node.offer_candidate(NodeAddr::new(peer, [from]), Reach::Direct);
+        return;
+    }
+    let addr = NodeAddr::new(peer, [from]);
+    match node.shared().endpoint.cached(&peer) {
+        Some(conn) if conn.remote_address() == from => {
+            node.admit_caller(addr, conn.rtt());
+        }
+        _ => node.offer_candidate(addr, Reach::Direct),
     }
 }
 
@@ -183,43 +194,74 @@ impl Service for DhtService {
     }
 }
 
-/// Bootstrap, then a self-lookup whenever the table goes from empty to
-/// not, refresh lookups in stale buckets, and republishing.
+/// Bootstrap, then a self-lookup as soon as the table has a host and until
+/// one is answered (the node has [joined](super::Dht::joined); again after
+/// it was left alone), refresh lookups in stale buckets, and republishing.
 async fn upkeep(weak: WeakNode) {
     let Some(node) = weak.upgrade() else { return };
     let settings = node.dht_state().settings.clone();
+    let mut hosts = node.members().subscribe();
     bootstrap(&node, &settings.bootstrap);
     drop(node);
     let mut had_hosts = false;
     let mut last_republish = tokio::time::Instant::now();
-    let mut tick = Duration::from_millis(100);
+    // Self-lookups that nobody answered are tried again, further apart.
+    let mut retry = crate::backoff::Backoff::new(Duration::from_millis(500), UPKEEP_TICK);
+    let mut wait = Duration::ZERO;
     loop {
-        tokio::time::sleep(tick).await;
-        tick = super::super::membership::jitter(UPKEEP_TICK.min(settings.republish_interval / 2));
+        let Some(joined) = weak.upgrade().map(|n| n.dht().is_joined()) else {
+            return;
+        };
+        if joined {
+            tokio::time::sleep(wait).await;
+        } else {
+            // Not joined: the first host taken in starts the self-lookup
+            // at once (the nodes near a newcomer learn it from that
+            // lookup; until then lookups for it miss it).
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                event = hosts.recv() => {
+                    if matches!(event, Err(tokio::sync::broadcast::error::RecvError::Closed)) {
+                        return;
+                    }
+                }
+            }
+        }
+        wait = super::super::membership::jitter(UPKEEP_TICK.min(settings.republish_interval / 2));
         let Some(node) = weak.upgrade() else { return };
         let dht = node.dht();
         let has_hosts = node.members().len() > 0;
-        if has_hosts && !had_hosts {
-            // Joined (or back from being alone): a lookup for our own id
-            // fills the near buckets and tells the nodes near us about us.
-            match dht.closest(node.id()).await {
-                Ok((closest, report)) => tracing::debug!(
-                    found = closest.len(),
-                    queries = report.queries,
-                    "self-lookup"
-                ),
-                Err(e) => tracing::debug!(error = %e, "self-lookup failed"),
-            }
-        }
         if had_hosts && !has_hosts {
             // Alone again (every host left or failed): back to the
             // bootstrap nodes, as on start.
             tracing::info!("no known hosts left: bootstrapping again");
+            node.dht_state().set_joined(false);
             bootstrap(&node, &settings.bootstrap);
         }
         had_hosts = has_hosts;
         if !has_hosts {
             continue;
+        }
+        if !node.dht().is_joined() {
+            // Joining (or back from being alone): a lookup for our own id
+            // fills the near buckets and tells the nodes near us about us.
+            match dht.closest(node.id()).await {
+                Ok((closest, report)) if report.responses > 0 => {
+                    tracing::debug!(
+                        found = closest.len(),
+                        queries = report.queries,
+                        "self-lookup"
+                    );
+                    node.dht_state().set_joined(true);
+                    retry.reset();
+                }
+                Ok(_) => tracing::debug!("self-lookup: nobody answered"),
+                Err(e) => tracing::debug!(error = %e, "self-lookup failed"),
+            }
+            if !node.dht().is_joined() {
+                wait = retry.next(&mut rand::rng());
+                continue;
+            }
         }
         refresh(&node, &dht, settings.refresh_interval).await;
         if last_republish.elapsed() >= settings.republish_interval {
