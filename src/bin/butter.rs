@@ -68,7 +68,8 @@ enum Command {
         /// Base interval of liveness checks, in milliseconds.
         #[arg(long, default_value_t = 5000)]
         liveness_ms: u64,
-        /// Print known-host changes on stdout (`+ ID ADDR`, `- ID REASON`) and
+        /// Print known-host changes on stdout (`+ ID ADDR`, `- ID REASON`;
+        /// hosts known already when the node is up as `+` lines first) and
         /// UPnP changes (`upnp STATUS`).
         #[arg(long)]
         events: bool,
@@ -911,6 +912,14 @@ async fn run(cli: Cli) -> Result<()> {
             let mut changes = node.events();
             let mut upnp = node.upnp_changes();
             println!("{}", node.addr());
+            if events {
+                // Hosts taken in before the subscription above (the
+                // bootstrap runs from the spawn on): printed once here,
+                // later changes as events (one may show twice).
+                for host in node.known_hosts() {
+                    println!("+ {} {}", host.addr.id, host.addr);
+                }
+            }
             std::io::stdout().flush()?;
             // For `butter ... local` (and container health checks).
             let addr_file = dir.join(ADDR_FILE);
@@ -1215,10 +1224,10 @@ async fn demo(count: usize, file: Option<PathBuf>) -> Result<()> {
         }
         nodes.push(b.spawn().await?);
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while nodes.iter().any(|n| n.known_hosts().len() < 3) && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // Formed: every node's lookup for its own id was answered (each is
+    // findable from any other from then on).
+    let joined = futures_util::future::join_all(nodes.iter().map(|n| n.dht().joined()));
+    let _ = tokio::time::timeout(Duration::from_secs(20), joined).await;
     let sizes: Vec<usize> = nodes.iter().map(|n| n.known_hosts().len()).collect();
     println!(
         "network formed in {:.1} s: each node knows {}..{} others (its Kademlia table); {} registered with the introducer",
