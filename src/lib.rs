@@ -45,6 +45,7 @@ pub mod nat;
 pub mod net;
 pub mod node;
 mod path;
+mod patience;
 pub mod peers;
 pub mod ratelimit;
 mod router;

@@ -103,7 +103,7 @@ impl Node {
                     node.members().ping_result(&oldest, false, Duration::ZERO);
                     return;
                 };
-                let answer = tokio::time::timeout(
+                let answer = crate::patience::within(
                     node.members().settings.liveness_timeout,
                     node.ping_with(Target::Addr(host.addr), true),
                 )
@@ -243,7 +243,7 @@ async fn check_hosts(node: &Node, hosts: Vec<HostInfo>) -> usize {
     let mut checks: FuturesUnordered<_> = hosts
         .into_iter()
         .map(|h| async move {
-            let result = tokio::time::timeout(
+            let result = crate::patience::within(
                 settings.liveness_timeout,
                 node.ping_with(Target::Addr(h.addr.clone()), true),
             )

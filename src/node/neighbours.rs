@@ -99,7 +99,7 @@ async fn check(node: &Node, host: HostInfo) {
     );
     let target = Target::Addr(host.addr.clone());
     for _ in 0..2 {
-        match tokio::time::timeout(timeout, node.ping_with(target.clone(), true)).await {
+        match crate::patience::within(timeout, node.ping_with(target.clone(), true)).await {
             Ok(Ok(ping)) => {
                 let quality = ping.reply.quality(ping.rtt);
                 node.members().seen(&host.addr.id, ping.rtt, Some(quality));

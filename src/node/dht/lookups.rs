@@ -146,7 +146,9 @@ async fn query(
 ) -> (NodeId, Result<(Vec<NodeAddr>, Reply)>) {
     let id = to.id;
     let target_of = Target::Addr(to);
-    let answer = tokio::time::timeout(timeout, async {
+    // A query that timed out counts against the host (a few in a row and
+    // it leaves the table): only time this process was running counts.
+    let answer = crate::patience::within(timeout, async {
         match ask {
             Ask::Node => {
                 let reply: Closer = node
