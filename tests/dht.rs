@@ -506,6 +506,22 @@ async fn a_node_has_joined_once_its_self_lookup_is_answered_and_is_found_then() 
             .unwrap();
         assert_eq!(found.addr.id, c.id());
     }
+    // A guest (not serving the DHT) is never held by anyone: it never joins.
+    let guest = Node::builder()
+        .listen(at(77))
+        .lan_discovery(false)
+        .bootstrap(a.addr())
+        .dht(butter::DhtSettings {
+            serve: false,
+            ..Default::default()
+        })
+        .spawn()
+        .await
+        .unwrap();
+    assert!(matches!(
+        within(10, "a guest's join", guest.dht().joined()).await,
+        Err(Error::Config(_))
+    ));
     // Shut down, a node stops waiting.
     let d = node(76, None).await;
     let waiting = tokio::spawn({

@@ -318,7 +318,9 @@ impl Dht {
     }
 
     /// Waits until this node [has joined](Self::is_joined) the DHT (at
-    /// once if it has); [`Error::Shutdown`] if the node shuts down first.
+    /// once if it has); [`Error::Shutdown`] if the node shuts down first,
+    /// [`Error::Config`] at once for a node that does not serve the DHT (a
+    /// guest asks, is never held, and never joins).
     /// A node with neither a bootstrap node nor a host that finds it waits
     /// until one does: bound the wait with a timeout.
     ///
@@ -340,7 +342,14 @@ impl Dht {
     pub fn joined(&self) -> impl std::future::Future<Output = Result<()>> + Send + 'static {
         let mut joined = self.state().joined.subscribe();
         let stopped = self.node.shared().tasks.cancelled();
+        let serves = self.state().settings.serve;
         async move {
+            if !serves {
+                return Err(Error::Config(
+                    "this node does not serve the DHT (DhtSettings::serve): nobody holds it, it never joins"
+                        .into(),
+                ));
+            }
             tokio::select! {
                 r = joined.wait_for(|j| *j) => r.map(|_| ()).map_err(|_| Error::Shutdown),
                 _ = stopped => Err(Error::Shutdown),
