@@ -209,15 +209,13 @@ async fn upkeep(weak: WeakNode) {
     let mut retry = crate::backoff::Backoff::new(Duration::from_millis(500), UPKEEP_TICK);
     let mut wait = Duration::ZERO;
     loop {
-        let Some(joined) = weak.upgrade().map(|n| n.dht().is_joined()) else {
-            return;
-        };
-        if joined {
+        if had_hosts {
+            // Joined, or a self-lookup nobody answered waits its backoff.
             tokio::time::sleep(wait).await;
         } else {
-            // Not joined: the first host taken in starts the self-lookup
-            // at once (the nodes near a newcomer learn it from that
-            // lookup; until then lookups for it miss it).
+            // Alone: the first host taken in starts the self-lookup at
+            // once (the nodes near a newcomer learn it from that lookup;
+            // until then lookups for it miss it).
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 event = hosts.recv() => {
