@@ -54,8 +54,8 @@ async fn content_put_on_one_node_is_fetched_intact_from_every_other() {
         nodes.push(node(i, Some(&first)).await);
     }
     within(60, "every node joins", async {
-        while nodes.iter().any(|n| n.known_hosts().len() < 3) {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        for n in &nodes {
+            n.dht().joined().await.unwrap();
         }
     })
     .await;
@@ -71,12 +71,9 @@ async fn content_put_on_one_node_is_fetched_intact_from_every_other() {
     // The blobs live on their closest nodes, not only on the sharer: with
     // the sharer gone, a node that never fetched still gets everything.
     let fresh = node(40, Some(&nodes[1])).await;
-    within(20, "fresh joins", async {
-        while fresh.known_hosts().len() < 3 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await;
+    within(20, "fresh joins", fresh.dht().joined())
+        .await
+        .unwrap();
     nodes[5].shutdown().await;
     let got = within(60, "get without the sharer", fresh.get(key))
         .await
