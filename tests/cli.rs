@@ -201,6 +201,7 @@ async fn dht_commands_put_get_and_find_through_a_bootstrapped_network() {
         let listen = format!("127.0.0.{}:0", 20 + i);
         cmd.args([
             "node",
+            "--events",
             "--listen",
             &listen,
             "--no-discovery",
@@ -219,19 +220,16 @@ async fn dht_commands_put_get_and_find_through_a_bootstrapped_network() {
         .iter()
         .map(|a| a.split('@').next().unwrap().to_string())
         .collect();
-    // Joined: the first node knows the other four.
-    within(30, "the network forms", async {
-        loop {
-            let mut cmd = butter();
-            cmd.args(["peers", &addrs[0]]);
-            let out = run(cmd, None).await;
-            if out.stdout.lines().skip(1).count() >= 4 {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        }
-    })
-    .await;
+    // Joined: each node says so once its lookup for its own id was
+    // answered (the first one through the others' arrival).
+    for node in &mut nodes {
+        while node.line("dht joined").await != "dht joined" {}
+    }
+    // The first node, asked by each newcomer, knows the other four.
+    let mut cmd = butter();
+    cmd.args(["peers", &addrs[0]]);
+    let out = run(cmd, None).await;
+    assert_eq!(out.stdout.lines().skip(1).count(), 4, "{}", out.stdout);
 
     let mut cmd = butter();
     cmd.args([

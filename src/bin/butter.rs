@@ -69,8 +69,9 @@ enum Command {
         #[arg(long, default_value_t = 5000)]
         liveness_ms: u64,
         /// Print known-host changes on stdout (`+ ID ADDR`, `- ID REASON`;
-        /// hosts known already when the node is up as `+` lines first) and
-        /// UPnP changes (`upnp STATUS`).
+        /// hosts known already when the node is up as `+` lines first),
+        /// `dht joined` once the node has joined the DHT (findable from
+        /// any node), and UPnP changes (`upnp STATUS`).
         #[arg(long)]
         events: bool,
         /// Introducer to register with (NODEID@IP:PORT); repeatable.
@@ -929,10 +930,22 @@ async fn run(cli: Cli) -> Result<()> {
                 .with_context(|| format!("cannot write {}", addr_file.display()))?;
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            // Said once, when the node's lookup for its own id is answered
+            // (from then on any node finds it).
+            let joined = node.dht().joined();
+            tokio::pin!(joined);
+            let mut joined_said = !events;
             loop {
                 tokio::select! {
                     signal = tokio::signal::ctrl_c() => { signal?; break; }
                     _ = term.recv() => break,
+                    result = &mut joined, if !joined_said => {
+                        joined_said = true;
+                        if result.is_ok() {
+                            println!("dht joined");
+                            std::io::stdout().flush()?;
+                        }
+                    }
                     Ok(()) = upnp.changed() => {
                         let status = upnp.borrow_and_update().clone();
                         if events && status != butter::UpnpStatus::Searching {
