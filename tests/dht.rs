@@ -8,7 +8,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use butter::dht::messages::{FindNode, Store, FIND_NODE_ROUTE, STORE_ROUTE};
+use butter::dht::messages::{Closer, FindNode, Store, FIND_NODE_ROUTE, STORE_ROUTE};
 use butter::dht::record::Record;
 use butter::{Error, Identity, Node, NodeId};
 use common::within;
@@ -452,26 +452,28 @@ async fn a_restarted_node_still_holds_records_and_providers() {
     assert_eq!(got.record.value, b"across restarts");
 }
 
+/// `who` asks `at` for the nodes closest to its own id, as a joining
+/// node's self-lookup does (`serving`: whether it says it serves the DHT).
+async fn ask_for_itself(who: &Node, at: &Node, serving: bool) -> butter::Result<Closer> {
+    let find = FindNode {
+        target: who.id(),
+        serving,
+    };
+    who.call_typed(at.addr(), FIND_NODE_ROUTE, &find).await
+}
+
 #[tokio::test]
 async fn a_node_holds_a_serving_asker_by_the_time_it_answers_and_a_guest_never() {
     let a = node(70, None).await;
     let asker = node(71, None).await;
     let guest = node(72, None).await;
     assert!(!asker.dht().is_joined(), "alone, nothing to join");
-    let ask = |who: &Node, serving: bool| {
-        let (who, a) = (who.clone(), a.addr());
-        async move {
-            let find = FindNode {
-                target: who.id(),
-                serving,
-            };
-            who.call_typed::<_, butter::dht::messages::Closer>(a, FIND_NODE_ROUTE, &find)
-                .await
-                .unwrap()
-        }
-    };
-    within(10, "the guest asks", ask(&guest, false)).await;
-    within(10, "the asker asks", ask(&asker, true)).await;
+    within(10, "the guest asks", ask_for_itself(&guest, &a, false))
+        .await
+        .unwrap();
+    within(10, "the asker asks", ask_for_itself(&asker, &a, true))
+        .await
+        .unwrap();
     // No wait: a newcomer's self-lookup ends with these answers, and a
     // lookup for it may start right then.
     let held: Vec<NodeId> = a.known_hosts().iter().map(|h| h.addr.id).collect();
@@ -559,14 +561,7 @@ async fn askers_from_one_network_take_at_most_its_share_of_the_table() {
     within(
         30,
         "every identity asks",
-        futures_util::future::join_all(askers.iter().map(|n| async {
-            let find = FindNode {
-                target: n.id(),
-                serving: true,
-            };
-            n.call_typed::<_, butter::dht::messages::Closer>(a.addr(), FIND_NODE_ROUTE, &find)
-                .await
-        })),
+        futures_util::future::join_all(askers.iter().map(|n| ask_for_itself(n, &a, true))),
     )
     .await
     .into_iter()
