@@ -251,6 +251,10 @@ impl Node {
     }
 
     /// Changes of the known-hosts table from now on (host added, host removed).
+    /// A node takes hosts in from its spawn on (bootstrap, discovery): to
+    /// follow the whole table, subscribe first, then read
+    /// [`known_hosts`](Self::known_hosts) (a host added in between shows
+    /// in both).
     ///
     /// ```
     /// # async fn run(node: butter::Node) {
